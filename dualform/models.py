@@ -235,3 +235,19 @@ def byte_tokenizer():
     )
     tokenizer.init_kwargs["name_or_path"] = "dualform-byte-tokenizer"
     return tokenizer
+
+
+def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` that also works after a forward pass with gradients on.
+
+    Some bridge components keep the last attention pattern as an attribute; with autograd on,
+    that tensor is not a graph leaf and ``copy.deepcopy`` refuses it, so it is copied detached.
+    """
+    import copy
+
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)

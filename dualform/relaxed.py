@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from jaxtyping import Bool, Float
@@ -49,6 +50,11 @@ def relaxed_linear_attention(
         scores[layer] = activation
 
     def replace_pattern(activation: Tensor, hook, *, layer: int) -> Tensor:
+        if layer not in scores:
+            raise RuntimeError(
+                f"hook_attn_scores of layer {layer} did not fire before hook_pattern; this model "
+                "family does not expose pre-softmax scores, so attention cannot be relaxed."
+            )
         pattern = relaxed_pattern(scores.pop(layer), attention_scale(model, layer))
         if key_mask is not None:
             pattern = pattern * key_mask.to(pattern.device, pattern.dtype)
@@ -56,11 +62,7 @@ def relaxed_linear_attention(
 
     pairs = []
     for layer in layer_ids:
-        pairs.append((hook_name("scores", layer), _bind(save_scores, layer)))
-        pairs.append((hook_name("pattern", layer), _bind(replace_pattern, layer)))
+        pairs.append((hook_name("scores", layer), partial(save_scores, layer=layer)))
+        pairs.append((hook_name("pattern", layer), partial(replace_pattern, layer=layer)))
     with hooks(model, pairs):
         yield
-
-
-def _bind(fn, layer: int):
-    return lambda activation, hook: fn(activation, hook, layer=layer)

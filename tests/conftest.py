@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random models (fast) and the real embedded model (loaded once)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dualform import load_model
+
+TINY = ["tiny-llama", "tiny-gpt2"]
+
+
+@pytest.fixture(scope="session", params=TINY)
+def tiny64(request):
+    """Each tiny model variant in float64 (rotary+GQA and learned positions)."""
+    return load_model(request.param, dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded pretrained SmolLM2-135M in float32."""
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smol64():
+    """The embedded pretrained SmolLM2-135M in float64 (for exact identities)."""
+    return load_model("smollm2-135m", dtype=torch.float64)

@@ -1,0 +1,46 @@
+"""Each equation of dualform.equations against an independent float64 computation."""
+
+import torch
+
+from dualform.equations import linear_attention, linear_layer_dual, meta_gradient, softmax_split
+
+torch.manual_seed(0)
+
+
+def test_meta_gradient_is_sum_of_outer_products():
+    v, k = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    expected = sum(torch.outer(v[i], k[i]) for i in range(7))
+    torch.testing.assert_close(meta_gradient(v, k), expected, atol=1e-12, rtol=0)
+
+
+def test_linear_attention_is_unnormalised_attention():
+    """(Σ v_i ⊗ k_i) q = Σ v_i (k_i · q): the dual of linear attention."""
+    v, k, q = (torch.randn(6, 4, dtype=torch.float64) for _ in range(3))
+    q = q[0]
+    expected = sum(v[i] * (k[i] @ q) for i in range(6))
+    torch.testing.assert_close(linear_attention(meta_gradient(v, k), q), expected, atol=1e-12, rtol=0)
+
+
+def test_softmax_split_recombines_exactly():
+    scores = torch.randn(3, 9, dtype=torch.float64)
+    values = torch.randn(3, 9, 4, dtype=torch.float64)
+    is_demo = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    lam, z_demo, z_query = softmax_split(scores, values, is_demo)
+    z = torch.softmax(scores, -1).unsqueeze(-1).mul(values).sum(-2)
+    recombined = lam.unsqueeze(-1) * z_demo + (1 - lam.unsqueeze(-1)) * z_query
+    torch.testing.assert_close(recombined, z, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lam, torch.softmax(scores, -1)[:, :5].sum(-1), atol=1e-12, rtol=0)
+
+
+def test_linear_layer_trained_by_gd_is_attention_over_its_inputs():
+    """A real GD step on ½‖W x' − y‖² gives (W0 + ΔW) x = W0 x + Σ e_i (x'_i · x)."""
+    d_in, d_out, n, lr = 5, 3, 8, 0.1
+    w0 = torch.randn(d_out, d_in, dtype=torch.float64)
+    xs, ys = torch.randn(n, d_in, dtype=torch.float64), torch.randn(n, d_out, dtype=torch.float64)
+    w = w0.clone().requires_grad_(True)
+    loss = 0.5 * ((xs @ w.T - ys) ** 2).sum()
+    (grad,) = torch.autograd.grad(loss, w)
+    w_after = w0 - lr * grad
+    errors = -lr * (xs @ w0.T - ys)  # e_i = −η ∂L/∂y_i
+    x = torch.randn(4, d_in, dtype=torch.float64)
+    torch.testing.assert_close(linear_layer_dual(w0, errors, xs, x), x @ w_after.T, atol=1e-12, rtol=0)
