@@ -219,14 +219,17 @@ def tiny_hf_model(name: str, *, seed: int = 0, n_layers: int = 2):
 
 
 def byte_tokenizer():
-    """A byte-level tokenizer (3 special tokens + 256 bytes) built in memory."""
+    """A byte-level tokenizer built in memory: 3 specials, 256 bytes, and "space + byte" merges
+    (so that, as with real BPE vocabularies, " Positive" and " Negative" start differently)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|bos|>", "<|eos|>", "<|pad|>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate([*specials, *sorted(alphabet)])}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    space = "Ġ"  # the byte-level symbol of " ": merge it with the next byte, as BPE models do
+    merges = [(space, ch) for ch in alphabet if ch != space]
+    vocab = {tok: i for i, tok in enumerate([*specials, *alphabet, *(a + b for a, b in merges)])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(

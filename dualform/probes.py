@@ -195,9 +195,15 @@ def capture(
     names = resolve_hooks(model, hooks, layers)
     store: dict[str, Tensor] = {}
 
-    def record(activation: Tensor, hook, *, name: str) -> None:
+    def record(activation: Tensor, hook, *, name: str) -> Tensor | None:
         # Aliased hooks (hook_z is o.hook_in) report their own name; key by the requested one.
-        store[name] = activation.detach() if detach else activation
+        if detach:
+            store[name] = activation.detach()
+            return None
+        # Hand the (layout-converted) tensor back so the forward uses it: gradients with
+        # respect to ``store[name]`` then flow, as attribution patching needs.
+        store[name] = activation
+        return activation
 
     bound = [(name, partial(record, name=name)) for name in names]
     with _hooked(model, bound), torch.set_grad_enabled(not detach and torch.is_grad_enabled()):

@@ -1,0 +1,211 @@
+"""``dualform reproduce dai``: ICL vs explicit finetuning (Dai et al. 2023), task by task.
+
+Per task: choose the demonstration seed (ICL) and the learning rate (FT) on the validation
+split, then on the test split record ZSL / ICL / FT at the last token and compute accuracy,
+Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ,
+Kendall, per layer and per head, the head-by-head attribution maps, and the same similarity
+metrics on an untrained (random-weights) copy of the model. ``results.json`` is rewritten
+atomically after every task; a rerun skips the tasks it already holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dualform.attribution import compare_maps, ft_head_effects, icl_head_effects
+from dualform.conditions import Record, demo_training_texts, prompt_pair, record
+from dualform.dai_metrics import similarity_metrics
+from dualform.finetune import FinetuneDivergedError, finetune_kv
+from dualform.io import read_json, write_json_atomic
+from dualform.models import DEFAULT_MODEL, load_model
+from dualform.tasks import Example, Task, label_token_ids, load_task, sample_demos
+
+FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
+DEFAULT_LR_GRID = (0.5, 0.1, 0.05, 0.01)
+DEFAULT_TASKS = ("afinn-sentiment", "vader-valence", "country-region")
+
+
+@dataclass
+class DaiConfig:
+    """Everything that defines a run; saved in ``results.json``."""
+
+    model: str = DEFAULT_MODEL
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    shots: int = 32
+    n_validation: int = 16
+    n_test: int = 32
+    demo_seeds: tuple[int, ...] = (1, 2)
+    lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
+    layer_causal: bool = False
+    untrained_baseline: bool = True
+    attribution: bool = True
+    device: str = "cpu"
+    seed: int = 0
+
+    def with_full_grid(self) -> DaiConfig:
+        return dataclasses.replace(self, lr_grid=FULL_LR_GRID)
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, start: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True) -> dict:
+    """Run (or resume) the experiment; returns the results dict also written to disk."""
+    config = config or DaiConfig()
+    path = Path(out_dir) / "results.json"
+    results = read_json(path) or {}
+    if results.get("config") and results["config"] != _config_dict(config):
+        results = {}  # a different configuration: start over rather than mix runs
+    results.update({"config": _config_dict(config), "versions": _versions()})
+    results.setdefault("tasks", {})
+    model = untrained = None
+    for name in config.tasks:
+        if name in results["tasks"]:
+            continue  # resume: finished tasks are kept
+        model = model or load_model(config.model, device=config.device)
+        if config.untrained_baseline:
+            untrained = untrained or load_model(config.model, device=config.device, untrained=True)
+        results["tasks"][name] = run_task(model, untrained, name, config, progress=progress)
+        write_json_atomic(path, results)
+    write_json_atomic(path, results)
+    return results
+
+
+def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool = True) -> dict:
+    timer = Timer()
+    task = load_task(name, seed=config.seed, n_validation=config.n_validation, n_test=config.n_test)
+    label_ids = label_token_ids(model, task)
+    start = time.perf_counter()
+    seed_acc = {s: _icl_accuracy(model, task, sample_demos(task, config.shots, s), label_ids)
+                for s in tqdm(config.demo_seeds, desc=f"{name}: demo seeds", disable=not progress)}
+    demo_seed = max(seed_acc, key=seed_acc.get)
+    demos = sample_demos(task, config.shots, demo_seed)
+    timer.add("select_demo_seed", start)
+    start = time.perf_counter()
+    lr, lr_acc = _select_lr(model, task, demos, label_ids, config, progress)
+    timer.add("select_lr", start)
+    out = {
+        "task": name, "template": task.template, "label_words": task.label_words,
+        "shots": config.shots, "n_test": len(task.test),
+        "selection": {"demo_seed": demo_seed, "lr": lr, "demo_seed_val_acc": seed_acc,
+                      "lr_val_acc": lr_acc},
+    }
+    out.update(evaluate(model, task, demos, lr, label_ids, config, timer, progress=progress))
+    if untrained is not None:
+        start = time.perf_counter()
+        base = evaluate(untrained, task, demos, lr, label_ids,
+                        dataclasses.replace(config, attribution=False), Timer(), progress=progress)
+        out["untrained"] = base
+        timer.add("untrained_baseline", start)
+    out["timing_s"] = timer.seconds
+    return out
+
+
+def evaluate(model, task: Task, demos: list[Example], lr: float, label_ids: list[int],
+             config: DaiConfig, timer: Timer, *, progress: bool = True) -> dict:
+    """ZSL/ICL/FT on the test split, then every metric; ``lr`` may be ``None`` (FT diverged)."""
+    start = time.perf_counter()
+    ft = _finetune(model, task, demos, lr, config)
+    timer.add("finetune", start)
+    recs: dict[str, list[Record]] = {"zsl": [], "icl": [], "ft": []}
+    gold, pairs, attr_icl, attr_ft = [], [], [], []
+    for example in tqdm(task.test, desc=f"{task.name}: test", disable=not progress):
+        pair = prompt_pair(model, task, demos, example)
+        start = time.perf_counter()
+        recs["zsl"].append(record(model, pair.zsl.tokens, label_ids))
+        recs["icl"].append(record(model, pair.icl.tokens, label_ids))
+        recs["ft"].append(record(ft.model if ft else model, pair.zsl.tokens, label_ids))
+        timer.add("record_conditions", start)
+        if config.attribution and ft is not None:
+            start = time.perf_counter()
+            attr_icl.append(icl_head_effects(model, pair.icl.tokens, pair.demo_slice, label_ids, example.label).numpy())
+            attr_ft.append(ft_head_effects(ft, pair.zsl.tokens, label_ids, example.label).numpy())
+            timer.add("attribution", start)
+        gold.append(example.label)
+        pairs.append(pair)
+    start = time.perf_counter()
+    train_q = _training_queries(model, task, demos)
+    out = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed)
+    out["ft_diverged"] = ft is None
+    if attr_icl:
+        out["attribution"] = compare_maps(np.mean(attr_icl, 0), np.mean(attr_ft, 0)).to_dict()
+    timer.add("metrics", start)
+    return out
+
+
+def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
+    if lr is None:
+        return None
+    texts = demo_training_texts(model, task, demos)
+    return finetune_kv(model, texts, lr, device=config.device, layer_causal=config.layer_causal)
+
+
+def _icl_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
+                  examples: list[Example] | None = None, ft_model=None) -> float:
+    """Validation accuracy of ICL (``ft_model=None``) or of the finetuned model (zero-shot)."""
+    examples = task.validation if examples is None else examples
+    correct = 0
+    with torch.no_grad():
+        for ex in examples:
+            pair = prompt_pair(model, task, demos, ex)
+            runner, tokens = (model, pair.icl.tokens) if ft_model is None else (ft_model, pair.zsl.tokens)
+            logits = runner(tokens)[0, -1, label_ids]
+            correct += int(int(logits.argmax()) == ex.label)
+    return 100.0 * correct / max(len(examples), 1)
+
+
+def _select_lr(model, task, demos, label_ids, config: DaiConfig, progress: bool):
+    """The learning rate with the best FT validation accuracy; diverged rates are recorded."""
+    scores: dict[str, float | str] = {}
+    texts = demo_training_texts(model, task, demos)
+    for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress):
+        try:
+            ft = finetune_kv(model, texts, lr, device=config.device, layer_causal=config.layer_causal)
+        except FinetuneDivergedError as err:
+            scores[str(lr)] = f"diverged: {err}"
+            continue
+        scores[str(lr)] = _icl_accuracy(model, task, demos, label_ids, ft_model=ft.model)
+    numeric = {k: v for k, v in scores.items() if isinstance(v, float)}
+    best = float(max(numeric, key=numeric.get)) if numeric else None
+    return best, scores
+
+
+@torch.no_grad()
+def _training_queries(model, task: Task, demos: list[Example]) -> torch.Tensor:
+    """Raw query vectors of every demonstration token (BOS dropped): ``[layer, n_demo, d]``."""
+    from dualform.probes import capture
+
+    rows = []
+    for tokens in demo_training_texts(model, task, demos):
+        cap = capture(model, tokens.unsqueeze(0), hooks=("q",))
+        q = cap.stack("q")[:, 0, 1:]  # [layer, pos, head, d_head]
+        rows.append(q.flatten(-2))
+    return torch.cat(rows, dim=1).float().cpu()
+
+
+def _config_dict(config: DaiConfig) -> dict:
+    d = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _versions() -> dict:
+    import transformer_lens
+    import transformers
+
+    import dualform
+
+    return {"dualform": dualform.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "transformer_lens": getattr(transformer_lens, "__version__", "unknown")}

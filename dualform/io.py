@@ -1,0 +1,64 @@
+"""Atomic, resumable result files: a run killed at any point leaves either the old or the new file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class ResultWriteError(OSError):
+    """A result could not be written (e.g. the disk is full); the previous file is intact."""
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultWriteError(
+            f"Could not write {path} ({err.strerror or err}); the previous version is unchanged. "
+            "Free disk space and rerun: finished parts are kept and the run resumes."
+        ) from err
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Strict JSON (NaN/inf become ``null``), written atomically."""
+    return write_text_atomic(path, json.dumps(_finite(data), indent=2, default=_jsonable, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Not JSON serialisable: {type(value).__name__}")

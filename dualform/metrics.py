@@ -1,0 +1,283 @@
+"""Dai et al. (2023)'s ICL-vs-finetuning metrics and Deutch et al. (2024)'s SimAM_Δ.
+
+Each metric is one function whose docstring gives its formula. Inputs may be numpy arrays,
+torch tensors or nested lists; everything is computed in float64 numpy, as the official code
+computes on JSON-loaded lists. Conditions: ZSL = query alone, ICL = demonstrations + query,
+FT = query alone on the finetuned model; all vectors are taken at the last prompt token.
+
+The similarity metrics return **unreduced** values, one per example and layer
+(``[example, layer]``) or per example, layer and head (``[example, layer, head]``, from per-head
+inputs). Reduce them as the official code does with :func:`layer_mean` (``[layer]``),
+:func:`head_mean` (``[layer, head]``) and :func:`overall` (a number). For the official ``f2t``
+mode select the examples first: ``h[f2t_mask(zsl_ok, icl_ok, ft_ok)]``.
+
+Checked against ports of ``microsoft/LMOps`` ``understand_icl/icl_ft/compute_sim.py`` and
+``compute_training_example_attn.py`` and ``GiilDe/ft-vs-icl`` ``scripts/metrics.py``
+(see ``tests/test_metrics.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.stats
+import torch
+from jaxtyping import Bool, Float
+
+#: The official code's cosine/normalisation epsilon (``+ 1e-20`` in the denominator).
+EPS = 1e-20
+
+__all__ = [
+    "accuracy", "cosine", "f2t_mask", "head_mean", "kendall", "kendall_random_baseline",
+    "l2_normalize", "layer_mean", "overall", "pad_left", "rec2ftp", "simam", "simam_delta",
+    "simaou", "simaou_random_baseline",
+]
+
+
+def _np(x: Any, dtype=np.float64) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def cosine(a: Any, b: Any) -> np.ndarray:
+    """cos(a, b) = a·b / (‖a‖ ‖b‖ + 1e-20) along the last axis (the official ``cal_cos_sim``)."""
+    a, b = _np(a), _np(b)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + EPS)
+
+
+def l2_normalize(h: Any) -> np.ndarray:
+    """h / (‖h‖ + 1e-20) along the last axis (the official ``norm_hidden``)."""
+    h = _np(h)
+    return h / (np.linalg.norm(h, axis=-1, keepdims=True) + EPS)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def accuracy(pred: Any, gold: Any) -> float:
+    """Accuracy in percent: 100 · N(pred = gold) / N (as the official logger and Dai's tables)."""
+    pred, gold = _np(pred, np.int64), _np(gold, np.int64)
+    if pred.shape != gold.shape or pred.size == 0:
+        raise ValueError(f"accuracy needs equal, non-empty shapes; got {pred.shape}, {gold.shape}.")
+    return float(100.0 * (pred == gold).mean())
+
+
+def f2t_mask(zsl_correct: Any, icl_correct: Any, ft_correct: Any) -> Bool[np.ndarray, " example"]:
+    """The official ``f2t`` selection: ZSL ✗ ∧ FT ✓ ∧ ICL ✓ (examples both updates fix)."""
+    zsl, icl, ft = (_np(v, bool) for v in (zsl_correct, icl_correct, ft_correct))
+    return ~zsl & ft & icl
+
+
+def rec2ftp(zsl_correct: Any, icl_correct: Any, ft_correct: Any) -> float:
+    """Recall to finetuning predictions, in percent:
+
+        Rec2FTP = 100 · N(FT ✓ ∧ ZSL ✗ ∧ ICL ✓) / N(FT ✓ ∧ ZSL ✗)
+
+    (``count_f2t`` in the official ``compute_sim.py``). Returns ``nan`` when finetuning fixes
+    no example (denominator 0), where the official code would divide by zero.
+    """
+    zsl, icl, ft = (_np(v, bool) for v in (zsl_correct, icl_correct, ft_correct))
+    denominator = int((ft & ~zsl).sum())
+    if denominator == 0:
+        return float("nan")
+    return float(100.0 * (ft & ~zsl & icl).sum() / denominator)
+
+
+# --------------------------------------------------------------------------- attention outputs
+
+
+def simaou(h_zsl: Any, h_icl: Any, h_ft: Any, *, normalize: bool = True) -> np.ndarray:
+    """Similarity of attention output updates, per example and layer (and head):
+
+        SimAOU = cos(ĥ_ICL − ĥ_ZSL, ĥ_FT − ĥ_ZSL),   ĥ = h / (‖h‖ + 1e-20) if normalize else h
+
+    ``h``: attention outputs ``[example, layer, d_model]`` (after W_O, before the residual add)
+    → ``[example, layer]``; or per-head ``z`` vectors ``[example, layer, head, d_head]``
+    → ``[example, layer, head]``. ``normalize=True`` is Dai's (official) version; Deutch et
+    al. report the unnormalised one (``normalize=False``), which normalisation inflates.
+    """
+    h_zsl, h_icl, h_ft = _prepare(h_zsl, h_icl, h_ft, normalize=normalize)
+    return cosine(h_icl - h_zsl, h_ft - h_zsl)
+
+
+def simaou_random_baseline(
+    h_zsl: Any, h_update: Any, rng: Any = None, *, normalize: bool = True
+) -> np.ndarray:
+    """SimAOU against a random update, per example and layer (and head):
+
+        cos(ĥ_X − ĥ_ZSL, U),   U ~ Uniform[0, 1)^shape   (``np.random.random``, as official)
+
+    The official code passes X = ICL (``icl_updates`` vs ``random_updates``); pass ``h_ft`` to
+    compare finetuning with a random update instead. ``rng``: a ``np.random.Generator`` or
+    ``RandomState`` (``RandomState(s)`` reproduces the official ``np.random.seed(s)`` draws),
+    an int seed, or ``None`` (numpy's global state, as official).
+    """
+    h_zsl, h_update = _prepare(h_zsl, h_update, normalize=normalize)
+    update = h_update - h_zsl
+    return cosine(update, _random(rng, update.shape))
+
+
+def _prepare(*hs: Any, normalize: bool) -> list[np.ndarray]:
+    arrays = [_np(h) for h in hs]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"All conditions need the same shape; got {[a.shape for a in arrays]}.")
+    return [l2_normalize(a) for a in arrays] if normalize else arrays
+
+
+def _random(rng: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if rng is None:
+        return np.random.random(shape)
+    if isinstance(rng, int | np.integer):
+        rng = np.random.default_rng(int(rng))
+    return rng.random(shape)
+
+
+# --------------------------------------------------------------------------- attention maps
+
+
+def pad_left(
+    maps: Any, pad_value: float = 0.0, length: int | None = None
+) -> Float[np.ndarray, "example layer head q"]:
+    """Ragged per-example score maps ``[layer, head, q_i]`` → ``[example, layer, head, q]``,
+    left-padded with ``pad_value`` to ``length`` (default: the longest ``q_i``) — the official
+    handling, with 0 for raw scores. An already padded array is only widened if needed."""
+    arrays = [_np(m) for m in maps]
+    longest = max(a.shape[-1] for a in arrays) if length is None else length
+    out = np.full((len(arrays), *arrays[0].shape[:-1], longest), pad_value, dtype=np.float64)
+    for i, a in enumerate(arrays):
+        if a.shape[-1] > longest:
+            raise ValueError(f"Example {i} has {a.shape[-1]} query tokens, more than {longest}.")
+        out[i, ..., longest - a.shape[-1]:] = a
+    return out
+
+
+def _score_maps(*conditions: Any) -> list[np.ndarray]:
+    """Pad every condition's maps to one common length; each example's lengths must agree."""
+    lengths = [[_np(m).shape[-1] for m in maps] for maps in conditions]
+    if any(ls != lengths[0] for ls in lengths):
+        raise ValueError("Each example needs the same number of query tokens in every condition.")
+    longest = max(lengths[0])
+    arrays = [pad_left(maps, length=longest) for maps in conditions]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"Score maps need the same shape; got {[a.shape for a in arrays]}.")
+    return arrays
+
+
+def simam(scores_a: Any, scores_b: Any) -> Float[np.ndarray, "example layer head"]:
+    """Similarity of attention maps, per example, layer and head:
+
+        SimAM = cos(s_A, s_B),   s = the last token's pre-softmax scores over the query tokens
+
+    ``scores``: ``[example, layer, head, q]`` or a list of ``[layer, head, q_i]`` (left-padded
+    with zeros to the longest query, which leaves each cosine unchanged). Dai: "before" =
+    ``simam(icl, zsl)``, "after" = ``simam(icl, ft)``; average with :func:`layer_mean` (heads,
+    then examples) and :func:`overall` (then layers), as ``compute_sim.py``.
+    """
+    a, b = _score_maps(scores_a, scores_b)
+    return cosine(a, b)
+
+
+def simam_delta(
+    scores_icl: Any, scores_zsl: Any, scores_ft: Any
+) -> Float[np.ndarray, "example layer head"]:
+    """SimAM on score changes (Deutch et al. 2024, ``GiilDe/ft-vs-icl``), per example/layer/head:
+
+        SimAM_Δ = cos(s_ICL − s_ZSL, s_FT − s_ZSL)
+
+    Same inputs and padding as :func:`simam`.
+    """
+    icl, zsl, ft = _score_maps(scores_icl, scores_zsl, scores_ft)
+    return cosine(icl - zsl, ft - zsl)
+
+
+# --------------------------------------------------------------------------- Kendall
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _segment_sums(p: np.ndarray, segments: Sequence[int] | None) -> np.ndarray:
+    if segments is None:
+        return p
+    if sum(segments) != p.shape[-1]:
+        raise ValueError(f"segments sum to {sum(segments)}, but there are {p.shape[-1]} tokens.")
+    edges = np.cumsum([0, *segments])
+    return np.stack([p[..., s:e].sum(-1) for s, e in zip(edges[:-1], edges[1:], strict=True)], -1)
+
+
+def kendall(
+    icl_attention_to_demos: Any,
+    ft_attention_to_train: Any,
+    *,
+    segments: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Kendall's τ_b between ICL attention to the demonstration tokens and FT attention to the
+    training tokens, per example and layer (and head):
+
+        τ = kendalltau(softmax(a_ICL), softmax(a_FT))   over the demonstration tokens
+
+    Inputs: pre-softmax scores ``[example, layer, n]`` or ``[example, layer, head, n]``, token i
+    of the ICL demonstrations aligned with training token i. The official code
+    (``compute_training_example_attn.py``) sums the ICL scores over heads and uses
+    ``q_query · q_train`` (all heads) for FT, then softmaxes both. ``segments`` (token counts
+    per demonstration) gives Dai's example-level variant: softmax probabilities summed per
+    demonstration. Constant inputs give ``nan`` (scipy).
+    """
+    icl, ft = _kendall_inputs(icl_attention_to_demos, ft_attention_to_train, segments)
+    out = np.empty(icl.shape[:-1])
+    for index in np.ndindex(*out.shape):
+        out[index] = scipy.stats.kendalltau(icl[index], ft[index])[0]
+    return out
+
+
+def kendall_random_baseline(
+    icl_attention_to_demos: Any, rng: Any = None, *, segments: Sequence[int] | None = None
+) -> np.ndarray:
+    """Kendall's τ_b between the ICL attention and a random map U ~ Uniform[0, 1)^n, one draw per
+    example and layer (and head) in C order, as the official ``random_kendall``."""
+    icl, _ = _kendall_inputs(icl_attention_to_demos, icl_attention_to_demos, segments)
+    out = np.empty(icl.shape[:-1])
+    for index in np.ndindex(*out.shape):
+        out[index] = scipy.stats.kendalltau(icl[index], _random(rng, icl.shape[-1:]))[0]
+    return out
+
+
+def _kendall_inputs(icl: Any, ft: Any, segments) -> tuple[np.ndarray, np.ndarray]:
+    icl, ft = _np(icl), _np(ft)
+    if icl.shape != ft.shape or icl.ndim not in (3, 4):
+        raise ValueError(
+            f"kendall needs two [example, layer, (head,) n] arrays; got {icl.shape}, {ft.shape}."
+        )
+    return _segment_sums(_softmax(icl), segments), _segment_sums(_softmax(ft), segments)
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+def layer_mean(values: Any) -> Float[np.ndarray, " layer"]:
+    """``[example, layer]`` → mean over examples; ``[example, layer, head]`` → mean over heads,
+    then examples (the official order)."""
+    values = _np(values)
+    if values.ndim == 3:
+        values = values.mean(axis=2)
+    if values.ndim != 2:
+        raise ValueError(f"Expected [example, layer(, head)] values; got shape {values.shape}.")
+    return values.mean(axis=0)
+
+
+def head_mean(values: Any) -> Float[np.ndarray, "layer head"]:
+    """``[example, layer, head]`` → mean over examples, per layer and head."""
+    values = _np(values)
+    if values.ndim != 3:
+        raise ValueError(f"Expected [example, layer, head] values; got shape {values.shape}.")
+    return values.mean(axis=0)
+
+
+def overall(values: Any) -> float:
+    """The headline number: :func:`layer_mean`, then the mean over layers."""
+    return float(layer_mean(values).mean())

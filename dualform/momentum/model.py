@@ -1,0 +1,280 @@
+"""A small TransformerLens-native causal LM whose attention is momentum attention.
+
+Why a native ``HookedRootModule`` rather than a bridge over a small HF config plus the drop-in
+hooks: η must be a *trainable parameter* (``η = sigmoid(logit)`` per head) that lives in the
+model's ``state_dict`` and is saved with it, the momentum must be on for every forward (training,
+``capture``, ``dual_form``) without the caller remembering a context manager, and a plain PyTorch
+module trains several times faster on CPU than a bridge forward. The hook names and ``cfg`` fields
+are those of other TransformerLens models, so :func:`dualform.probes.capture`,
+:func:`dualform.dual_form.dual_form` and :func:`dualform.relaxed.relaxed_linear_attention` work
+on it unchanged.
+
+Architecture: GPT-2 style pre-LayerNorm blocks, learned positions, GELU MLP, optional
+grouped-query attention. Per layer and query head (``v`` of the head's KV head):
+
+    z_t = Σ_{i≤t} softmax(q_t·k_i/√d_head) v_i  +  Σ_{i<t} η_h^{t−i} v_i     (momentum term)
+
+Hooks: ``hook_embed``, ``hook_pos_embed``, ``blocks.{l}.hook_resid_pre``,
+``blocks.{l}.attn.hook_q`` ``[batch, pos, head, d_head]``, ``hook_k``/``hook_v``
+``[batch, pos, kv_head, d_head]``, ``hook_attn_scores`` (scaled, −inf where masked) and
+``hook_pattern`` ``[batch, head, q_pos, k_pos]``, ``hook_momentum`` and ``hook_z``
+``[batch, pos, head, d_head]``, ``blocks.{l}.hook_attn_out``, ``hook_resid_mid``,
+``mlp.hook_pre``/``hook_post``, ``hook_mlp_out``, ``hook_resid_post``, ``ln_final.hook_normalized``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from einops import einsum, rearrange
+from jaxtyping import Float, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.nn import functional as F
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from dualform.momentum.attention import eta_from_logit, head_momentum, logit_from_eta
+
+
+@dataclass
+class MomentumLMConfig:
+    """Shape of a :class:`MomentumLM`. ``eta = 0`` (or ``momentum=False``) is the vanilla twin."""
+
+    d_vocab: int
+    n_ctx: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_key_value_heads: int | None = None  # None → n_heads (no GQA)
+    d_head: int | None = None  # None → d_model // n_heads
+    d_mlp: int | None = None  # None → 4 · d_model
+    eta: float = 0.0  # initial / fixed η in [0, 1); 0 → no momentum
+    learn_eta: bool = False
+    momentum: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.n_key_value_heads = self.n_key_value_heads or self.n_heads
+        self.d_head = self.d_head or self.d_model // self.n_heads
+        self.d_mlp = self.d_mlp or 4 * self.d_model
+        if self.n_heads % self.n_key_value_heads:
+            raise ValueError("n_heads must be a multiple of n_key_value_heads.")
+        if not 0.0 <= self.eta < 1.0:
+            raise ValueError(f"eta must lie in [0, 1); got {self.eta}.")
+
+    @property
+    def use_momentum(self) -> bool:
+        return self.momentum and (self.eta > 0 or self.learn_eta)
+
+
+def causal_scores(
+    q: Float[Tensor, "batch q_pos head d_head"],
+    k: Float[Tensor, "batch k_pos head d_head"],
+    key_mask: Tensor | None,
+) -> Float[Tensor, "batch head q_pos k_pos"]:
+    """``S_ti = q_t·k_i / √d_head`` for ``i ≤ t`` (and i not padding), −inf elsewhere."""
+    scores = einsum(q, k, "b qp h d, b kp h d -> b h qp kp") / math.sqrt(q.shape[-1])
+    n = q.shape[1]
+    allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
+    return scores.masked_fill(~allowed, float("-inf"))
+
+
+def softmax_pattern(
+    scores: Float[Tensor, "*lead k_pos"], padded: bool = False
+) -> Float[Tensor, "*lead k_pos"]:
+    """``A = softmax(S)`` along keys; with ``padded``, fully masked rows become 0, not NaN."""
+    pattern = torch.softmax(scores, dim=-1)
+    return pattern.nan_to_num(0.0) if padded else pattern
+
+
+def fused_attention(
+    q: Float[Tensor, "batch pos head d_head"],
+    k: Float[Tensor, "batch pos head d_head"],
+    v: Float[Tensor, "batch pos head d_head"],
+    key_mask: Tensor | None,
+) -> Float[Tensor, "batch pos head d_head"]:
+    """``z_t = Σ_{i≤t} softmax_i(q_t·k_i/√d_head) v_i`` without materialising the pattern."""
+    to_heads = "b p h d -> b h p d"
+    q, k, v = (rearrange(x, to_heads) for x in (q, k, v))
+    if key_mask is None:
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        n = q.shape[2]
+        allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        allowed = allowed & key_mask[:, None, None, :]
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).nan_to_num(0.0)
+    return rearrange(z, "b h p d -> b p h d")
+
+
+class MomentumAttention(nn.Module):
+    """Multi-head (optionally grouped-query) causal attention plus the momentum term."""
+
+    def __init__(self, cfg: MomentumLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h, kv, dm, dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head
+        std = 0.02
+        self.W_Q = nn.Parameter(torch.randn(h, dm, dh) * std)
+        self.W_K = nn.Parameter(torch.randn(kv, dm, dh) * std)
+        self.W_V = nn.Parameter(torch.randn(kv, dm, dh) * std)
+        self.W_O = nn.Parameter(torch.randn(h, dh, dm) * std / math.sqrt(2 * cfg.n_layers))
+        self.b_Q, self.b_K = nn.Parameter(torch.zeros(h, dh)), nn.Parameter(torch.zeros(kv, dh))
+        self.b_V, self.b_O = nn.Parameter(torch.zeros(kv, dh)), nn.Parameter(torch.zeros(dm))
+        logit = torch.full((h,), logit_from_eta(cfg.eta) if cfg.eta > 0 else -30.0)
+        if cfg.learn_eta:
+            self.eta_logit = nn.Parameter(logit)
+        else:
+            self.register_buffer("eta_logit", logit)
+        for name in ("q", "k", "v", "attn_scores", "pattern", "momentum", "z"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def eta(self) -> Float[Tensor, "head"]:
+        """Per-head ``η = sigmoid(logit)``, or zeros when momentum is off."""
+        if not self.cfg.use_momentum:
+            return torch.zeros_like(self.eta_logit)
+        return eta_from_logit(self.eta_logit)
+
+    def _pattern_hooked(self) -> bool:
+        """Materialise scores/pattern only when a hook reads them (else fused SDPA, faster)."""
+        return bool(self.hook_attn_scores._forward_hooks or self.hook_pattern._forward_hooks)
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], key_mask: Tensor | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        proj = "b p dm, h dm dh -> b p h dh"
+        q = self.hook_q(einsum(x, self.W_Q, proj) + self.b_Q)
+        k = self.hook_k(einsum(x, self.W_K, proj) + self.b_K)
+        v = self.hook_v(einsum(x, self.W_V, proj) + self.b_V)
+        n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
+        k_rep, v_rep = k.repeat_interleave(n_rep, dim=2), v.repeat_interleave(n_rep, dim=2)
+        if self._pattern_hooked():
+            scores = self.hook_attn_scores(causal_scores(q, k_rep, key_mask))
+            pattern = self.hook_pattern(softmax_pattern(scores, key_mask is not None))
+            z = einsum(pattern, v_rep, "b h qp kp, b kp h d -> b qp h d")
+        else:
+            z = fused_attention(q, k_rep, v_rep, key_mask)
+        if self.cfg.use_momentum:
+            z = z + self.hook_momentum(head_momentum(v, self.eta(), key_mask))
+        z = self.hook_z(z)
+        return einsum(z, self.W_O, "b p h d, h d dm -> b p dm") + self.b_O
+
+
+class MLP(nn.Module):
+    """``MLP(x) = GELU(x W_in + b_in) W_out + b_out``."""
+
+    def __init__(self, cfg: MomentumLMConfig) -> None:
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) * 0.02)
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        std_out = 0.02 / math.sqrt(2 * cfg.n_layers)
+        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model) * std_out)
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        post = self.hook_post(nn.functional.gelu(self.hook_pre(x @ self.W_in + self.b_in)))
+        return post @ self.W_out + self.b_out
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a ``hook_normalized`` (as TransformerLens)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.ones(d_model)), nn.Parameter(torch.zeros(d_model))
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        normed = nn.functional.layer_norm(x, x.shape[-1:], eps=1e-5)
+        return self.hook_normalized(normed) * self.w + self.b
+
+
+class Block(nn.Module):
+    """Pre-LN block: ``r ← r + Attn(LN(r))``, ``r ← r + MLP(LN(r))``."""
+
+    def __init__(self, cfg: MomentumLMConfig) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = LayerNorm(cfg.d_model), LayerNorm(cfg.d_model)
+        self.attn, self.mlp = MomentumAttention(cfg), MLP(cfg)
+        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(
+        self, resid: Float[Tensor, "batch pos d_model"], key_mask: Tensor | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid = self.hook_resid_pre(resid)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(self.ln1(resid), key_mask)))
+        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+
+
+class MomentumLM(HookedRootModule):
+    """Causal LM with momentum attention; ``MomentumLM(cfg with eta=0)`` is its vanilla twin."""
+
+    def __init__(self, cfg: MomentumLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model) * 0.02)
+        self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.01)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg.d_model)
+        self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab) * 0.02)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.setup()
+
+    def forward(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits. ``attention_mask`` ``[batch, pos]`` (1 = real token) masks padding keys."""
+        if tokens.shape[-1] > self.cfg.n_ctx:
+            raise ValueError(f"{tokens.shape[-1]} tokens exceed n_ctx={self.cfg.n_ctx}.")
+        key_mask = None if attention_mask is None else attention_mask.to(torch.bool)
+        pos = torch.arange(tokens.shape[-1], device=tokens.device)
+        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[pos])
+        for block in self.blocks:
+            resid = block(resid, key_mask)
+        return self.ln_final(resid) @ self.W_U
+
+    def etas(self) -> Float[Tensor, "layer head"]:
+        """η per layer and head (zeros for the vanilla twin)."""
+        return torch.stack([block.attn.eta() for block in self.blocks]).detach()
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path`` (atomically)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp))
+        text = json.dumps(asdict(self.cfg), indent=2)
+        _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> MomentumLM:
+        """Inverse of :meth:`save`."""
+        path = Path(path)
+        cfg = MomentumLMConfig(**json.loads((path / "config.json").read_text()))
+        model = cls(cfg)
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        return model.to(device)
+
+
+def _atomic_write(target: Path, write) -> None:
+    """``write(tmp_path)`` to a temporary file next to ``target``, then ``os.replace`` it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,461 @@
+"""Metrics: tiny hand-computed cases, then agreement with ports of the official code.
+
+Official code compared with (ported below into test-only ``official_*`` functions, kept as close
+to the original lines as possible; only file I/O and printing are replaced by arguments and
+return values):
+
+* ``microsoft/LMOps`` ``understand_icl/icl_ft/compute_sim.py`` (commit e0032a2):
+  ``cal_cos_sim``, ``norm_hidden``, ``check_answer``, ``count_f2t`` (Rec2FTP),
+  ``analyze_sim`` (SimAOU and its random baseline, modes ``all``/``f2t``) and
+  ``analyze_attn_map`` (SimAM "ZSL" = cos(ICL, ZSL) and cos(ICL, FT), raw scores, zero padding).
+* ``microsoft/LMOps`` ``understand_icl/icl_ft/compute_training_example_attn.py`` (commit
+  567d1ee): ``slice_icl_attn_map``, ``compact_ft_attn_q``, ``np_softmax`` and the Kendall part
+  of ``compute_training_attn`` (token and example level, and the random baseline).
+* ``GiilDe/ft-vs-icl`` ``scripts/metrics.py`` (HEAD 1952ce3): ``analyze_sim`` with
+  ``normalize=False`` (unnormalised SimAOU) and ``analyze_attn_map(diff=True)`` (SimAM_Δ); torch
+  float32 there, so agreement is to 1e-5.
+
+The random fixture (``tests/fixtures/metrics_fixture.npz``: inputs and the ports' outputs) is
+written by ``python tests/test_metrics.py``; the tests check that the ports still give the
+stored values and that ``dualform.metrics`` gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+from dualform import metrics as M
+
+FIXTURE = Path(__file__).parent / "fixtures" / "metrics_fixture.npz"
+
+
+# =========================================================================== hand-computed cases
+
+
+def test_accuracy_in_percent():
+    assert M.accuracy([0, 1, 1, 0], [0, 1, 0, 0]) == 75.0
+    assert M.accuracy(torch.tensor([2, 2]), np.array([2, 2])) == 100.0
+    with pytest.raises(ValueError):
+        M.accuracy([1, 2], [1])
+
+
+def test_rec2ftp_counts_examples_finetuning_fixes():
+    zsl = [False, False, False, True, False]
+    ft = [True, True, True, True, False]
+    icl = [True, False, True, False, True]
+    # FT ✓ ∧ ZSL ✗: examples 0, 1, 2; ICL also ✓ on 0 and 2 → 2/3.
+    assert M.rec2ftp(zsl, icl, ft) == pytest.approx(200 / 3)
+    assert M.f2t_mask(zsl, icl, ft).tolist() == [True, False, True, False, False]
+    assert math.isnan(M.rec2ftp(zsl, icl, [False] * 5))
+
+
+def test_simaou_normalised_and_not():
+    h_zsl, h_icl, h_ft = [[[1.0, 0.0]]], [[[0.0, 1.0]]], [[[2.0, 2.0]]]  # [example, layer, d]
+    # normalised: ĥ_FT = (1, 1)/√2, cos((−1, 1), (1/√2 − 1, 1/√2)) = cos(22.5°)
+    assert M.simaou(h_zsl, h_icl, h_ft)[0, 0] == pytest.approx(math.cos(math.pi / 8))
+    # unnormalised: cos((−1, 1), (1, 2)) = 1/√10
+    assert M.simaou(h_zsl, h_icl, h_ft, normalize=False)[0, 0] == pytest.approx(1 / math.sqrt(10))
+    per_head = M.simaou(torch.ones(3, 2, 4, 5), torch.rand(3, 2, 4, 5), torch.rand(3, 2, 4, 5))
+    assert per_head.shape == (3, 2, 4)
+
+
+def test_simaou_random_baseline_uses_uniform_updates():
+    h_zsl, h_icl = np.zeros((2, 1, 2)), np.array([[[1.0, -1.0]], [[2.0, 2.0]]])
+    got = M.simaou_random_baseline(h_zsl, h_icl, np.random.RandomState(5), normalize=False)
+    u = np.random.RandomState(5).random((2, 1, 2))
+    assert got[0, 0] == pytest.approx((u[0, 0, 0] - u[0, 0, 1]) / (math.sqrt(2) * np.linalg.norm(u[0, 0])))
+    assert got[1, 0] == pytest.approx(u[1, 0].sum() / (math.sqrt(2) * np.linalg.norm(u[1, 0])))
+    assert np.array_equal(M.simaou_random_baseline(h_zsl, h_icl, 3), M.simaou_random_baseline(h_zsl, h_icl, 3))
+
+
+def test_simam_is_scale_free_and_ignores_left_padding():
+    a = [np.array([[[1.0, 2.0, 3.0]]]), np.array([[[1.0, 0.0]]])]  # ragged [layer, head, q_i]
+    b = [np.array([[[2.0, 4.0, 6.0]]]), np.array([[[0.0, 1.0]]])]
+    assert M.simam(a, b)[:, 0, 0] == pytest.approx([1.0, 0.0])
+    assert M.pad_left(a)[1].tolist() == [[[0.0, 1.0, 0.0]]]
+    with pytest.raises(ValueError, match="same number of query tokens"):
+        M.simam(a, [b[0], np.ones((1, 1, 3))])
+
+
+def test_simam_delta_compares_score_changes():
+    icl, zsl = np.array([[[[1.0, 2.0]]]]), np.array([[[[1.0, 1.0]]]])
+    assert M.simam_delta(icl, zsl, np.array([[[[1.0, 3.0]]]]))[0, 0, 0] == pytest.approx(1.0)
+    assert M.simam_delta(icl, zsl, np.array([[[[2.0, 1.0]]]]))[0, 0, 0] == pytest.approx(0.0)
+
+
+def test_kendall_token_and_example_level():
+    icl = np.array([[[3.0, 0.0, 1.0, 2.0]]])  # [example, layer, n]
+    ft = np.array([[[3.0, 0.0, 2.0, 1.0]]])
+    # 6 pairs, one discordant (tokens 2 and 3): τ = (5 − 1) / 6
+    assert M.kendall(icl, ft)[0, 0] == pytest.approx(2 / 3)
+    # demonstrations of 1, 1 and 2 tokens: probabilities summed per demo rank alike → τ = 1
+    assert M.kendall(icl, ft, segments=[1, 1, 2])[0, 0] == pytest.approx(1.0)
+    assert M.kendall(np.stack([icl, ft], 2), np.stack([ft, ft], 2)).shape == (1, 1, 2)
+    with pytest.raises(ValueError, match="segments"):
+        M.kendall(icl, ft, segments=[1, 1])
+
+
+def test_reductions_follow_the_official_order():
+    values = np.array([[[1.0, 3.0], [0.0, 0.0]], [[3.0, 5.0], [2.0, 2.0]]])  # [ex, layer, head]
+    assert M.head_mean(values).tolist() == [[2.0, 4.0], [1.0, 1.0]]
+    assert M.layer_mean(values).tolist() == [3.0, 1.0]
+    assert M.overall(values) == 2.0
+    assert M.layer_mean(values[:, :, 0]).tolist() == [2.0, 1.0]
+
+
+# =========================================================================== official ports
+# --- port of microsoft/LMOps understand_icl/icl_ft/compute_sim.py (test-only reference) -------
+
+
+def official_cal_cos_sim(v1, v2):
+    num = (v1 * v2).sum(axis=-1)  # dot product
+    denom = np.linalg.norm(v1, axis=-1) * np.linalg.norm(v2, axis=-1) + 1e-20  # length
+    res = num / denom
+    return res
+
+
+def official_check_answer(info_item):
+    return info_item['gold_label'] == info_item['pred_label']
+
+
+def official_norm_hidden(hidden):
+    norm = np.linalg.norm(hidden, axis=-1) + 1e-20  # length
+    norm = norm[:, :, np.newaxis]
+    hidden = hidden / norm
+    return hidden
+
+
+def official_count_f2t(zs_info, icl_info, ftzs_info):
+    num_both_f2t = 0
+    num_ftzs_f2t = 0
+    n_examples = len(zs_info)
+    for i in range(n_examples):
+        if not official_check_answer(zs_info[i]) and official_check_answer(ftzs_info[i]):
+            num_ftzs_f2t += 1
+        if not official_check_answer(zs_info[i]) and official_check_answer(ftzs_info[i]) and official_check_answer(icl_info[i]):
+            num_both_f2t += 1
+    recall = num_both_f2t / num_ftzs_f2t * 100
+    return recall
+
+
+def _select(zs_info, icl_info, ftzs_info, mode, key):
+    if mode == 'all':
+        return ([item[key] for item in zs_info], [item[key] for item in icl_info],
+                [item[key] for item in ftzs_info])
+    zs, icl, ftzs = [], [], []
+    for i in range(len(zs_info)):
+        if not official_check_answer(zs_info[i]) and official_check_answer(ftzs_info[i]) and official_check_answer(icl_info[i]):
+            zs.append(zs_info[i][key])
+            icl.append(icl_info[i][key])
+            ftzs.append(ftzs_info[i][key])
+    return zs, icl, ftzs
+
+
+def official_analyze_sim(zs_info, icl_info, ftzs_info, mode, key, normalize=False):
+    zs_hidden, icl_hidden, ftzs_hidden = (np.array(h) for h in _select(zs_info, icl_info, ftzs_info, mode, key))
+    if normalize:
+        zs_hidden = official_norm_hidden(zs_hidden)
+        icl_hidden = official_norm_hidden(icl_hidden)
+        ftzs_hidden = official_norm_hidden(ftzs_hidden)
+    icl_updates = icl_hidden - zs_hidden  # n_examples, n_layers, hidden_dim
+    ftzs_updates = ftzs_hidden - zs_hidden
+    cos_sim = official_cal_cos_sim(icl_updates, ftzs_updates)
+    cos_sim = cos_sim.mean(axis=0)
+    random_updates = np.random.random(ftzs_updates.shape)
+    baseline_cos_sim = official_cal_cos_sim(icl_updates, random_updates)
+    baseline_cos_sim = baseline_cos_sim.mean(axis=0)
+    return cos_sim, baseline_cos_sim  # per layer; the script prints .mean() of each
+
+
+def official_analyze_attn_map(zs_info, icl_info, ftzs_info, mode, key, softmax=False):
+    zs_attn_map, icl_attn_map, ftzs_attn_map = (copy.deepcopy(m) for m in _select(zs_info, icl_info, ftzs_info, mode, key))
+    max_zs_len = -1
+    n_examples = len(zs_attn_map)
+    n_layers = len(zs_attn_map[0])
+    n_heads = len(zs_attn_map[0][0])
+    for i in range(n_examples):
+        if len(zs_attn_map[i][0][0]) > max_zs_len:
+            max_zs_len = len(zs_attn_map[i][0][0])
+    pad_value = -1e20 if softmax else 0
+    for i in range(n_examples):
+        for j in range(n_layers):
+            for k in range(n_heads):
+                pad_len = max_zs_len - len(zs_attn_map[i][j][k])
+                zs_attn_map[i][j][k] = [pad_value] * pad_len + zs_attn_map[i][j][k]
+                icl_attn_map[i][j][k] = [pad_value] * pad_len + icl_attn_map[i][j][k]
+                ftzs_attn_map[i][j][k] = [pad_value] * pad_len + ftzs_attn_map[i][j][k]
+    zs_attn_map = np.array(zs_attn_map)  # n_examples, n_layers, n_heads, len
+    icl_attn_map = np.array(icl_attn_map)
+    ftzs_attn_map = np.array(ftzs_attn_map)
+    sim_zs = official_cal_cos_sim(icl_attn_map, zs_attn_map).mean(axis=2).mean(axis=0)
+    sim_ft = official_cal_cos_sim(icl_attn_map, ftzs_attn_map).mean(axis=2).mean(axis=0)
+    return sim_zs, sim_ft  # 'ZSL SimAM' and 'SimAM', per layer
+
+
+# --- port of microsoft/LMOps understand_icl/icl_ft/compute_training_example_attn.py ----------
+
+
+def official_slice_icl_attn_map(icl_attn_map_ctx, ft_attn_q):
+    n_example = len(ft_attn_q)
+    example_len = []
+    for i in range(n_example):
+        example_len.append(len(ft_attn_q[i][0]) - 1)
+    slice_idx = []
+    stored_slice_range = []
+    cur_pos = 1
+    for i in range(n_example):
+        new_range = list(range(cur_pos, cur_pos + example_len[i]))
+        slice_idx.extend(new_range)
+        cur_pos += example_len[i] + 1
+    cur_pos = 0
+    for i in range(n_example):
+        new_range = list(range(cur_pos, cur_pos + example_len[i]))
+        stored_slice_range.append(new_range)
+        cur_pos += example_len[i]
+    icl_attn_map_ctx = icl_attn_map_ctx[:, :, slice_idx]
+    return icl_attn_map_ctx, stored_slice_range
+
+
+def official_compact_ft_attn_q(ft_attn_q):
+    n_examples = len(ft_attn_q)
+    n_layers = len(ft_attn_q[0])
+    compacted_ft_attn_q = []
+    for i in range(n_layers):
+        layer_ft_attn_q = []
+        for j in range(n_examples):
+            cur_len = len(ft_attn_q[j][i])
+            for k in range(1, cur_len):
+                q_vector = ft_attn_q[j][i][k]
+                layer_ft_attn_q.append(q_vector)
+        compacted_ft_attn_q.append(layer_ft_attn_q)
+    return compacted_ft_attn_q
+
+
+def official_np_softmax(x, axis=-1):
+    x -= np.max(x, axis=axis, keepdims=True)
+    x = np.exp(x) / np.sum(np.exp(x), axis=axis, keepdims=True)
+    return x
+
+
+def official_compute_training_attn(ft_attn_q, ftzs_attn_q, icl_attn_map_ctx, level='token'):
+    """Kendall part of ``compute_training_attn``; returns (kendall, random_kendall) per layer."""
+    icl_attn_map_ctx, stored_slice_range = official_slice_icl_attn_map(np.array(icl_attn_map_ctx), ft_attn_q)
+    ft_attn_q = np.array(official_compact_ft_attn_q(ft_attn_q))  # (n_layers, tot_len, q_hidden_dim)
+    expand_ftzs_attn_q = np.array(ftzs_attn_q)[:, :, np.newaxis, :]
+    expand_ft_attn_q = ft_attn_q[np.newaxis, :, :, :]
+    ftzs_attn_map = (expand_ft_attn_q * expand_ftzs_attn_q).sum(axis=-1)  # (n_example, n_layers, tot_len)
+    icl_attn_map = official_np_softmax(icl_attn_map_ctx, axis=-1)
+    ftzs_attn_map = official_np_softmax(ftzs_attn_map, axis=-1)
+    if level == 'example':
+        n_example = len(stored_slice_range)
+        tmp_ftzs_attn_map = np.random.random([ftzs_attn_map.shape[0], ftzs_attn_map.shape[1], n_example])
+        tmp_icl_attn_map = np.random.random([ftzs_attn_map.shape[0], ftzs_attn_map.shape[1], n_example])
+        for i, slice_range in enumerate(stored_slice_range):
+            tmp_ftzs_attn_map[:, :, i] = ftzs_attn_map[:, :, slice_range].sum(axis=-1)
+            tmp_icl_attn_map[:, :, i] = icl_attn_map[:, :, slice_range].sum(axis=-1)
+        ftzs_attn_map = tmp_ftzs_attn_map
+        icl_attn_map = tmp_icl_attn_map
+    kendall = [0 for i in range(len(icl_attn_map[0]))]
+    random_kendall = [0 for i in range(len(icl_attn_map[0]))]
+    for i in range(icl_attn_map.shape[0]):
+        for j in range(icl_attn_map.shape[1]):
+            cur_icl_map = np.array(icl_attn_map[i][j])
+            cur_ftzs_map = np.array(ftzs_attn_map[i][j])
+            random_map = np.random.random(ftzs_attn_map[i][j].shape)
+            kendall[j] += scipy.stats.kendalltau(cur_icl_map, cur_ftzs_map)[0]
+            random_kendall[j] += scipy.stats.kendalltau(cur_icl_map, random_map)[0]
+    kendall = [kendall[i] / icl_attn_map.shape[0] for i in range(icl_attn_map.shape[1])]
+    random_kendall = [random_kendall[i] / icl_attn_map.shape[0] for i in range(icl_attn_map.shape[1])]
+    return np.array(kendall), np.array(random_kendall)
+
+
+# --- port of GiilDe/ft-vs-icl scripts/metrics.py (test-only reference) ----------------------
+
+
+def deutch_analyze_sim(zs_hidden, icl_hidden, ftzs_hidden, normalize=False):
+    zs_hidden, icl_hidden, ftzs_hidden = (torch.tensor(h) for h in (zs_hidden, icl_hidden, ftzs_hidden))
+    if normalize:
+        zs_hidden = F.normalize(zs_hidden, p=2, dim=-1)
+        icl_hidden = F.normalize(icl_hidden, p=2, dim=-1)
+        ftzs_hidden = F.normalize(ftzs_hidden, p=2, dim=-1)
+    icl_updates = icl_hidden - zs_hidden
+    ftzs_updates = ftzs_hidden - zs_hidden
+    cos_sim = F.cosine_similarity(icl_updates, ftzs_updates, dim=-1)
+    return cos_sim.mean(dim=0).cpu().numpy()
+
+
+def deutch_pad_attn_map(attn_map, max_len, pad_value):
+    padded_map = torch.empty(len(attn_map), len(attn_map[0]), len(attn_map[0][0]), max_len)
+    padded_map.fill_(pad_value)
+    for i in range(len(attn_map)):
+        padded_map[i, :, :, -len(attn_map[i][0][0]):] = torch.Tensor(attn_map[i])
+    return padded_map
+
+
+def deutch_analyze_attn_map(zs_attn_map, icl_attn_map, ftzs_attn_map):
+    """``analyze_attn_map(..., softmax=False, diff=True)``: SimAM_Δ per layer."""
+    max_zs_len = max([len(zs_attn_map[i][0][0]) for i in range(len(zs_attn_map))])
+    zs_attn_map = deutch_pad_attn_map(zs_attn_map, max_zs_len, 0)
+    icl_attn_map = deutch_pad_attn_map(icl_attn_map, max_zs_len, 0)
+    ftzs_attn_map = deutch_pad_attn_map(ftzs_attn_map, max_zs_len, 0)
+    icl_attn_map = icl_attn_map - zs_attn_map
+    ft_attn_map = ftzs_attn_map - zs_attn_map
+    sim = F.cosine_similarity(icl_attn_map, ft_attn_map, dim=-1)
+    return sim.mean(dim=2).mean(dim=0).cpu().numpy()
+
+
+# =========================================================================== the fixture
+
+N_EX, N_LAYERS, D, N_HEADS = 9, 3, 12, 2
+TRAIN_LENS = (4, 3, 5)  # training examples (tokens after BOS) = demonstrations
+
+
+def make_fixture(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random record_info-like data for ZSL / ICL / FT, and the official ports' outputs."""
+    rng = np.random.default_rng(seed)
+    h = {c: rng.normal(size=(N_EX, N_LAYERS, D)) for c in ("zsl", "icl", "ft")}
+    h["icl"] += 0.5 * h["ft"]  # some real agreement between the updates
+    q_len = rng.integers(2, 7, size=N_EX)
+    s = {c: rng.normal(size=(N_EX, N_LAYERS, N_HEADS, q_len.max())) for c in ("zsl", "icl", "ft")}
+    for c in s:
+        for i, n in enumerate(q_len):
+            s[c][i, ..., : q_len.max() - n] = 0.0  # stored left-padded; the ports get them ragged
+    gold = rng.integers(0, 2, size=N_EX)
+    pred = {c: np.where(rng.random(N_EX) < 0.6, gold, 1 - gold) for c in ("zsl", "icl", "ft")}
+    pred["zsl"][:3], pred["ft"][:3], pred["icl"][:3] = 1 - gold[:3], gold[:3], gold[:3]
+    pred["icl"][2] = 1 - gold[2]  # ICL misses one example that finetuning fixes
+    ft_q = [rng.normal(size=(N_LAYERS, n + 1, D)) for n in TRAIN_LENS]  # with BOS at 0
+    ftzs_q = rng.normal(size=(N_EX, N_LAYERS, D))
+    icl_ctx = rng.normal(size=(N_EX, N_LAYERS, 1 + sum(n + 1 for n in TRAIN_LENS)))
+    data = {f"h_{c}": v for c, v in h.items()} | {f"s_{c}": v for c, v in s.items()}
+    data |= {"q_len": q_len, "gold": gold} | {f"pred_{c}": v for c, v in pred.items()}
+    data |= {f"ft_q_{i}": q for i, q in enumerate(ft_q)} | {"ftzs_q": ftzs_q, "icl_ctx": icl_ctx}
+    return data | official_outputs(data)
+
+
+def infos(data):
+    """The official scripts' ``record_info`` dicts (ZSL, ICL, FT), ragged attention maps."""
+    out = []
+    for c in ("zsl", "icl", "ft"):
+        out.append([{
+            "self_attn_out_hiddens": data[f"h_{c}"][i].tolist(),
+            "attn_map": data[f"s_{c}"][i, ..., data[f"s_{c}"].shape[-1] - n:].tolist(),
+            "gold_label": int(data["gold"][i]), "pred_label": int(data[f"pred_{c}"][i]),
+        } for i, n in enumerate(data["q_len"])])
+    return out
+
+
+def ft_queries(data):
+    return [data[f"ft_q_{i}"].tolist() for i in range(len(TRAIN_LENS))]
+
+
+def official_outputs(data) -> dict[str, np.ndarray]:
+    zs, icl, ft = infos(data)
+    out = {"rec2ftp": np.array(official_count_f2t(zs, icl, ft))}
+    for mode in ("all", "f2t"):
+        np.random.seed(7)
+        out[f"simaou_{mode}"], out[f"simaou_random_{mode}"] = official_analyze_sim(
+            zs, icl, ft, mode, "self_attn_out_hiddens", normalize=True)
+        out[f"simam_zsl_{mode}"], out[f"simam_ft_{mode}"] = official_analyze_attn_map(
+            zs, icl, ft, mode, "attn_map")
+    for level in ("token", "example"):
+        np.random.seed(11)
+        out[f"kendall_{level}"], out[f"kendall_random_{level}"] = official_compute_training_attn(
+            ft_queries(data), data["ftzs_q"].tolist(), data["icl_ctx"].tolist(), level)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    return dict(np.load(FIXTURE))
+
+
+def ragged(data, c):
+    return [data[f"s_{c}"][i, ..., data[f"s_{c}"].shape[-1] - n:] for i, n in enumerate(data["q_len"])]
+
+
+# =========================================================================== comparisons
+
+
+def test_stored_fixture_matches_the_ports(fixture):
+    """The ports (and the stored numbers) have not drifted; the fixture is not degenerate."""
+    now = official_outputs(fixture)
+    for key, value in now.items():
+        np.testing.assert_allclose(value, fixture[key], rtol=1e-12, err_msg=key)
+    assert 0 < fixture["rec2ftp"] < 100 and fixture["simaou_all"].mean() > 0.1
+
+
+def test_rec2ftp_matches_compute_sim(fixture):
+    ok = {c: fixture[f"pred_{c}"] == fixture["gold"] for c in ("zsl", "icl", "ft")}
+    assert M.rec2ftp(ok["zsl"], ok["icl"], ok["ft"]) == pytest.approx(float(fixture["rec2ftp"]), rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["all", "f2t"])
+def test_simaou_and_simam_match_compute_sim(fixture, mode):
+    ok = {c: fixture[f"pred_{c}"] == fixture["gold"] for c in ("zsl", "icl", "ft")}
+    keep = np.ones(N_EX, bool) if mode == "all" else M.f2t_mask(ok["zsl"], ok["icl"], ok["ft"])
+    assert 0 < keep.sum() <= N_EX
+    h = {c: fixture[f"h_{c}"][keep] for c in ("zsl", "icl", "ft")}
+    np.testing.assert_allclose(M.layer_mean(M.simaou(h["zsl"], h["icl"], h["ft"])),
+                               fixture[f"simaou_{mode}"], rtol=1e-12)
+    random = M.simaou_random_baseline(h["zsl"], h["icl"], np.random.RandomState(7))
+    np.testing.assert_allclose(M.layer_mean(random), fixture[f"simaou_random_{mode}"], rtol=1e-12)
+    s = {c: [m for m, k in zip(ragged(fixture, c), keep, strict=True) if k] for c in ("zsl", "icl", "ft")}
+    np.testing.assert_allclose(M.layer_mean(M.simam(s["icl"], s["zsl"])), fixture[f"simam_zsl_{mode}"], rtol=1e-12)
+    np.testing.assert_allclose(M.layer_mean(M.simam(s["icl"], s["ft"])), fixture[f"simam_ft_{mode}"], rtol=1e-12)
+    assert M.overall(M.simam(s["icl"], s["ft"])) == pytest.approx(fixture[f"simam_ft_{mode}"].mean())
+
+
+def kendall_inputs(data):
+    """Align as the official script: ICL context minus BOS and separators; FT = q_query · q_train."""
+    ctx, starts = data["icl_ctx"], np.cumsum([1] + [n + 1 for n in TRAIN_LENS])[:-1]
+    icl = np.concatenate([ctx[..., s:s + n] for s, n in zip(starts, TRAIN_LENS, strict=True)], -1)
+    q_train = np.concatenate([data[f"ft_q_{i}"][:, 1:] for i in range(len(TRAIN_LENS))], 1)
+    ft = np.einsum("eld,ltd->elt", data["ftzs_q"], q_train)
+    return icl, ft
+
+
+@pytest.mark.parametrize("level", ["token", "example"])
+def test_kendall_matches_compute_training_example_attn(fixture, level):
+    icl, ft = kendall_inputs(fixture)
+    segments = list(TRAIN_LENS) if level == "example" else None
+    np.testing.assert_allclose(M.layer_mean(M.kendall(icl, ft, segments=segments)),
+                               fixture[f"kendall_{level}"], rtol=1e-12)
+    if level == "token":  # the official example level draws throwaway randoms first
+        random = M.kendall_random_baseline(icl, np.random.RandomState(11))
+        np.testing.assert_allclose(M.layer_mean(random), fixture["kendall_random_token"], rtol=1e-12)
+
+
+def test_unnormalised_simaou_and_simam_delta_match_ft_vs_icl(fixture):
+    h = [fixture[f"h_{c}"] for c in ("zsl", "icl", "ft")]
+    np.testing.assert_allclose(M.layer_mean(M.simaou(*h, normalize=False)),
+                               deutch_analyze_sim(*h, normalize=False), rtol=1e-10)
+    np.testing.assert_allclose(M.layer_mean(M.simaou(*h)), deutch_analyze_sim(*h, normalize=True), rtol=1e-10)
+    s = {c: ragged(fixture, c) for c in ("zsl", "icl", "ft")}
+    expected = deutch_analyze_attn_map(*([m.tolist() for m in s[c]] for c in ("zsl", "icl", "ft")))
+    got = M.layer_mean(M.simam_delta(s["icl"], s["zsl"], s["ft"]))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_inputs_and_per_head_reductions(fixture):
+    h = [torch.from_numpy(fixture[f"h_{c}"]) for c in ("zsl", "icl", "ft")]
+    np.testing.assert_allclose(M.simaou(*h), M.simaou(*(x.numpy() for x in h)))
+    per_head = [x.reshape(N_EX, N_LAYERS, 3, D // 3) for x in h]  # z-vectors [ex, layer, head, d]
+    values = M.simaou(*per_head)
+    assert values.shape == (N_EX, N_LAYERS, 3) and M.head_mean(values).shape == (N_LAYERS, 3)
+    s = [fixture[f"s_{c}"] for c in ("icl", "ft")]
+    assert M.simam(*s).shape == (N_EX, N_LAYERS, N_HEADS)
+
+
+if __name__ == "__main__":
+    FIXTURE.parent.mkdir(exist_ok=True)
+    np.savez_compressed(FIXTURE, **make_fixture())
+    print(f"wrote {FIXTURE}")
