@@ -1,5 +1,7 @@
 """dualform — in-context learning as implicit finetuning, head by head, on TransformerLens models."""
 
+from dualform.attribution import compare_maps, ft_head_effects, icl_head_effects
+from dualform.dai import DaiConfig, run_dai
 from dualform.dual_form import (
     DualForm,
     SoftmaxSplit,
@@ -8,14 +10,42 @@ from dualform.dual_form import (
     softmax_decomposition,
 )
 from dualform.equations import linear_attention, linear_layer_dual, meta_gradient, softmax_split
+from dualform.finetune import FinetuneDivergedError, FinetuneResult, finetune_kv, kv_parameters
 from dualform.models import DEFAULT_MODEL, ModelLoadError, load_model, resolve_device
 from dualform.probes import Capture, ProbeError, attention_scale, capture, hooks
 from dualform.relaxed import relaxed_linear_attention
+from dualform.tasks import (
+    OFFLINE_TASKS,
+    Task,
+    build_prompt,
+    label_token_ids,
+    load_task,
+    load_user_task,
+    prompt_tokens,
+    sample_demos,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "OFFLINE_TASKS",
+    "DaiConfig",
+    "FinetuneDivergedError",
+    "FinetuneResult",
+    "Task",
+    "build_prompt",
+    "compare_maps",
+    "finetune_kv",
+    "ft_head_effects",
+    "icl_head_effects",
+    "kv_parameters",
+    "label_token_ids",
+    "load_task",
+    "load_user_task",
+    "prompt_tokens",
+    "run_dai",
+    "sample_demos",
     "Capture",
     "DualForm",
     "ModelLoadError",

@@ -31,7 +31,7 @@ from dualform.finetune import FinetuneResult, kv_parameters
 from dualform.probes import capture, head_counts, hook_name, hooks
 
 
-def label_margin(logits: Float[Tensor, "vocab"], label_ids: list[int], gold: int) -> Tensor:
+def label_margin(logits: Float[Tensor, " vocab"], label_ids: list[int], gold: int) -> Tensor:
     """``m = logit(gold label) − max_{other labels} logit``."""
     labels = logits[label_ids]
     others = torch.cat([labels[:gold], labels[gold + 1 :]])

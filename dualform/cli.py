@@ -73,6 +73,60 @@ def walkthrough(
         console.print(f"wrote {out}")
 
 
+def _default_tasks() -> tuple[str, ...]:
+    from dualform.dai import DEFAULT_TASKS
+
+    return DEFAULT_TASKS
+
+
+@reproduce_app.command("dai")
+def reproduce_dai(
+    model: str = typer.Option(DEFAULT_MODEL, help="Model name."),
+    tasks: str = typer.Option(",".join(_default_tasks()), help="Comma-separated task names."),
+    shots: int = typer.Option(32, help="Demonstrations per prompt."),
+    out: Path = typer.Option(Path("results/dai"), help="Output directory (resumable)."),
+    n_test: int = typer.Option(32, help="Test examples per task."),
+    n_validation: int = typer.Option(16, help="Validation examples per task (LR/seed choice)."),
+    demo_seeds: str = typer.Option("1,2", help="Demonstration seeds to choose from."),
+    full_grid: bool = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}."),
+    layer_causal: bool = typer.Option(False, help="Layer-causal finetuning (Deutch et al.)."),
+    untrained: bool = typer.Option(True, help="Also run the untrained-model baseline."),
+    attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
+    device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    report: bool = typer.Option(True, help="Write report.html at the end."),
+) -> None:
+    """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable."""
+    from dualform.dai import DaiConfig, run_dai
+    from dualform.tables import print_dai_table
+
+    config = DaiConfig(
+        model=model, tasks=tuple(t for t in tasks.split(",") if t), shots=shots,
+        n_validation=n_validation, n_test=n_test,
+        demo_seeds=tuple(int(s) for s in demo_seeds.split(",")),
+        layer_causal=layer_causal, untrained_baseline=untrained, attribution=attribution,
+        device=device,
+    )
+    if full_grid:
+        config = config.with_full_grid()
+    try:
+        results = run_dai(out, config)
+    except (ModelLoadError, ValueError) as err:
+        _fail(str(err))
+    print_dai_table(results, console)
+    console.print(f"wrote {out / 'results.json'}")
+    if report:
+        _write_report(out)
+
+
+def _write_report(out: Path) -> None:
+    try:
+        from dualform.report import write_report
+    except ImportError:
+        console.print("(report module not available yet; skipped report.html)")
+        return
+    console.print(f"wrote {write_report(out)}")
+
+
 @reproduce_app.command("regression")
 def reproduce_regression(
     out: Path = typer.Option(Path("results/regression"), help="Output directory."),
@@ -97,6 +151,36 @@ def reproduce_momentum(
     result = run_momentum(out, config=MomentumConfig(device=device))
     console.print_json(json.dumps(result.get("summary", {}), default=str))
     console.print(f"wrote {out}/results.json")
+
+
+@app.command()
+def bench(
+    model: str = typer.Option(DEFAULT_MODEL, help="Model name."),
+    repeats: int = typer.Option(5, help="Timed repeats per measurement (median)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """Performance ratios against baselines measured in the same run."""
+    from dualform.bench import run_bench
+
+    result = run_bench(model, repeats=repeats, device=device)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("measurement", "value", title=f"dualform bench ({result['device']}, {result['threads']} threads)")
+    table.add_row("second load of the model", f"{result['second_load_s']:.2f} s")
+    c, d, f = result["capture"], result["dual_form"], result["finetune"]
+    table.add_row(f"capture q,k,v,z,attn_out,scores ({c['tokens']} tok) / bare forward",
+                  f"{c['capture_ratio']:.2f}x ({c['capture_s']:.2f} s vs {c['bare_forward_s']:.2f} s)")
+    table.add_row("full run_with_cache / bare forward", f"{c['run_with_cache_ratio']:.2f}x")
+    table.add_row("captured activations", f"{c['captured_MiB']:.1f} MiB")
+    table.add_row(f"dual_form ({d['tokens']} tok) / bare forward",
+                  f"{d['dual_form_ratio']:.2f}x ({d['dual_form_s']:.2f} s vs {d['bare_forward_s']:.2f} s)")
+    table.add_row("dual_form result size", f"{d['result_MiB']:.1f} MiB")
+    table.add_row(f"finetune_kv step ({f['tokens']} tok) / fwd+bwd on K,V",
+                  f"{f['finetune_step_ratio']:.2f}x ({f['finetune_step_s']:.3f} s vs {f['forward_backward_s']:.3f} s)")
+    table.add_row("peak RSS", f"{result['peak_rss_MiB']:.0f} MiB")
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry point

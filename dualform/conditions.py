@@ -28,7 +28,7 @@ RECORD_HOOKS = ("attn_out", "z", "scores", "q")
 class Record:
     """One run of one condition, at the last token."""
 
-    label_logits: Float[Tensor, "label"]
+    label_logits: Float[Tensor, " label"]
     attn_out: Float[Tensor, "layer d_model"]
     z: Float[Tensor, "layer head d_head"]
     scores: Float[Tensor, "layer head k_pos"]

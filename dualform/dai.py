@@ -23,7 +23,7 @@ from dualform.attribution import compare_maps, ft_head_effects, icl_head_effects
 from dualform.conditions import Record, demo_training_texts, prompt_pair, record
 from dualform.dai_metrics import similarity_metrics
 from dualform.finetune import FinetuneDivergedError, finetune_kv
-from dualform.io import read_json, write_json_atomic
+from dualform.io import as_stored, read_json, write_json_atomic
 from dualform.models import DEFAULT_MODEL, load_model
 from dualform.tasks import Example, Task, label_token_ids, load_task, sample_demos
 
@@ -66,7 +66,7 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
     config = config or DaiConfig()
     path = Path(out_dir) / "results.json"
     results = read_json(path) or {}
-    if results.get("config") and results["config"] != _config_dict(config):
+    if results.get("config") and results["config"] != as_stored(_config_dict(config)):
         results = {}  # a different configuration: start over rather than mix runs
     results.update({"config": _config_dict(config), "versions": _versions()})
     results.setdefault("tasks", {})

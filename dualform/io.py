@@ -39,6 +39,11 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(_finite(data), indent=2, default=_jsonable, allow_nan=False))
 
 
+def as_stored(data: Any) -> Any:
+    """``data`` as it reads back from :func:`write_json_atomic` (for comparisons on resume)."""
+    return json.loads(json.dumps(_finite(data), default=_jsonable, allow_nan=False))
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

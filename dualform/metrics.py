@@ -117,7 +117,7 @@ def simaou_random_baseline(
     """
     h_zsl, h_update = _prepare(h_zsl, h_update, normalize=normalize)
     update = h_update - h_zsl
-    return cosine(update, _random(rng, update.shape))
+    return cosine(update, _as_rng(rng).random(update.shape))
 
 
 def _prepare(*hs: Any, normalize: bool) -> list[np.ndarray]:
@@ -127,12 +127,13 @@ def _prepare(*hs: Any, normalize: bool) -> list[np.ndarray]:
     return [l2_normalize(a) for a in arrays] if normalize else arrays
 
 
-def _random(rng: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _as_rng(rng: Any) -> Any:
+    """Something with ``.random(shape)``: numpy's global state, a seeded Generator, or ``rng``."""
     if rng is None:
-        return np.random.random(shape)
+        return np.random  # the official scripts' global ``np.random.random``
     if isinstance(rng, int | np.integer):
-        rng = np.random.default_rng(int(rng))
-    return rng.random(shape)
+        return np.random.default_rng(int(rng))
+    return rng
 
 
 # --------------------------------------------------------------------------- attention maps
@@ -241,9 +242,9 @@ def kendall_random_baseline(
     """Kendall's τ_b between the ICL attention and a random map U ~ Uniform[0, 1)^n, one draw per
     example and layer (and head) in C order, as the official ``random_kendall``."""
     icl, _ = _kendall_inputs(icl_attention_to_demos, icl_attention_to_demos, segments)
-    out = np.empty(icl.shape[:-1])
+    rng, out = _as_rng(rng), np.empty(icl.shape[:-1])
     for index in np.ndindex(*out.shape):
-        out[index] = scipy.stats.kendalltau(icl[index], _random(rng, icl.shape[-1:]))[0]
+        out[index] = scipy.stats.kendalltau(icl[index], rng.random(icl.shape[-1:]))[0]
     return out
 
 

@@ -36,7 +36,7 @@ def relaxed_linear_attention(
     model,
     *,
     layers: Sequence[int] | None = None,
-    key_mask: Bool[Tensor, "k_pos"] | None = None,
+    key_mask: Bool[Tensor, " k_pos"] | None = None,
 ) -> Iterator[None]:
     """Within the block, attention of ``layers`` (default all) is relaxed linear attention.
 

@@ -228,8 +228,8 @@ def _make_task(name: str, spec: TaskSpec, splits: dict[str, list[Example]]) -> T
 def sample_demos(task: Task, k: int, seed: int) -> list[Example]:
     """``k`` training examples, class-balanced as far as possible, in a seeded random order.
 
-    Classes are visited round-robin (in a seeded order) so no class gets two more than another
-    unless it runs out of examples.
+    Classes are visited round-robin (in a seeded order), so class counts differ by at most one
+    unless a class runs out of training examples.
     """
     if not 0 <= k <= len(task.train):
         raise TaskError(

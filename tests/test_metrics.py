@@ -432,6 +432,10 @@ def test_kendall_matches_compute_training_example_attn(fixture, level):
     if level == "token":  # the official example level draws throwaway randoms first
         random = M.kendall_random_baseline(icl, np.random.RandomState(11))
         np.testing.assert_allclose(M.layer_mean(random), fixture["kendall_random_token"], rtol=1e-12)
+        same_icl = np.repeat(icl[:1], N_EX, axis=0)
+        seeded = M.kendall_random_baseline(same_icl, 3)
+        assert np.array_equal(seeded, M.kendall_random_baseline(same_icl, 3))
+        assert len(np.unique(seeded[:, 0])) > 1  # a fresh draw for every example
 
 
 def test_unnormalised_simaou_and_simam_delta_match_ft_vs_icl(fixture):

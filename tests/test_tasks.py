@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from dualform.models import byte_tokenizer, load_model
+from dualform.task_sources import countries
 from dualform.tasks import (
     HUB_TASKS,
     OFFLINE_TASKS,
@@ -77,11 +78,12 @@ def test_offline_task_sizes_and_labels_are_real_data():
     task = load_task("afinn-sentiment")
     assert len(task.train) + len(task.validation) + len(task.test) == 2 * 1176  # positives
     words = {e.fields["x"]: e.label for s in (task.train, task.validation, task.test) for e in s}
-    assert words.get("good", 1) == 1 and words.get("bad", 0) == 0
+    assert words["good"] == 1 and words["superb"] == 1  # the smaller (positive) class is whole
+    assert words.get("bad", 0) == 0
     region = load_task("country-region")
-    countries = {e.fields["x"]: e.label for s in (region.train, region.validation, region.test)
-                 for e in s}
-    assert countries.get("France", 3) == 3 and countries.get("Japan", 2) == 2
+    truth = {c["name"]: c.get("region") for c in countries()}
+    for example in region.train + region.validation + region.test:
+        assert region.label_words[example.label] == truth[example.fields["x"]]
 
 
 def test_changing_n_train_keeps_the_evaluation_sets():
@@ -230,19 +232,22 @@ def test_sample_demos_is_balanced_seeded_and_from_train():
 # --------------------------------------------------------------------------- label tokens
 
 
-def test_byte_tokenizer_labels_collide_on_the_space():
-    with pytest.raises(LabelTokenError, match=r"\['Negative', 'Positive'\].*' '"):
-        label_token_ids(byte_tokenizer(), toy_task())
-
-
 def test_byte_tokenizer_multi_token_labels_use_the_first_token():
-    tok = byte_tokenizer()
-    task = toy_task(template="Sentiment:{y}")
+    tok = byte_tokenizer()  # bytes plus "space + byte" merges: " Positive" → " P", "o", ...
+    task = toy_task()
     sequences = label_token_sequences(tok, task)
-    assert sequences == [tok.encode("Negative", add_special_tokens=False),
-                         tok.encode("Positive", add_special_tokens=False)]
+    assert sequences == [tok.encode(" Negative", add_special_tokens=False),
+                         tok.encode(" Positive", add_special_tokens=False)]
+    assert all(len(s) > 1 for s in sequences)
     assert label_token_ids(tok, task) == [s[0] for s in sequences]
-    assert len(sequences[0]) == len("Negative")
+    assert tok.decode(label_token_ids(tok, task)) == " N P"
+    no_space = toy_task(template="Sentiment:{y}")
+    assert label_token_ids(tok, no_space) == tok.encode("NP", add_special_tokens=False)
+
+
+def test_byte_tokenizer_labels_with_a_shared_first_token_raise():
+    with pytest.raises(LabelTokenError, match=r"\['Positive', 'Plenty'\] all start with token"):
+        label_token_ids(byte_tokenizer(), toy_task(labels=("Positive", "Plenty")))
 
 
 @pytest.mark.slow

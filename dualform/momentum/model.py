@@ -55,6 +55,8 @@ class MomentumLMConfig:
     n_key_value_heads: int | None = None  # None → n_heads (no GQA)
     d_head: int | None = None  # None → d_model // n_heads
     d_mlp: int | None = None  # None → 4 · d_model
+    positional: str = "rotary"  # "rotary" (Llama-style, relative) or "learned" (GPT-2 style)
+    rotary_base: float = 10_000.0
     eta: float = 0.0  # initial / fixed η in [0, 1); 0 → no momentum
     learn_eta: bool = False
     momentum: bool = True
@@ -66,12 +68,34 @@ class MomentumLMConfig:
         self.d_mlp = self.d_mlp or 4 * self.d_model
         if self.n_heads % self.n_key_value_heads:
             raise ValueError("n_heads must be a multiple of n_key_value_heads.")
+        if self.positional not in ("rotary", "learned"):
+            raise ValueError(f"positional must be 'rotary' or 'learned'; got {self.positional!r}.")
         if not 0.0 <= self.eta < 1.0:
             raise ValueError(f"eta must lie in [0, 1); got {self.eta}.")
 
     @property
     def use_momentum(self) -> bool:
         return self.momentum and (self.eta > 0 or self.learn_eta)
+
+
+def rotary_tables(
+    n_pos: int, d_head: int, base: float, device=None
+) -> tuple[Float[Tensor, "pos d_head"], Float[Tensor, "pos d_head"]]:
+    """``cos(p·θ_j)``, ``sin(p·θ_j)`` with ``θ_j = base^(−2j/d_head)`` (halves repeated, as HF)."""
+    inv_freq = base ** (-torch.arange(0, d_head, 2, device=device, dtype=torch.float64) / d_head)
+    angles = torch.outer(torch.arange(n_pos, device=device, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(
+    x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Tensor
+) -> Float[Tensor, "batch pos head d_head"]:
+    """``x·cos + rotate_half(x)·sin`` with ``rotate_half([a, b]) = [−b, a]`` (Llama RoPE)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    cos, sin = cos.to(x.dtype)[None, :, None, :], sin.to(x.dtype)[None, :, None, :]
+    return x * cos + rotated * sin
 
 
 def causal_scores(
@@ -134,7 +158,10 @@ class MomentumAttention(nn.Module):
             self.eta_logit = nn.Parameter(logit)
         else:
             self.register_buffer("eta_logit", logit)
-        for name in ("q", "k", "v", "attn_scores", "pattern", "momentum", "z"):
+        names = ["q", "k", "v", "attn_scores", "pattern", "momentum", "z"]
+        if cfg.positional == "rotary":
+            names += ["rot_q", "rot_k"]
+        for name in names:
             setattr(self, f"hook_{name}", HookPoint())
 
     def eta(self) -> Float[Tensor, "head"]:
@@ -154,6 +181,10 @@ class MomentumAttention(nn.Module):
         q = self.hook_q(einsum(x, self.W_Q, proj) + self.b_Q)
         k = self.hook_k(einsum(x, self.W_K, proj) + self.b_K)
         v = self.hook_v(einsum(x, self.W_V, proj) + self.b_V)
+        if self.cfg.positional == "rotary":
+            cos, sin = rotary_tables(x.shape[1], self.cfg.d_head, self.cfg.rotary_base, x.device)
+            q = self.hook_rot_q(apply_rotary(q, cos, sin))
+            k = self.hook_rot_k(apply_rotary(k, cos, sin))
         n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
         k_rep, v_rep = k.repeat_interleave(n_rep, dim=2), v.repeat_interleave(n_rep, dim=2)
         if self._pattern_hooked():
@@ -224,11 +255,14 @@ class MomentumLM(HookedRootModule):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model) * 0.02)
-        self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.01)
+        if cfg.positional == "learned":
+            self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.01)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg.d_model)
         self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab) * 0.02)
-        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.hook_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.hook_pos_embed = HookPoint()
         self.setup()
 
     def forward(
@@ -238,8 +272,9 @@ class MomentumLM(HookedRootModule):
         if tokens.shape[-1] > self.cfg.n_ctx:
             raise ValueError(f"{tokens.shape[-1]} tokens exceed n_ctx={self.cfg.n_ctx}.")
         key_mask = None if attention_mask is None else attention_mask.to(torch.bool)
-        pos = torch.arange(tokens.shape[-1], device=tokens.device)
-        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[pos])
+        resid = self.hook_embed(self.W_E[tokens])
+        if self.cfg.positional == "learned":
+            resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[-1]])
         for block in self.blocks:
             resid = block(resid, key_mask)
         return self.ln_final(resid) @ self.W_U

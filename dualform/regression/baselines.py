@@ -47,7 +47,9 @@ def gd_loss(batch: RegressionBatch, eta: float, steps: int, w0: Tensor | None = 
 
 def gd_loss_curve(batch: RegressionBatch, etas: Tensor, steps: int, chunk: int = 8) -> Tensor:
     """Loss for every η of a grid (``chunk`` grid values folded into the batch at a time)."""
-    return torch.cat([_gd_loss_chunk(batch, etas[i : i + chunk], steps) for i in range(0, len(etas), chunk)])
+    return torch.cat(
+        [_gd_loss_chunk(batch, etas[i : i + chunk], steps) for i in range(0, len(etas), chunk)]
+    )
 
 
 def _gd_loss_chunk(batch: RegressionBatch, etas: Tensor, steps: int) -> Tensor:
@@ -108,25 +110,54 @@ def tune_gdpp(
     steps: int,
     eta_init: float,
     *,
-    train_steps: int = 500,
+    train_steps: int = 1000,
     batch_size: int = 1024,
     lr: float = 0.01,
     x_range: float = 0.5,
     seed: int = 0,
+    eval_every: int = 50,
 ) -> GDPPTuning:
-    """Train GD++'s per-step ``(η_l, γ_l)`` with Adam on fresh tasks; report the tuning-batch loss."""
+    """Train GD++'s per-step ``(η_l, γ_l)`` with Adam on fresh tasks.
+
+    ``η_l = η_init · exp(a_l)`` (Adam steps are relative changes of η), γ_l raw, both from GD
+    (a = γ = 0); lr / 10 for the last quarter. Every ``eval_every`` steps the tuning-batch
+    loss is measured and the best parameters are kept, so GD++ never ends worse than its GD
+    start (5-step GD++ can blow up on rare ill-conditioned tasks).
+    """
     gen = torch.Generator().manual_seed(seed)
     dtype, device = tune_batch.x.dtype, tune_batch.x.device
-    etas = torch.full((steps,), float(eta_init), dtype=dtype, device=device, requires_grad=True)
+    log_eta = torch.zeros(steps, dtype=dtype, device=device, requires_grad=True)
     gammas = torch.zeros(steps, dtype=dtype, device=device, requires_grad=True)
-    opt = torch.optim.Adam([etas, gammas], lr=lr)
-    n, d = tune_batch.n, tune_batch.d
-    for _ in range(train_steps):
-        batch = sample_tasks(batch_size, n, d, x_range=x_range, generator=gen, dtype=dtype, device=device)
-        loss = gdpp_loss(batch, etas, gammas)
+    opt = torch.optim.Adam([log_eta, gammas], lr=lr)
+    current = lambda: (eta_init * log_eta.exp(), gammas)  # noqa: E731
+    best = _evaluate_gdpp(tune_batch, *current())
+    for step in range(train_steps):
+        if step == (3 * train_steps) // 4:  # last quarter: lr / 10 to settle
+            for group in opt.param_groups:
+                group["lr"] = lr / 10
+        batch = sample_tasks(
+            batch_size,
+            tune_batch.n,
+            tune_batch.d,
+            x_range=x_range,
+            generator=gen,
+            dtype=dtype,
+            device=device,
+        )
+        loss = gdpp_loss(batch, *current())
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if (step + 1) % eval_every == 0 or step + 1 == train_steps:
+            best = min(best, _evaluate_gdpp(tune_batch, *current()), key=lambda t: t[0])
+    return GDPPTuning(steps, best[1], best[2], best[0])
+
+
+def _evaluate_gdpp(
+    batch: RegressionBatch, etas: Tensor, gammas: Tensor
+) -> tuple[float, list, list]:
+    """(tuning loss, η list, γ list); NaN/inf losses rank last."""
     with torch.no_grad():
-        final = gdpp_loss(tune_batch, etas, gammas).item()
-    return GDPPTuning(steps, etas.detach().tolist(), gammas.detach().tolist(), final)
+        loss = gdpp_loss(batch, etas, gammas).item()
+    loss = loss if math.isfinite(loss) else math.inf
+    return loss, etas.detach().tolist(), gammas.detach().tolist()

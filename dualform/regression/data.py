@@ -28,7 +28,7 @@ class RegressionBatch:
     x: Float[Tensor, "batch n d"]
     y: Float[Tensor, "batch n"]
     x_test: Float[Tensor, "batch d"]
-    y_test: Float[Tensor, "batch"]
+    y_test: Float[Tensor, " batch"]
     w: Float[Tensor, "batch d"]
 
     @property
@@ -48,7 +48,9 @@ class RegressionBatch:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Copy of the batch on another device / dtype."""
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return RegressionBatch(*(move(t) for t in (self.x, self.y, self.x_test, self.y_test, self.w)))
+        return RegressionBatch(
+            *(move(t) for t in (self.x, self.y, self.x_test, self.y_test, self.w))
+        )
 
 
 def sample_tasks(
@@ -97,7 +99,9 @@ def make_tokens(
     return torch.cat([context, rearrange(query, "b e -> b 1 e")], dim=1)
 
 
-def initial_prediction(x_test: Float[Tensor, "batch d"], w0: Tensor | None) -> Float[Tensor, "batch"]:
+def initial_prediction(
+    x_test: Float[Tensor, "batch d"], w0: Tensor | None
+) -> Float[Tensor, " batch"]:
     """``W0 x_test`` for ``w0`` of shape ``[d]`` or ``[batch, d]`` (zeros when ``w0`` is None)."""
     if w0 is None:
         return torch.zeros(x_test.shape[0], dtype=x_test.dtype, device=x_test.device)
@@ -105,11 +109,11 @@ def initial_prediction(x_test: Float[Tensor, "batch d"], w0: Tensor | None) -> F
     return einsum(w0, x_test, "b d, b d -> b")
 
 
-def read_prediction(tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch"]:
+def read_prediction(tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, " batch"]:
     """Prediction ``ŷ = −e_{N+1}[-1]``: minus the y-entry of the last (query) token."""
     return -tokens[:, -1, -1]
 
 
-def half_mse(pred: Float[Tensor, "batch"], target: Float[Tensor, "batch"]) -> Float[Tensor, ""]:
+def half_mse(pred: Float[Tensor, " batch"], target: Float[Tensor, " batch"]) -> Float[Tensor, ""]:
     """Loss ``L = ½ · mean_b (ŷ_b − y_b)²`` (official ``compute_loss``)."""
     return 0.5 * (pred - target).pow(2).mean()

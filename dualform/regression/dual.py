@@ -25,7 +25,14 @@ from dualform.regression.gd import gd_predict, in_context_gradient
 from dualform.regression.lsa import LSATransformer
 from dualform.regression.metrics import implied_linear_model
 
-HOOKS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "hook_resid_pre", "hook_resid_post")
+HOOKS = (
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_z",
+    "hook_resid_pre",
+    "hook_resid_post",
+)
 
 
 def layer_meta_gradient(
@@ -98,7 +105,11 @@ def dual_form_bridge(
 def _implied_model_layer0(matrix: Tensor, batch: RegressionBatch, w0: Tensor | None) -> Tensor:
     """Model implied by layer 0: ``ŷ = W0 x − (M e)_y`` with ``e = (x, −W0 x)``."""
     d = batch.d
-    w0_b = torch.zeros_like(batch.x_test) if w0 is None else w0.to(batch.x_test).expand_as(batch.x_test)
+    w0_b = (
+        torch.zeros_like(batch.x_test)
+        if w0 is None
+        else w0.to(batch.x_test).expand_as(batch.x_test)
+    )
     return w0_b - matrix[:, d, :d] + matrix[:, d, d, None] * w0_b
 
 

@@ -10,32 +10,25 @@ returns the results dict. ``RegressionConfig()`` is sized for a 2-core CPU;
 from __future__ import annotations
 
 import copy
-import json
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from dualform.regression import plots
 from dualform.regression.baselines import gd_loss, gdpp_loss, tune_gd_eta, tune_gdpp
 from dualform.regression.data import RegressionBatch, half_mse, sample_tasks
 from dualform.regression.dual import bridge_summary, dual_form_bridge
 from dualform.regression.gd import constructed_lsa, gd_predict
 from dualform.regression.metrics import compare_to_gd, gd_predictor, gdpp_predictor, ood_losses
+from dualform.regression.report import (
+    PAPER,
+    check_targets,
+    make_figures,
+    summary_table,
+    write_json_atomic,
+)
 from dualform.regression.train import TrainConfig, TrainResult, train_lsa
-
-# Numbers reported by the paper / collected in docs/reference.md §2 (W0 = 0, d = N = 10).
-PAPER = {
-    "gd_loss": {1: 0.2, 2: 0.158, 5: 0.111},
-    "gd_eta_1step": 6.0,  # x ~ U(−0.5, 0.5) (official code)
-    "gd_loss_1step_x_range_1": 0.82,  # x ~ U(−1, 1) (paper text), reference doc
-    "gd_eta_1step_x_range_1": 1.5,
-    "model_cos_1layer": 1.0,
-    "model_diff_1layer": "0.07-0.1",
-}
 
 
 @dataclass
@@ -64,22 +57,37 @@ class RegressionConfig:
     seed: int = 0
     device: str = "cpu"
     png: bool = True
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if 1 not in self.layers or len(self.train_steps) != len(self.layers):
+            raise ValueError("layers must include 1 and match train_steps one to one")
 
     @classmethod
     def gpu(cls, device: str = "cuda") -> RegressionConfig:
         """Paper-sized run for one GPU (official steps: 5k one-layer, 50k multi-layer)."""
         return cls(
-            train_steps=(5000, 20000, 50000), batch_size=2048, gdpp_train_steps=3000,
-            ood_alphas=tuple(round(0.5 + 0.1 * i, 2) for i in range(16)), ood_batch=10000,
-            softmax_variant=True, softmax_steps=10000, device=device,
+            train_steps=(5000, 20000, 50000),
+            batch_size=2048,
+            gdpp_train_steps=3000,
+            ood_alphas=tuple(round(0.5 + 0.1 * i, 2) for i in range(16)),
+            ood_batch=10000,
+            softmax_variant=True,
+            softmax_steps=10000,
+            device=device,
         )
 
 
 def _test_batch(cfg: RegressionConfig, seed_offset: int, size: int) -> RegressionBatch:
     gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
-    return sample_tasks(size, cfg.n, cfg.d, x_range=cfg.x_range, generator=gen,
-                        dtype=torch.float64, device=cfg.device)
+    return sample_tasks(
+        size,
+        cfg.n,
+        cfg.d,
+        x_range=cfg.x_range,
+        generator=gen,
+        dtype=torch.float64,
+        device=cfg.device,
+    )
 
 
 def run_baselines(cfg: RegressionConfig, tune: RegressionBatch, test: RegressionBatch) -> dict:
@@ -88,20 +96,40 @@ def run_baselines(cfg: RegressionConfig, tune: RegressionBatch, test: Regression
     for k in cfg.layers:
         t = tune_gd_eta(tune, k, grid=cfg.gd_grid)
         gd[k] = {"eta": t.eta, "tune_loss": t.tune_loss, "test_loss": gd_loss(test, t.eta, k)}
-        p = tune_gdpp(tune, k, t.eta, train_steps=cfg.gdpp_train_steps, batch_size=cfg.gdpp_batch,
-                      x_range=cfg.x_range, seed=cfg.seed + 7)
+        p = tune_gdpp(
+            tune,
+            k,
+            t.eta,
+            train_steps=cfg.gdpp_train_steps,
+            batch_size=cfg.gdpp_batch,
+            x_range=cfg.x_range,
+            seed=cfg.seed + 7,
+        )
         with torch.no_grad():
-            gdpp[k] = {"etas": p.etas, "gammas": p.gammas, "tune_loss": p.tune_loss,
-                       "test_loss": gdpp_loss(test, p.etas, p.gammas).item()}
+            gdpp[k] = {
+                "etas": p.etas,
+                "gammas": p.gammas,
+                "tune_loss": p.tune_loss,
+                "test_loss": gdpp_loss(test, p.etas, p.gammas).item(),
+            }
     return {"gd": gd, "gdpp": gdpp}
 
 
 def paper_range_check(cfg: RegressionConfig) -> dict:
     """1-step GD line search with the paper's ``x ~ U(−1, 1)``."""
     gen = torch.Generator().manual_seed(cfg.seed + 3)
-    make = lambda: sample_tasks(cfg.tune_batch, cfg.n, cfg.d, x_range=1.0, generator=gen,  # noqa: E731
-                                dtype=torch.float64, device=cfg.device)
-    tune, test = make(), make()
+    tune, test = (
+        sample_tasks(
+            cfg.tune_batch,
+            cfg.n,
+            cfg.d,
+            x_range=1.0,
+            generator=gen,
+            dtype=torch.float64,
+            device=cfg.device,
+        )
+        for _ in range(2)
+    )
     t = tune_gd_eta(tune, 1, grid=cfg.gd_grid)
     return {"x_range": 1.0, "eta": t.eta, "test_loss": gd_loss(test, t.eta, 1)}
 
@@ -110,9 +138,18 @@ def train_all(cfg: RegressionConfig, progress: bool) -> dict[int, TrainResult]:
     """Train one LSA per depth in ``cfg.layers``."""
     runs = {}
     for layers, steps in zip(cfg.layers, cfg.train_steps, strict=True):
-        tc = TrainConfig(n_layers=layers, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                         grad_clip=cfg.grad_clip, d=cfg.d, n=cfg.n, x_range=cfg.x_range,
-                         seed=cfg.seed, device=cfg.device)
+        tc = TrainConfig(
+            n_layers=layers,
+            steps=steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            grad_clip=cfg.grad_clip,
+            d=cfg.d,
+            n=cfg.n,
+            x_range=cfg.x_range,
+            seed=cfg.seed,
+            device=cfg.device,
+        )
         runs[layers] = train_lsa(tc, progress=progress)
     return runs
 
@@ -128,8 +165,10 @@ def evaluate_models(runs: dict[int, TrainResult], base: dict, test: RegressionBa
             pred_pp = gdpp_predictor(g["etas"], g["gammas"])(test.tokens())
             pred_tf = model.predict(test.tokens())
         out[k] = {
-            "test_loss": vs_gd.pop("loss_tf"), "train_seconds": run.seconds,
-            "final_train_loss": run.log_losses[-1], "vs_gd": vs_gd,
+            "test_loss": vs_gd.pop("loss_tf"),
+            "train_seconds": run.seconds,
+            "final_train_loss": run.log_losses[-1],
+            "vs_gd": vs_gd,
             "preds_diff_vs_gdpp": (pred_tf - pred_pp).abs().mean().item(),
         }
     return out
@@ -141,73 +180,42 @@ def run_ood(cfg: RegressionConfig, runs: dict[int, TrainResult], base: dict) -> 
     for k, run in runs.items():
         predictors[f"LSA {k}L"] = copy.deepcopy(run.model).double().predict
         predictors[f"GD {k} step"] = gd_predictor(base["gd"][k]["eta"], k)
-    curves = ood_losses(predictors, cfg.ood_alphas, n=cfg.n, d=cfg.d, x_range=cfg.x_range,
-                        batch_size=cfg.ood_batch, seed=cfg.seed + 11, dtype=torch.float64,
-                        device=cfg.device)
+    curves = ood_losses(
+        predictors,
+        cfg.ood_alphas,
+        n=cfg.n,
+        d=cfg.d,
+        x_range=cfg.x_range,
+        batch_size=cfg.ood_batch,
+        seed=cfg.seed + 11,
+        dtype=torch.float64,
+        device=cfg.device,
+    )
     return {"alphas": list(cfg.ood_alphas), "curves": curves}
 
 
-def run_bridge(runs: dict[int, TrainResult], base: dict, test: RegressionBatch) -> tuple[dict, dict, dict, torch.Tensor]:
+def run_bridge(
+    runs: dict[int, TrainResult], base: dict, test: RegressionBatch
+) -> tuple[dict, dict, dict, torch.Tensor]:
     """Dual-form bridge on the trained 1-layer LSA and on the 1-step GD construction."""
     small = RegressionBatch(*(t[:256] for t in (test.x, test.y, test.x_test, test.y_test, test.w)))
     eta = base["gd"][1]["eta"]
     trained = dual_form_bridge(copy.deepcopy(runs[1].model).double(), small)
-    built = dual_form_bridge(constructed_lsa(small.d, small.n, [eta]).to(small.x.device), small, eta=eta)
+    built = dual_form_bridge(
+        constructed_lsa(small.d, small.n, [eta]).to(small.x.device), small, eta=eta
+    )
     _, gd_model = gd_predict(small.x, small.y, small.x_test, eta, 1)
-    return bridge_summary(trained), bridge_summary(built), {"trained": trained, "built": built}, gd_model
+    return (
+        bridge_summary(trained),
+        bridge_summary(built),
+        {"trained": trained, "built": built},
+        gd_model,
+    )
 
 
-def summary_table(cfg: RegressionConfig, base: dict, lsa: dict) -> list[dict]:
-    """One row per depth K: GD, GD++, LSA and paper losses plus the alignment metrics."""
-    return [
-        {"steps": k, "gd": base["gd"][k]["test_loss"], "gd_eta": base["gd"][k]["eta"],
-         "gdpp": base["gdpp"][k]["test_loss"], "lsa": lsa[k]["test_loss"],
-         "paper": PAPER["gd_loss"].get(k), **lsa[k]["vs_gd"]}
-        for k in cfg.layers
-    ]
-
-
-def check_targets(base: dict, lsa: dict, paper_range: dict | None) -> dict:
-    """Which reproduction targets were met (10% tolerance on losses and η; cos ≥ 0.99)."""
-    within = lambda v, t: abs(v - t) <= 0.1 * abs(t)  # noqa: E731
-    checks = {}
-    for k, ref in PAPER["gd_loss"].items():
-        if k in base["gd"]:
-            checks[f"gd_{k}step_loss"] = (base["gd"][k]["test_loss"], ref, within(base["gd"][k]["test_loss"], ref))
-    if 1 in base["gd"]:
-        checks["gd_1step_eta"] = (base["gd"][1]["eta"], PAPER["gd_eta_1step"], within(base["gd"][1]["eta"], 6.0))
-    if paper_range:
-        checks["gd_1step_loss_x_range_1"] = (paper_range["test_loss"], 0.82, within(paper_range["test_loss"], 0.82))
-        checks["gd_1step_eta_x_range_1"] = (paper_range["eta"], 1.5, within(paper_range["eta"], 1.5))
-    if 1 in lsa:
-        cos = lsa[1]["vs_gd"]["model_cos"]
-        checks["lsa_1layer_model_cos"] = (cos, ">= 0.99", cos >= 0.99)
-    return {name: {"value": v, "target": t, "met": bool(m)} for name, (v, t, m) in checks.items()}
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary file in the same folder, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def make_figures(cfg, out_dir: Path, table, runs, base, ood, bridge_raw, gd_model) -> dict:
-    """Write all figures; returns ``{name: {"html", "png" | "png_error"}}``."""
-    figs = {
-        "loss_table": plots.loss_bars_figure(table),
-        "training_curves": plots.training_curves_figure(
-            {k: (r.log_steps, r.log_losses) for k, r in runs.items()},
-            {k: v["test_loss"] for k, v in base["gd"].items()}),
-        "ood": plots.ood_figure(ood["alphas"], ood["curves"]),
-        "weights_1layer": plots.weights_figure(runs[1].model, base["gd"][1]["eta"], cfg.n),
-        "dual_form_bridge": plots.dual_figure(bridge_raw["trained"], bridge_raw["built"], gd_model),
-    }
-    return {name: plots.save_figure(fig, out_dir, name, png=cfg.png) for name, fig in figs.items()}
-
-
-def run_regression(out_dir: str | Path, *, config: RegressionConfig | None = None, progress: bool = True) -> dict:
+def run_regression(
+    out_dir: str | Path, *, config: RegressionConfig | None = None, progress: bool = True
+) -> dict:
     """Run the whole experiment, write ``results.json`` + figures into ``out_dir``, return results."""
     cfg, start = config or RegressionConfig(), time.perf_counter()
     out_dir = Path(out_dir)
@@ -219,17 +227,25 @@ def run_regression(out_dir: str | Path, *, config: RegressionConfig | None = Non
     lsa = evaluate_models(runs, base, test)
     ood = run_ood(cfg, runs, base)
     bridge_trained, bridge_built, bridge_raw, gd_model = run_bridge(runs, base, test)
-    table = summary_table(cfg, base, lsa)
+    table = summary_table(cfg.layers, base, lsa)
     results = {
-        "config": asdict(cfg), "paper": PAPER, "table": table, "gd": base["gd"], "gdpp": base["gdpp"],
-        "gd_paper_x_range": paper_range, "lsa": lsa, "ood": ood,
+        "config": asdict(cfg),
+        "paper": PAPER,
+        "table": table,
+        "gd": base["gd"],
+        "gdpp": base["gdpp"],
+        "gd_paper_x_range": paper_range,
+        "lsa": lsa,
+        "ood": ood,
         "dual_form": {"trained_1layer": bridge_trained, "gd_construction_1step": bridge_built},
         "targets": check_targets(base, lsa, paper_range),
     }
     if cfg.softmax_variant:
         results["softmax_mlp"] = softmax_variant(cfg, test, progress)
     results["figures"] = make_figures(cfg, out_dir, table, runs, base, ood, bridge_raw, gd_model)
-    results["png_export"] = next((f["png_error"] for f in results["figures"].values() if "png_error" in f), "ok")
+    results["png_export"] = next(
+        (f["png_error"] for f in results["figures"].values() if "png_error" in f), "ok"
+    )
     results["wall_seconds"] = time.perf_counter() - start
     results["torch_threads"] = torch.get_num_threads()
     write_json_atomic(out_dir / "results.json", results)
@@ -238,9 +254,20 @@ def run_regression(out_dir: str | Path, *, config: RegressionConfig | None = Non
 
 def softmax_variant(cfg: RegressionConfig, test: RegressionBatch, progress: bool) -> dict:
     """Train the softmax-attention + MLP variant and report its test loss."""
-    tc = TrainConfig(n_layers=cfg.softmax_layers, steps=cfg.softmax_steps, batch_size=cfg.batch_size,
-                     lr=cfg.lr, grad_clip=cfg.grad_clip, d=cfg.d, n=cfg.n, x_range=cfg.x_range,
-                     attn="softmax", mlp=True, seed=cfg.seed, device=cfg.device)
+    tc = TrainConfig(
+        n_layers=cfg.softmax_layers,
+        steps=cfg.softmax_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        grad_clip=cfg.grad_clip,
+        d=cfg.d,
+        n=cfg.n,
+        x_range=cfg.x_range,
+        attn="softmax",
+        mlp=True,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
     run = train_lsa(tc, progress=progress)
     model = copy.deepcopy(run.model).double()
     with torch.no_grad():

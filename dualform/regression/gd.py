@@ -33,7 +33,7 @@ from dualform.regression.lsa import LSATransformer, build_lsa
 
 def in_context_loss(
     w: Float[Tensor, "batch d"], x: Float[Tensor, "batch n d"], y: Float[Tensor, "batch n"]
-) -> Float[Tensor, "batch"]:
+) -> Float[Tensor, " batch"]:
     """``L(W) = 1/(2N) Σ_j (W x_j − y_j)²`` per task."""
     return 0.5 * (einsum(x, w, "b n d, b d -> b n") - y).pow(2).mean(-1)
 
@@ -47,7 +47,10 @@ def in_context_gradient(
 
 
 def gd_step(
-    w: Float[Tensor, "batch d"], x: Float[Tensor, "batch n d"], y: Float[Tensor, "batch n"], eta: float
+    w: Float[Tensor, "batch d"],
+    x: Float[Tensor, "batch n d"],
+    y: Float[Tensor, "batch n"],
+    eta: float,
 ) -> Float[Tensor, "batch d"]:
     """One GD step ``W ← W − η ∇L(W)``."""
     return w - eta * in_context_gradient(w, x, y)
@@ -60,7 +63,7 @@ def gd_predict(
     eta: float,
     steps: int,
     w0: Tensor | None = None,
-) -> tuple[Float[Tensor, "batch"], Float[Tensor, "batch d"]]:
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, "batch d"]]:
     """``ŷ = W_K x_test`` after K = ``steps`` GD steps from W0 (default 0); returns (ŷ, W_K)."""
     w = torch.zeros_like(x_test) if w0 is None else w0.to(x_test).expand_as(x_test).clone()
     for _ in range(steps):
@@ -82,7 +85,7 @@ def gdpp_predict(
     x_test: Float[Tensor, "batch d"],
     etas: Tensor | list[float],
     gammas: Tensor | list[float],
-) -> Float[Tensor, "batch"]:
+) -> Float[Tensor, " batch"]:
     """GD++ from W0 = 0: per step, a GD step on the current inputs, then the curvature correction.
 
     Written in the residual form that the LSA tokens carry: ``r_j = y_j − Σ_l ΔW_l x_j^{(l)}``,
@@ -143,9 +146,12 @@ def constructed_lsa(
 
 
 def gd_model_after_steps(
-    x: Float[Tensor, "batch n d"], y: Float[Tensor, "batch n"], eta: float, steps: int, w0: Tensor | None
+    x: Float[Tensor, "batch n d"],
+    y: Float[Tensor, "batch n"],
+    eta: float,
+    steps: int,
+    w0: Tensor | None,
 ) -> Float[Tensor, "batch d"]:
     """Weights ``W_K`` after K GD steps (the implied linear model of K-step GD)."""
     x_dummy = torch.zeros_like(x[:, 0])
     return gd_predict(x, y, x_dummy, eta, steps, w0)[1]
-

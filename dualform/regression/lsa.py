@@ -74,14 +74,14 @@ def linear_attention_scores(
     return scores * key_mask
 
 
-def softmax_attention_pattern(
+def softmax_attention_scores(
     q: Float[Tensor, "batch q_pos head d_head"],
     k: Float[Tensor, "batch k_pos head d_head"],
     key_mask: Tensor,
 ) -> Float[Tensor, "batch head q_pos k_pos"]:
-    """``A_i· = softmax_j(q_i·k_j / √d_head)`` over the context keys only."""
+    """``s_ij = q_i·k_j / √d_head`` for context keys j, −inf for the query key (pre-softmax)."""
     scores = einsum(q, k, "b qp h dh, b kp h dh -> b h qp kp") / math.sqrt(q.shape[-1])
-    return torch.softmax(scores.masked_fill(~key_mask, float("-inf")), dim=-1)
+    return scores.masked_fill(~key_mask, float("-inf"))
 
 
 def attention_mix(
@@ -114,7 +114,9 @@ class LinearSelfAttention(nn.Module):
         for name in ("q", "k", "v", "attn_scores", "pattern", "z"):
             setattr(self, f"hook_{name}", HookPoint())
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, resid: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
         """Attention output ``Σ_h P_h Σ_{j≤N} A_ij v_j`` for every position i."""
         proj = "b p dm, h dm dh -> b p h dh"
         q = self.hook_q(einsum(resid, self.W_Q, proj))
@@ -122,11 +124,11 @@ class LinearSelfAttention(nn.Module):
         v = self.hook_v(einsum(resid, self.W_V, proj))
         key_mask = context_key_mask(resid.shape[1], resid.device)
         if self.cfg.attn == "linear":
-            pattern = self.hook_pattern(self.hook_attn_scores(linear_attention_scores(q, k, key_mask)))
+            scores = self.hook_attn_scores(linear_attention_scores(q, k, key_mask))
+            pattern = self.hook_pattern(scores)
         else:
-            raw = einsum(q, k, "b qp h dh, b kp h dh -> b h qp kp") / math.sqrt(q.shape[-1])
-            self.hook_attn_scores(raw.masked_fill(~key_mask, float("-inf")))
-            pattern = self.hook_pattern(softmax_attention_pattern(q, k, key_mask))
+            scores = self.hook_attn_scores(softmax_attention_scores(q, k, key_mask))
+            pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
         z = self.hook_z(attention_mix(pattern, v))
         return output_projection(z, self.W_O)
 
@@ -159,7 +161,9 @@ class LSABlock(nn.Module):
         if cfg.mlp:
             self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, resid: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
         resid = resid + self.hook_attn_out(self.attn(resid))
         if self.mlp is not None:
@@ -177,14 +181,16 @@ class LSATransformer(HookedRootModule):
         self.blocks = nn.ModuleList([LSABlock(cfg) for _ in range(cfg.n_layers)])
         self.setup()
 
-    def forward(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, tokens: Float[Tensor, "batch pos d_model"]
+    ) -> Float[Tensor, "batch pos d_model"]:
         """Residual stream after all blocks."""
         resid = tokens
         for block in self.blocks:
             resid = block(resid)
         return resid
 
-    def predict(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch"]:
+    def predict(self, tokens: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, " batch"]:
         """``ŷ = −(y-entry of the query token after the last layer)``."""
         return read_prediction(self(tokens))
 

@@ -51,7 +51,7 @@ def model_difference(a: Float[Tensor, "batch d"], b: Float[Tensor, "batch d"]) -
     return (a - b).norm(dim=-1).mean()
 
 
-def preds_difference(a: Float[Tensor, "batch"], b: Float[Tensor, "batch"]) -> Float[Tensor, ""]:
+def preds_difference(a: Float[Tensor, " batch"], b: Float[Tensor, " batch"]) -> Float[Tensor, ""]:
     """``mean_b |ŷ_a − ŷ_b|``."""
     return (a - b).abs().mean()
 

@@ -37,17 +37,27 @@ def loss_bars_figure(table: list[dict]) -> go.Figure:
     """Grouped bars: test loss per number of steps/layers for GD, GD++, trained LSA, paper."""
     fig = go.Figure()
     steps = [str(row["steps"]) for row in table]
-    for key, label in (("gd", "GD (tuned η)"), ("gdpp", "GD++"), ("lsa", "trained LSA"), ("paper", "paper")):
+    for key, label in (
+        ("gd", "GD (tuned η)"),
+        ("gdpp", "GD++"),
+        ("lsa", "trained LSA"),
+        ("paper", "paper"),
+    ):
         values = [row.get(key) for row in table]
         fig.add_bar(x=steps, y=values, name=label, text=[f"{v:.3f}" if v else "" for v in values])
     fig.update_layout(
-        title="In-context linear regression: test loss (½·MSE)", barmode="group",
-        xaxis_title="GD steps = LSA layers", yaxis_title="loss", template="plotly_white",
+        title="In-context linear regression: test loss (½·MSE)",
+        barmode="group",
+        xaxis_title="GD steps = LSA layers",
+        yaxis_title="loss",
+        template="plotly_white",
     )
     return fig
 
 
-def training_curves_figure(curves: dict[int, tuple[list[int], list[float]]], gd: dict[int, float]) -> go.Figure:
+def training_curves_figure(
+    curves: dict[int, tuple[list[int], list[float]]], gd: dict[int, float]
+) -> go.Figure:
     """Training loss of each LSA depth with its K-step GD loss as a dashed line."""
     fig = go.Figure()
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
@@ -55,10 +65,18 @@ def training_curves_figure(curves: dict[int, tuple[list[int], list[float]]], gd:
         color = palette[i % len(palette)]
         fig.add_scatter(x=steps, y=losses, name=f"LSA {layers} layer(s)", line={"color": color})
         if layers in gd:
-            fig.add_hline(y=gd[layers], line={"color": color, "dash": "dash"},
-                          annotation_text=f"GD {layers} step(s)")
-    fig.update_layout(title="Training loss vs GD", xaxis_title="Adam step", yaxis_title="½·MSE",
-                      yaxis_type="log", template="plotly_white")
+            fig.add_hline(
+                y=gd[layers],
+                line={"color": color, "dash": "dash"},
+                annotation_text=f"GD {layers} step(s)",
+            )
+    fig.update_layout(
+        title="Training loss vs GD",
+        xaxis_title="Adam step",
+        yaxis_title="½·MSE",
+        yaxis_type="log",
+        template="plotly_white",
+    )
     return fig
 
 
@@ -69,8 +87,13 @@ def ood_figure(alphas: list[float], curves: dict[str, list[float]]) -> go.Figure
         dash = "dash" if name.startswith("GD") else "solid"
         fig.add_scatter(x=alphas, y=losses, name=name, line={"dash": dash})
     fig.add_vline(x=1.0, line={"color": "grey", "dash": "dot"})
-    fig.update_layout(title="Out of distribution: x ~ U(−α·r, α·r)", xaxis_title="α",
-                      yaxis_title="½·MSE", yaxis_type="log", template="plotly_white")
+    fig.update_layout(
+        title="Out of distribution: x ~ U(−α·r, α·r)",
+        xaxis_title="α",
+        yaxis_title="½·MSE",
+        yaxis_type="log",
+        template="plotly_white",
+    )
     return fig
 
 
@@ -91,36 +114,82 @@ def weights_figure(model: LSATransformer, eta: float, n: int, layer: int = 0) ->
     d = kq.shape[0] - 1
     c = gd_construction(d, eta, n)
     mats = [kq, pv, c["W_K"].T @ c["W_Q"], c["P"] @ c["W_V"]]
-    titles = ["trained W_Kᵀ W_Q", "trained P W_V", "construction W_Kᵀ W_Q", "construction P W_V (η/N)"]
+    titles = [
+        "trained W_Kᵀ W_Q",
+        "trained P W_V",
+        "construction W_Kᵀ W_Q",
+        "construction P W_V (η/N)",
+    ]
     fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.12)
     for i, mat in enumerate(mats):
         zmax = float(mat.abs().max()) or 1.0
-        fig.add_heatmap(z=mat.numpy(), row=i // 2 + 1, col=i % 2 + 1, colorscale="RdBu", zmid=0,
-                        zmin=-zmax, zmax=zmax, showscale=False)
+        fig.add_heatmap(
+            z=mat.numpy(),
+            row=i // 2 + 1,
+            col=i % 2 + 1,
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-zmax,
+            zmax=zmax,
+            showscale=False,
+        )
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"Layer {layer} weights: trained LSA vs GD construction (η = {eta:.2f})",
-                      template="plotly_white", height=750, width=800)
+    fig.update_layout(
+        title=f"Layer {layer} weights: trained LSA vs GD construction (η = {eta:.2f})",
+        template="plotly_white",
+        height=750,
+        width=800,
+    )
     return fig
 
 
-def dual_figure(trained: dict, constructed: dict, gd_model: torch.Tensor, task: int = 0) -> go.Figure:
+def dual_figure(
+    trained: dict, constructed: dict, gd_model: torch.Tensor, task: int = 0
+) -> go.Figure:
     """Dai's meta-gradient ΔW_ICL (left two) and the implied linear models vs GD (right)."""
     d = gd_model.shape[-1]
-    titles = ["trained: P·ΔW_ICL·W_Q (M)", "construction: M = (η/N)ΣΔW_ICL", "implied model vs W0 − η∇L"]
+    titles = [
+        "trained: P·ΔW_ICL·W_Q (M)",
+        "construction: M = (η/N)ΣΔW_ICL",
+        "implied model vs W0 − η∇L",
+    ]
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.08)
     for col, res in ((1, trained), (2, constructed)):
         mat = res["matrix"][task].double().cpu()
         zmax = float(mat.abs().max()) or 1.0
-        fig.add_heatmap(z=mat.numpy(), row=1, col=col, colorscale="RdBu", zmid=0, zmin=-zmax,
-                        zmax=zmax, showscale=False)
+        fig.add_heatmap(
+            z=mat.numpy(),
+            row=1,
+            col=col,
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-zmax,
+            zmax=zmax,
+            showscale=False,
+        )
         fig.update_yaxes(autorange="reversed", row=1, col=col)
     coords = list(range(d))
-    for res, name, mode in ((constructed, "construction", "markers"), (trained, "trained LSA", "markers")):
-        fig.add_scatter(x=coords, y=res["implied_model"][task].cpu().tolist(), mode=mode, name=name,
-                        row=1, col=3, marker={"size": 10 if name == "construction" else 7})
-    fig.add_scatter(x=coords, y=gd_model[task].cpu().tolist(), mode="lines", name="GD: W0 − η∇L",
-                    row=1, col=3)
+    for res, name, mode in (
+        (constructed, "construction", "markers"),
+        (trained, "trained LSA", "markers"),
+    ):
+        fig.add_scatter(
+            x=coords,
+            y=res["implied_model"][task].cpu().tolist(),
+            mode=mode,
+            name=name,
+            row=1,
+            col=3,
+            marker={"size": 10 if name == "construction" else 7},
+        )
+    fig.add_scatter(
+        x=coords, y=gd_model[task].cpu().tolist(), mode="lines", name="GD: W0 − η∇L", row=1, col=3
+    )
     fig.update_xaxes(title_text="coordinate of w", row=1, col=3)
-    fig.update_layout(title="Query update = P·ΔW_ICL·q (Dai's dual form) = one GD step (von Oswald)",
-                      template="plotly_white", height=450, width=1300)
+    fig.update_layout(
+        title="Query update = P·ΔW_ICL·q (Dai's dual form) = one GD step (von Oswald)",
+        template="plotly_white",
+        height=450,
+        width=1300,
+    )
     return fig

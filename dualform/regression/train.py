@@ -64,8 +64,14 @@ def make_model(cfg: TrainConfig) -> LSATransformer:
 def training_loss(model: LSATransformer, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """``½·MSE(−(query y-entry), y_test)`` on a fresh batch of tasks."""
     batch = sample_tasks(
-        cfg.batch_size, cfg.n, cfg.d, x_range=cfg.x_range, noise=cfg.noise,
-        generator=gen, dtype=cfg.dtype, device=cfg.device,
+        cfg.batch_size,
+        cfg.n,
+        cfg.d,
+        x_range=cfg.x_range,
+        noise=cfg.noise,
+        generator=gen,
+        dtype=cfg.dtype,
+        device=cfg.device,
     )
     return half_mse(model.predict(batch.tokens()), batch.y_test)
 

@@ -1,0 +1,57 @@
+"""Head attribution: first-order patching against exact ablations on a tiny model."""
+
+import numpy as np
+import torch
+
+from dualform import load_model
+from dualform.attribution import (
+    compare_maps,
+    ft_head_effects,
+    icl_head_effects,
+    icl_head_effects_exact,
+    label_margin,
+)
+from dualform.finetune import finetune_kv, kv_parameters
+
+PROMPT = "Word: good Sentiment: Positive\nWord: bad Sentiment: Negative\nWord: nice Sentiment:"
+LABELS = [" Negative", " Positive"]
+
+
+def _setup():
+    model = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    tokens = model.to_tokens(PROMPT)
+    label_ids = [model.to_tokens(w, prepend_bos=False)[0, 0].item() for w in LABELS]
+    n_query = model.to_tokens("Word: nice Sentiment:", prepend_bos=False).shape[-1]
+    demo = slice(1, tokens.shape[-1] - n_query)
+    return model, tokens, label_ids, demo
+
+
+def test_first_order_icl_effects_track_exact_ablation():
+    model, tokens, label_ids, demo = _setup()
+    approx = icl_head_effects(model, tokens, demo, label_ids, gold=1)
+    exact = icl_head_effects_exact(model, tokens, demo, label_ids, gold=1)
+    assert approx.shape == exact.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    corr = np.corrcoef(approx.ravel().numpy(), exact.ravel().numpy())[0, 1]
+    assert corr > 0.9
+    biggest = exact.abs().argmax()
+    assert torch.sign(approx.ravel()[biggest]) == torch.sign(exact.ravel()[biggest])
+
+
+def test_ft_effects_sum_like_a_full_revert():
+    """Reverting all heads' updates to first order ≈ the margin change of the original model."""
+    model, tokens, label_ids, _ = _setup()
+    result = finetune_kv(model, [tokens[0]], 1e-3)
+    effects = ft_head_effects(result, tokens, label_ids, gold=1)
+    group = model.cfg.n_heads // model.cfg.n_key_value_heads
+    total = effects[:, ::group].sum()  # each KV head once
+    with torch.no_grad():
+        m_ft = label_margin(result.model(tokens)[0, -1], label_ids, 1)
+        m_0 = label_margin(model(tokens)[0, -1], label_ids, 1)
+    assert abs(float(total) - float(m_0 - m_ft)) < 0.05 * abs(float(m_0 - m_ft)) + 1e-6
+    assert all(not p.requires_grad for p in kv_parameters(result.model).values())
+
+
+def test_compare_maps_rank_correlation():
+    a = np.arange(12.0).reshape(3, 4)
+    assert compare_maps(a, 2 * a + 1).spearman == 1.0
+    assert abs(compare_maps(a, -a).kendall + 1.0) < 1e-12

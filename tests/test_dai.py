@@ -1,0 +1,64 @@
+"""The ICL-vs-FT pipeline end to end on a tiny model: complete, strict JSON, resumable."""
+
+import json
+
+import pytest
+
+from dualform.dai import DaiConfig, run_dai
+from dualform.io import ResultWriteError, write_json_atomic
+from dualform.tables import dai_markdown
+
+CONFIG = DaiConfig(
+    model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,
+    demo_seeds=(1,), lr_grid=(0.1, float("inf")),
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dai")
+    return out, run_dai(out, CONFIG, progress=False)
+
+
+def test_results_are_complete_and_strict_json(run):
+    out, results = run
+    on_disk = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    task = on_disk["tasks"]["afinn-sentiment"]
+    assert set(task["accuracy"]) == {"zsl", "icl", "ft"}
+    assert task["selection"]["lr"] == 0.1  # the absurd rate diverged and was recorded
+    assert task["selection"]["lr_val_acc"]["inf"].startswith("diverged")
+    n_layers = 2
+    assert len(task["simaou"]["normalized"]["per_layer"]) == n_layers
+    assert len(task["simam"]["delta"]["per_head"][0]) == 4  # heads
+    assert len(task["attribution"]["icl"]) == n_layers
+    assert "untrained" in task and "simaou" in task["untrained"]
+    assert on_disk["config"]["tasks"] == ["afinn-sentiment"]
+    assert "afinn-sentiment (tiny-llama)" in dai_markdown(on_disk)
+
+
+def test_resume_keeps_finished_tasks(run, tmp_path):
+    out, _ = run
+    results = json.loads((out / "results.json").read_text())
+    results["tasks"]["afinn-sentiment"]["sentinel"] = "kept"
+    write_json_atomic(out / "results.json", results)
+    resumed = run_dai(out, CONFIG, progress=False)
+    assert resumed["tasks"]["afinn-sentiment"]["sentinel"] == "kept"
+
+
+def test_full_disk_keeps_the_previous_results(tmp_path):
+    """A write that hits a file-size limit (as a full disk would) fails cleanly and atomically."""
+    import resource
+    import signal
+
+    path = write_json_atomic(tmp_path / "results.json", {"done": [1, 2, 3]})
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
+    try:
+        with pytest.raises(ResultWriteError, match="previous version is unchanged"):
+            write_json_atomic(path, {"big": "x" * 100_000})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert json.loads(path.read_text()) == {"done": [1, 2, 3]}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
