@@ -85,8 +85,8 @@ def reproduce_dai(
     tasks: str = typer.Option(",".join(_default_tasks()), help="Comma-separated task names."),
     shots: int = typer.Option(32, help="Demonstrations per prompt."),
     out: Path = typer.Option(Path("results/dai"), help="Output directory (resumable)."),
-    n_test: int = typer.Option(32, help="Test examples per task."),
-    n_validation: int = typer.Option(16, help="Validation examples per task (LR/seed choice)."),
+    n_test: int = typer.Option(24, help="Test examples per task."),
+    n_validation: int = typer.Option(12, help="Validation examples per task (LR/seed choice)."),
     demo_seeds: str = typer.Option("1,2", help="Demonstration seeds to choose from."),
     full_grid: bool = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}."),
     layer_causal: bool = typer.Option(False, help="Layer-causal finetuning (Deutch et al.)."),
@@ -163,7 +163,11 @@ def bench(
     """Performance ratios against baselines measured in the same run."""
     from dualform.bench import run_bench
 
-    result = run_bench(model, repeats=repeats, device=device)
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
+        result = run_bench(model, repeats=repeats, device=device)
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -39,8 +39,8 @@ class DaiConfig:
     model: str = DEFAULT_MODEL
     tasks: tuple[str, ...] = DEFAULT_TASKS
     shots: int = 32
-    n_validation: int = 16
-    n_test: int = 32
+    n_validation: int = 12
+    n_test: int = 24
     demo_seeds: tuple[int, ...] = (1, 2)
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
     layer_causal: bool = False

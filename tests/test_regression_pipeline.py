@@ -57,11 +57,11 @@ def test_gd_line_search_paper_input_range():
 
 
 def test_gdpp_training_beats_gd_with_two_steps():
-    tune = _tasks(batch=2000, seed=14)
-    gd = tune_gd_eta(tune, 2, grid=40)
-    gdpp = tune_gdpp(tune, 2, gd.eta, train_steps=150, batch_size=512, lr=0.02)
+    tune = _tasks(batch=1000, seed=14)
+    gd = tune_gd_eta(tune, 2, grid=30)
+    gdpp = tune_gdpp(tune, 2, gd.eta, train_steps=100, batch_size=256, lr=0.05, eval_every=20)
     assert gdpp.tune_loss < 0.95 * gd.tune_loss
-    assert len(gdpp.etas) == 2 and gdpp.gammas[0] != 0.0
+    assert len(gdpp.etas) == 2 and gdpp.gammas[0] > 0  # a positive curvature correction
 
 
 @pytest.mark.parametrize("use_w0", [False, True])
