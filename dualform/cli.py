@@ -161,10 +161,10 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Performance ratios against baselines measured in the same run."""
-    from dualform.bench import run_bench
-
     import contextlib
     import sys
+
+    from dualform.bench import run_bench
 
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
         result = run_bench(model, repeats=repeats, device=device)
