@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from dualform.dual_form import dual_form, score_hooks
 from dualform.probes import capture
 from dualform.tasks import Example, Prompt, PromptTokens, Task, build_prompt, prompt_tokens
 
@@ -33,6 +34,9 @@ class Record:
     z: Float[Tensor, "layer head d_head"]
     scores: Float[Tensor, "layer head k_pos"]
     q: Float[Tensor, "layer head d_head"]
+    icl_update: Float[Tensor, "layer head d_head"] | None = None
+    norm_delta_w_icl: Float[Tensor, "layer head"] | None = None
+    norm_w_zsl: Float[Tensor, "layer head"] | None = None
 
     @property
     def prediction(self) -> int:
@@ -45,17 +49,29 @@ class Record:
 
 
 @torch.no_grad()
-def record(model, tokens: Tensor, label_ids: list[int]) -> Record:
-    """Run ``tokens`` (``[1, pos]``) and keep the last-token quantities of every layer."""
-    cap = capture(model, tokens, hooks=RECORD_HOOKS)
+def record(model, tokens: Tensor, label_ids: list[int], *, demo: PromptTokens | None = None) -> Record:
+    """Run ``tokens`` (``[1, pos]``) and keep the last-token quantities of every layer.
+
+    With ``demo`` (the ICL prompt's :class:`PromptTokens`) the same forward also yields the
+    dual form: ``ΔW_ICL q`` and the norms of ΔW_ICL and W_ZSL per layer and head.
+    """
+    extra = score_hooks(model) if demo is not None else ()
+    cap = capture(model, tokens, hooks=(*RECORD_HOOKS, *extra))
     last = -1
-    return Record(
+    rec = Record(
         label_logits=cap.logits[0, last, label_ids].float().cpu(),
         attn_out=cap.stack("attn_out")[:, 0, last].float().cpu(),
         z=cap.stack("z")[:, 0, last].float().cpu(),
         scores=cap.stack("scores")[:, 0, :, last].float().cpu().clone(),
         q=cap.stack("q")[:, 0, last].float().cpu(),
     )
+    if demo is not None:
+        df = dual_form(model, tokens, demo.n_demo_tokens, demo_start=demo.demo_start, cap=cap)
+        norms = df.norms()
+        rec.icl_update = df.icl_update().float().cpu()
+        rec.norm_delta_w_icl = norms["delta_w_icl"].float().cpu()
+        rec.norm_w_zsl = norms["w_zsl"].float().cpu()
+    return rec
 
 
 @dataclass

@@ -125,7 +125,7 @@ def evaluate(model, task: Task, demos: list[Example], lr: float, label_ids: list
         pair = prompt_pair(model, task, demos, example)
         start = time.perf_counter()
         recs["zsl"].append(record(model, pair.zsl.tokens, label_ids))
-        recs["icl"].append(record(model, pair.icl.tokens, label_ids))
+        recs["icl"].append(record(model, pair.icl.tokens, label_ids, demo=pair.icl))
         recs["ft"].append(record(ft.model if ft else model, pair.zsl.tokens, label_ids))
         timer.add("record_conditions", start)
         if config.attribution and ft is not None:

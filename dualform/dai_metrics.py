@@ -28,7 +28,21 @@ def similarity_metrics(recs: dict[str, list[Record]], gold: np.ndarray, pairs: l
     out["simaou"] = _simaou(recs, seed)
     out["simam"] = _simam(recs, pairs)
     out["kendall"] = _kendall(recs, pairs, train_q, seed)
+    out["dual_form"] = _dual_form_summary(recs)
     return out
+
+
+def _dual_form_summary(recs: dict[str, list[Record]]) -> dict:
+    """Per layer×head: mean ‖ΔW_ICL‖, ‖W_ZSL‖ and cos(ΔW_ICL q, Δz_FT), Δz_FT = z_FT − z_ZSL."""
+    icl = recs["icl"]
+    update = torch.stack([r.icl_update for r in icl]).double()
+    dz_ft = (_stack(recs["ft"], "z") - _stack(recs["zsl"], "z"))
+    cos = M.cosine(update.numpy(), dz_ft)  # [example, layer, head]
+    return {
+        "norm_delta_w_icl": torch.stack([r.norm_delta_w_icl for r in icl]).mean(0).tolist(),
+        "norm_w_zsl": torch.stack([r.norm_w_zsl for r in icl]).mean(0).tolist(),
+        "cos_icl_update_ft": _summary(cos),
+    }
 
 
 def _stack(recs: list[Record], attr: str) -> np.ndarray:

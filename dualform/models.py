@@ -98,8 +98,8 @@ def load_model(
 
 def _load_hf_model(name: str, *, seed: int, untrained: bool):
     """Return ``(hf_model, tokenizer)`` for any supported name."""
-    if name in TINY:
-        return tiny_hf_model(name, seed=seed), byte_tokenizer()
+    if name in TINY:  # already random: "untrained" means another random draw
+        return tiny_hf_model(name, seed=seed + (10_000 if untrained else 0)), byte_tokenizer()
     if name in EMBEDDED:
         path = embedded_model_dir(name)
     elif Path(name).is_dir():

@@ -32,6 +32,9 @@ def test_results_are_complete_and_strict_json(run):
     assert len(task["simam"]["delta"]["per_head"][0]) == 4  # heads
     assert len(task["attribution"]["icl"]) == n_layers
     assert "untrained" in task and "simaou" in task["untrained"]
+    assert task["untrained"]["simaou"] != task["simaou"]  # another random draw of weights
+    assert len(task["dual_form"]["norm_delta_w_icl"]) == n_layers
+    assert len(task["dual_form"]["cos_icl_update_ft"]["per_head"][0]) == 4
     assert on_disk["config"]["tasks"] == ["afinn-sentiment"]
     assert "afinn-sentiment (tiny-llama)" in dai_markdown(on_disk)
 

@@ -55,6 +55,7 @@ class MomentumLMConfig:
     n_key_value_heads: int | None = None  # None → n_heads (no GQA)
     d_head: int | None = None  # None → d_model // n_heads
     d_mlp: int | None = None  # None → 4 · d_model
+    attn_only: bool = False  # no MLP sublayers
     positional: str = "rotary"  # "rotary" (Llama-style, relative) or "learned" (GPT-2 style)
     rotary_base: float = 10_000.0
     eta: float = 0.0  # initial / fixed η in [0, 1); 0 → no momentum
@@ -234,17 +235,24 @@ class Block(nn.Module):
 
     def __init__(self, cfg: MomentumLMConfig) -> None:
         super().__init__()
-        self.ln1, self.ln2 = LayerNorm(cfg.d_model), LayerNorm(cfg.d_model)
-        self.attn, self.mlp = MomentumAttention(cfg), MLP(cfg)
-        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+        self.cfg = cfg
+        self.ln1, self.attn = LayerNorm(cfg.d_model), MomentumAttention(cfg)
+        names = ["resid_pre", "attn_out", "resid_post"]
+        if not cfg.attn_only:
+            self.ln2, self.mlp = LayerNorm(cfg.d_model), MLP(cfg)
+            names += ["resid_mid", "mlp_out"]
+        for name in names:
             setattr(self, f"hook_{name}", HookPoint())
 
     def forward(
         self, resid: Float[Tensor, "batch pos d_model"], key_mask: Tensor | None = None
     ) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(self.ln1(resid), key_mask)))
-        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+        resid = resid + self.hook_attn_out(self.attn(self.ln1(resid), key_mask))
+        if not self.cfg.attn_only:
+            resid = self.hook_resid_mid(resid)
+            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid)
 
 
 class MomentumLM(HookedRootModule):
@@ -294,12 +302,15 @@ class MomentumLM(HookedRootModule):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> MomentumLM:
-        """Inverse of :meth:`save`."""
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> MomentumLM:
+        """Inverse of :meth:`save`; ``dtype`` defaults to the saved weights' dtype."""
         path = Path(path)
         cfg = MomentumLMConfig(**json.loads((path / "config.json").read_text()))
-        model = cls(cfg)
-        model.load_state_dict(load_file(path / "model.safetensors"))
+        state = load_file(path / "model.safetensors")
+        model = cls(cfg).to(dtype or state["W_E"].dtype)
+        model.load_state_dict(state)
         return model.to(device)
 
 
