@@ -37,6 +37,23 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def paired(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int) -> dict:
+    """Time baseline and candidate back to back, alternating which runs first, ``repeats``
+    times; the ratio is the median of the per-pair ratios, so load from other processes on
+    the machine hits both sides alike."""
+    baseline(), candidate()  # warm-up
+    base, cand, ratios = [], [], []
+    for i in range(repeats):
+        order = [(base, baseline), (cand, candidate)]
+        for bucket, fn in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+        ratios.append(cand[-1] / base[-1])
+    return {"baseline_s": statistics.median(base), "candidate_s": statistics.median(cand),
+            "ratio": statistics.median(ratios)}
+
+
 def _tokens(model, n: int) -> torch.Tensor:
     text = "In-context learning reads demonstrations and answers a query. " * (n // 8 + 8)
     return model.to_tokens(text)[:, :n]
@@ -52,44 +69,53 @@ def bench_load(name: str) -> float:
 def bench_capture(model, repeats: int, n_tokens: int = 512) -> dict:
     tokens = _tokens(model, n_tokens)
     with torch.no_grad():
-        bare = median_time(lambda: model(tokens), repeats)
-        focused = median_time(lambda: capture(model, tokens, hooks=CAPTURE_HOOKS), repeats)
-        full = median_time(lambda: model.run_with_cache(tokens), max(1, repeats // 2))
+        bare = lambda: model(tokens)  # noqa: E731
+        focused = paired(bare, lambda: capture(model, tokens, hooks=CAPTURE_HOOKS), repeats)
+        full = paired(bare, lambda: model.run_with_cache(tokens), max(2, repeats // 2))
         cap = capture(model, tokens, hooks=CAPTURE_HOOKS)
     captured_mb = sum(t.numel() * t.element_size() for t in cap.activations.values()) / 2**20
-    return {"tokens": n_tokens, "bare_forward_s": bare, "capture_s": focused,
-            "capture_ratio": focused / bare, "run_with_cache_ratio": full / bare,
-            "captured_MiB": captured_mb}
+    return {"tokens": n_tokens, "bare_forward_s": focused["baseline_s"],
+            "capture_s": focused["candidate_s"], "capture_ratio": focused["ratio"],
+            "run_with_cache_ratio": full["ratio"], "captured_MiB": captured_mb}
 
 
 def bench_dual_form(model, repeats: int, n_tokens: int = 300, n_query: int = 12) -> dict:
     tokens = _tokens(model, n_tokens)
+    n_demo = n_tokens - n_query - 1
     with torch.no_grad():
-        bare = median_time(lambda: model(tokens), repeats)
-        dual = median_time(lambda: dual_form(model, tokens, n_tokens - n_query - 1, demo_start=1), repeats)
-        df = dual_form(model, tokens, n_tokens - n_query - 1, demo_start=1)
+        timing = paired(lambda: model(tokens),
+                        lambda: dual_form(model, tokens, n_demo, demo_start=1), repeats)
+        df = dual_form(model, tokens, n_demo, demo_start=1)
     result_mb = (df.delta_w_icl.numel() + df.w_zsl.numel()) * df.w_zsl.element_size() / 2**20
-    return {"tokens": n_tokens, "bare_forward_s": bare, "dual_form_s": dual,
-            "dual_form_ratio": dual / bare, "result_MiB": result_mb}
+    return {"tokens": n_tokens, "bare_forward_s": timing["baseline_s"],
+            "dual_form_s": timing["candidate_s"], "dual_form_ratio": timing["ratio"],
+            "result_MiB": result_mb}
 
 
-def bench_finetune_step(model, repeats: int, n_tokens: int = 24) -> dict:
+def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 8) -> dict:
+    """``finetune_kv`` over ``n_steps`` texts (minus its one model copy) / ``n_steps`` plain
+    forward+backward passes with gradients only on W_K/W_V."""
     tokens = _tokens(model, n_tokens)
     mask = torch.ones_like(tokens, dtype=torch.bool)
     plain = load_model_copy(model)
     params = list(_train_only_kv(plain).values())
 
     def fwd_bwd() -> None:
-        loss = next_token_loss(plain(tokens), tokens, mask)
-        torch.autograd.grad(loss, params)
+        for _ in range(n_steps):
+            loss = next_token_loss(plain(tokens), tokens, mask)
+            torch.autograd.grad(loss, params)
 
-    base = median_time(fwd_bwd, repeats)
-    n_steps = 8
-    run = median_time(lambda: finetune_kv(model, [tokens[0]] * n_steps, 0.01), max(1, repeats // 2))
     copy_s = median_time(lambda: load_model_copy(model), repeats)
-    step = (run - copy_s) / n_steps
+
+    def finetune() -> None:
+        finetune_kv(model, [tokens[0]] * n_steps, 0.01)
+
+    timing = paired(fwd_bwd, finetune, max(2, repeats // 2))
+    step = (timing["candidate_s"] - copy_s) / n_steps
+    base = timing["baseline_s"] / n_steps
     return {"tokens": n_tokens, "forward_backward_s": base, "finetune_step_s": step,
-            "finetune_step_ratio": step / base, "model_copy_once_s": copy_s}
+            "finetune_step_ratio": step / base,
+            "finetune_call_ratio_incl_copy": timing["ratio"], "model_copy_once_s": copy_s}
 
 
 def load_model_copy(model):
