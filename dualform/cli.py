@@ -92,6 +92,8 @@ def reproduce_dai(
     layer_causal: bool = typer.Option(False, help="Layer-causal finetuning (Deutch et al.)."),
     untrained: bool = typer.Option(True, help="Also run the untrained-model baseline."),
     attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
+    batch_size: int = typer.Option(8, help="Queries per batch on the shared prefix."),
+    reuse_prefix: bool = typer.Option(True, help="Run the demonstrations once per task (KV cache)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
 ) -> None:
@@ -104,7 +106,7 @@ def reproduce_dai(
         n_validation=n_validation, n_test=n_test,
         demo_seeds=tuple(int(s) for s in demo_seeds.split(",")),
         layer_causal=layer_causal, untrained_baseline=untrained, attribution=attribution,
-        device=device,
+        batch_size=batch_size, reuse_prefix=reuse_prefix, device=device,
     )
     if full_grid:
         config = config.with_full_grid()

@@ -19,6 +19,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from dualform.dual_form import dual_form, score_hooks
+from dualform.equations import linear_attention, meta_gradient
+from dualform.prefix import PrefixRun, pad_queries
 from dualform.probes import capture
 from dualform.tasks import Example, Prompt, PromptTokens, Task, build_prompt, prompt_tokens
 
@@ -115,3 +117,79 @@ def demo_training_texts(model, task: Task, demos: list[Example]) -> list[Tensor]
         pt = prompt_tokens(model, one, check=False)
         texts.append(pt.tokens[0, : pt.demo_start + pt.n_demo_tokens])
     return texts
+
+
+@torch.no_grad()
+def record_batch(
+    run: PrefixRun, queries: list[Tensor], label_ids: list[int], *, demo: PromptTokens | None = None
+) -> list[Record]:
+    """:func:`record` for a batch of queries on top of a :class:`PrefixRun` (same numbers).
+
+    ``queries`` are the query-token tensors that follow the prefix. With ``demo`` (the prefix's
+    demonstration span) the dual form comes too: ΔW_ICL is built once from the cached prefix.
+    """
+    model = run.model
+    batch = pad_queries(queries, pad_id=0)  # right padding is never attended to
+    cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())))
+    stacked = {name: cap.stack(name) for name in RECORD_HOOKS}
+    dual = _prefix_dual(run, cap, demo) if demo is not None else None
+    records = []
+    for row, last in enumerate(batch.last.tolist()):
+        rec = Record(
+            label_logits=cap.logits[row, last, label_ids].float().cpu(),
+            attn_out=stacked["attn_out"][:, row, last].float().cpu(),
+            z=stacked["z"][:, row, last].float().cpu(),
+            scores=stacked["scores"][:, row, :, last, : run.length + last + 1].float().cpu().clone(),
+            q=stacked["q"][:, row, last].float().cpu(),
+        )
+        if dual is not None:
+            _attach_dual(rec, dual, cap, row, last)
+        records.append(rec)
+    return records
+
+
+def _prefix_dual(run: PrefixRun, cap, demo: PromptTokens) -> dict:
+    """ΔW_ICL from the prefix's demo tokens and the prefix's non-demo (BOS) part of W_ZSL."""
+    is_demo = torch.zeros(run.length, dtype=torch.bool)
+    is_demo[demo.demo_start : demo.demo_start + demo.n_demo_tokens] = True
+    dw, wz_prefix = [], []
+    for layer in cap.layers:
+        k, v = run.prefix_kv(layer)  # [pos, head, d]
+        k, v = k.transpose(0, 1), v.transpose(0, 1)  # [head, pos, d]
+        dw.append(meta_gradient(v[:, is_demo], k[:, is_demo]))
+        wz_prefix.append(meta_gradient(v[:, ~is_demo], k[:, ~is_demo]))
+    return {"delta_w_icl": torch.stack(dw), "w_zsl_prefix": torch.stack(wz_prefix)}
+
+
+def _attach_dual(rec: Record, dual: dict, cap, row: int, last: int) -> None:
+    w_zsl = dual["w_zsl_prefix"].clone()
+    q = []
+    for i, layer in enumerate(cap.layers):
+        k = cap.keys(layer)[row, : last + 1].transpose(0, 1)  # [head, pos, d]
+        v = cap.values(layer)[row, : last + 1].transpose(0, 1)
+        w_zsl[i] += meta_gradient(v, k)
+        q.append(cap.queries(layer)[row, last])
+    q = torch.stack(q)
+    rec.icl_update = linear_attention(dual["delta_w_icl"], q).float().cpu()
+    rec.norm_delta_w_icl = torch.linalg.matrix_norm(dual["delta_w_icl"]).float().cpu()
+    rec.norm_w_zsl = torch.linalg.matrix_norm(w_zsl).float().cpu()
+
+
+def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual: bool = False,
+               reuse_prefix: bool = True, batch_size: int = 8) -> list[Record]:
+    """Records of prompts that share their prefix (BOS [+ demonstrations]).
+
+    ``reuse_prefix`` runs the shared prefix once and the queries in right-padded batches on its
+    KV cache; otherwise each prompt is one full forward (the naive baseline; same numbers).
+    """
+    if not reuse_prefix:
+        return [record(model, p.tokens, label_ids, demo=p if dual else None) for p in prompts]
+    head = prompts[0]
+    n_prefix = head.demo_start + head.n_demo_tokens
+    run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
+    records: list[Record] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        queries = [p.tokens[0, n_prefix:] for p in chunk]
+        records.extend(record_batch(run, queries, label_ids, demo=head if dual else None))
+    return records

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dualform.attribution import compare_maps, ft_head_effects, icl_head_effects
-from dualform.conditions import Record, demo_training_texts, prompt_pair, record
+from dualform.conditions import Record, demo_training_texts, prompt_pair, record_all
 from dualform.dai_metrics import similarity_metrics
 from dualform.finetune import FinetuneDivergedError, finetune_kv
 from dualform.io import as_stored, read_json, write_json_atomic
@@ -44,6 +44,8 @@ class DaiConfig:
     demo_seeds: tuple[int, ...] = (1, 2)
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
     layer_causal: bool = False
+    reuse_prefix: bool = True
+    batch_size: int = 8
     untrained_baseline: bool = True
     attribution: bool = True
     device: str = "cpu"
@@ -88,7 +90,7 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
     task = load_task(name, seed=config.seed, n_validation=config.n_validation, n_test=config.n_test)
     label_ids = label_token_ids(model, task)
     start = time.perf_counter()
-    seed_acc = {s: _icl_accuracy(model, task, sample_demos(task, config.shots, s), label_ids)
+    seed_acc = {s: _val_accuracy(model, task, sample_demos(task, config.shots, s), label_ids, config)
                 for s in tqdm(config.demo_seeds, desc=f"{name}: demo seeds", disable=not progress)}
     demo_seed = max(seed_acc, key=seed_acc.get)
     demos = sample_demos(task, config.shots, demo_seed)
@@ -119,22 +121,19 @@ def evaluate(model, task: Task, demos: list[Example], lr: float, label_ids: list
     start = time.perf_counter()
     ft = _finetune(model, task, demos, lr, config)
     timer.add("finetune", start)
-    recs: dict[str, list[Record]] = {"zsl": [], "icl": [], "ft": []}
-    gold, pairs, attr_icl, attr_ft = [], [], [], []
-    for example in tqdm(task.test, desc=f"{task.name}: test", disable=not progress):
-        pair = prompt_pair(model, task, demos, example)
+    pairs = [prompt_pair(model, task, demos, example) for example in task.test]
+    gold = [example.label for example in task.test]
+    start = time.perf_counter()
+    recs = _records(model, ft.model if ft else model, pairs, label_ids, config)
+    timer.add("record_conditions", start)
+    attr_icl, attr_ft = [], []
+    if config.attribution and ft is not None:
         start = time.perf_counter()
-        recs["zsl"].append(record(model, pair.zsl.tokens, label_ids))
-        recs["icl"].append(record(model, pair.icl.tokens, label_ids, demo=pair.icl))
-        recs["ft"].append(record(ft.model if ft else model, pair.zsl.tokens, label_ids))
-        timer.add("record_conditions", start)
-        if config.attribution and ft is not None:
-            start = time.perf_counter()
-            attr_icl.append(icl_head_effects(model, pair.icl.tokens, pair.demo_slice, label_ids, example.label).numpy())
-            attr_ft.append(ft_head_effects(ft, pair.zsl.tokens, label_ids, example.label).numpy())
-            timer.add("attribution", start)
-        gold.append(example.label)
-        pairs.append(pair)
+        for pair, g in tqdm(list(zip(pairs, gold, strict=True)), desc=f"{task.name}: attribution",
+                            disable=not progress):
+            attr_icl.append(icl_head_effects(model, pair.icl.tokens, pair.demo_slice, label_ids, g).numpy())
+            attr_ft.append(ft_head_effects(ft, pair.zsl.tokens, label_ids, g).numpy())
+        timer.add("attribution", start)
     start = time.perf_counter()
     train_q = _training_queries(model, task, demos)
     out = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed)
@@ -145,6 +144,16 @@ def evaluate(model, task: Task, demos: list[Example], lr: float, label_ids: list
     return out
 
 
+def _records(model, ft_model, pairs, label_ids: list[int], config: DaiConfig) -> dict[str, list[Record]]:
+    """ZSL, ICL and FT records of every test query (prefix reuse + batching unless disabled)."""
+    kw = {"reuse_prefix": config.reuse_prefix, "batch_size": config.batch_size}
+    return {
+        "zsl": record_all(model, [p.zsl for p in pairs], label_ids, **kw),
+        "icl": record_all(model, [p.icl for p in pairs], label_ids, dual=True, **kw),
+        "ft": record_all(ft_model, [p.zsl for p in pairs], label_ids, **kw),
+    }
+
+
 def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
     if lr is None:
         return None
@@ -152,18 +161,18 @@ def _finetune(model, task: Task, demos: list[Example], lr: float | None, config:
     return finetune_kv(model, texts, lr, device=config.device, layer_causal=config.layer_causal)
 
 
-def _icl_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
-                  examples: list[Example] | None = None, ft_model=None) -> float:
+def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
+                  config: DaiConfig, ft_model=None) -> float:
     """Validation accuracy of ICL (``ft_model=None``) or of the finetuned model (zero-shot)."""
-    examples = task.validation if examples is None else examples
-    correct = 0
-    with torch.no_grad():
-        for ex in examples:
-            pair = prompt_pair(model, task, demos, ex)
-            runner, tokens = (model, pair.icl.tokens) if ft_model is None else (ft_model, pair.zsl.tokens)
-            logits = runner(tokens)[0, -1, label_ids]
-            correct += int(int(logits.argmax()) == ex.label)
-    return 100.0 * correct / max(len(examples), 1)
+    pairs = [prompt_pair(model, task, demos, ex) for ex in task.validation]
+    if ft_model is None:
+        runner, prompts = model, [p.icl for p in pairs]
+    else:
+        runner, prompts = ft_model, [p.zsl for p in pairs]
+    recs = record_all(runner, prompts, label_ids, reuse_prefix=config.reuse_prefix,
+                      batch_size=config.batch_size)
+    correct = sum(int(r.prediction == ex.label) for r, ex in zip(recs, task.validation, strict=True))
+    return 100.0 * correct / max(len(recs), 1)
 
 
 def _select_lr(model, task, demos, label_ids, config: DaiConfig, progress: bool):
@@ -176,7 +185,7 @@ def _select_lr(model, task, demos, label_ids, config: DaiConfig, progress: bool)
         except FinetuneDivergedError as err:
             scores[str(lr)] = f"diverged: {err}"
             continue
-        scores[str(lr)] = _icl_accuracy(model, task, demos, label_ids, ft_model=ft.model)
+        scores[str(lr)] = _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model)
     numeric = {k: v for k, v in scores.items() if isinstance(v, float)}
     best = float(max(numeric, key=numeric.get)) if numeric else None
     return best, scores

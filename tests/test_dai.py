@@ -65,3 +65,16 @@ def test_full_disk_keeps_the_previous_results(tmp_path):
         signal.signal(signal.SIGXFSZ, old_handler)
     assert json.loads(path.read_text()) == {"done": [1, 2, 3]}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
+
+
+def test_prefix_reuse_and_batching_do_not_change_the_results(run, tmp_path):
+    import dataclasses
+
+    _, reused = run
+    naive = run_dai(tmp_path, dataclasses.replace(CONFIG, reuse_prefix=False, untrained_baseline=False,
+                                                  attribution=False), progress=False)
+    a, b = reused["tasks"]["afinn-sentiment"], naive["tasks"]["afinn-sentiment"]
+    assert a["accuracy"] == b["accuracy"]
+    for metric in (("simaou", "normalized"), ("simam", "delta"), ("kendall", "value")):
+        x, y = a[metric[0]][metric[1]]["mean"], b[metric[0]][metric[1]]["mean"]
+        assert abs(x - y) < 1e-4, metric

@@ -96,8 +96,8 @@ def head_momentum(
     the KV heads and is then repeated (cheaper, used only when η needs no gradient); otherwise
     the values are repeated first.
     """
-    if key_mask is not None:
-        values = values * key_mask[:, :, None, None].to(values.dtype)
+    if key_mask is not None:  # where, not multiply: padded values may be NaN
+        values = torch.where(key_mask[:, :, None, None], values, torch.zeros_like(values))
     n_rep = eta.shape[0] // values.shape[2]
     per_kv = rearrange(values, "batch pos kv d -> batch kv pos d")
     if not eta.requires_grad and bool((eta == eta[0]).all()):

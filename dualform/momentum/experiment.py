@@ -151,6 +151,7 @@ def run_job(config: MomentumConfig, job: Job, out_dir: str, progress: bool = Fal
     return {
         **asdict(job), "perplexity": ppl, "icl_accuracy": icl,
         "icl_mean": statistics.fmean(icl.values()) if icl else float("nan"),
+        "initial_loss": statistics.fmean(log.losses[:5]),
         "final_loss": statistics.fmean(log.losses[-20:]), "train_seconds": log.seconds,
         "losses": log.losses, "learned_etas": model.etas().tolist() if job.learn_eta else None,
     }

@@ -42,6 +42,8 @@ class RegressionConfig:
     train_steps: tuple[int, ...] = (2000, 4000, 4000)  # one entry per element of ``layers``
     batch_size: int = 2048  # official 2048; smaller batches stall 1-layer LSA on a plateau
     lr: float = 1e-3
+    deep_lr: float = 5e-4  # official notebook: lr 5e-4 and activation clip 10 above 3 layers
+    deep_activation_clip: float = 10.0
     grad_clip: float = 10.0
     eval_batch: int = 10000
     tune_batch: int = 10000
@@ -147,8 +149,9 @@ def train_all(cfg: RegressionConfig, progress: bool) -> dict[int, TrainResult]:
             n_layers=layers,
             steps=steps,
             batch_size=cfg.batch_size,
-            lr=cfg.lr,
+            lr=cfg.lr if layers <= 3 else cfg.deep_lr,
             grad_clip=cfg.grad_clip,
+            activation_clip=0.0 if layers <= 3 else cfg.deep_activation_clip,
             d=cfg.d,
             n=cfg.n,
             x_range=cfg.x_range,

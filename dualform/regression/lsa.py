@@ -51,6 +51,7 @@ class LSAConfig:
     mlp: bool = False
     d_mlp: int | None = None  # default: 4 · d_model (official widening_factor = 4)
     init_scale: float = 0.002  # official VarianceScaling(0.002 / n_layers), fan-in
+    clip: float = 0.0  # > 0: clamp the residual stream to ±clip after each sublayer (official)
 
     def __post_init__(self) -> None:
         self.d_head = self.d_head or self.d_model
@@ -165,11 +166,16 @@ class LSABlock(nn.Module):
         self, resid: Float[Tensor, "batch pos d_model"]
     ) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        resid = resid + self.hook_attn_out(self.attn(resid))
+        resid = self._clip(resid + self.hook_attn_out(self.attn(resid)))
         if self.mlp is not None:
             resid = self.hook_resid_mid(resid)
-            resid = resid + self.hook_mlp_out(self.mlp(resid))
+            resid = self._clip(resid + self.hook_mlp_out(self.mlp(resid)))
         return self.hook_resid_post(resid)
+
+    def _clip(self, resid: Tensor) -> Tensor:
+        """Official ``config.clip``: clamp activations to ±clip (off when clip = 0)."""
+        clip = self.attn.cfg.clip
+        return resid.clamp(-clip, clip) if clip > 0 else resid
 
 
 class LSATransformer(HookedRootModule):

@@ -37,6 +37,7 @@ class TrainConfig:
     n_heads: int = 1
     attn: str = "linear"  # "softmax" for the softmax-attention variant
     mlp: bool = False  # add a GELU MLP after every attention sublayer
+    activation_clip: float = 0.0  # official: 10 for > 3 layers (bounds the degree-3^L blow-up)
     seed: int = 0
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
@@ -57,7 +58,14 @@ class TrainResult:
 def make_model(cfg: TrainConfig) -> LSATransformer:
     """Seeded LSA Transformer for ``cfg`` on ``cfg.device``."""
     torch.manual_seed(cfg.seed)
-    model = build_lsa(cfg.d, cfg.n_layers, n_heads=cfg.n_heads, attn=cfg.attn, mlp=cfg.mlp)
+    model = build_lsa(
+        cfg.d,
+        cfg.n_layers,
+        n_heads=cfg.n_heads,
+        attn=cfg.attn,
+        mlp=cfg.mlp,
+        clip=cfg.activation_clip,
+    )
     return model.to(device=cfg.device, dtype=cfg.dtype)
 
 

@@ -1,0 +1,99 @@
+"""Demonstration-prefix reuse: run the demonstrations once, then only the query tokens.
+
+ICL costs are dominated by re-reading the same k demonstrations for every query. A
+:class:`PrefixRun` runs ``BOS + demonstrations`` once, keeps the Hugging Face KV cache underneath
+the bridge, and runs batches of queries on top of it. The probes still see everything the
+metrics need: the query positions' q/k/v/z, their score rows over *all* keys (cached prefix
+keys included), and the prefix's own keys/values captured once.
+
+Queries are right-padded: a real token never attends to a later (pad) position, so no attention
+mask is needed and each row is read at its own last real position.
+
+TransformerLens 4.3 reads the cache from the ``past_key_values`` keyword while transformers 5.x
+passes it as ``cache``; :func:`enable_kv_cache` bridges the two on a model instance.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from dualform.probes import Capture, capture
+
+
+def enable_kv_cache(model) -> None:
+    """Make the bridge's attention read a cache passed as ``cache=`` (transformers ≥ 5). Idempotent."""
+    for block in model.blocks:
+        attn = block.attn
+        if getattr(attn, "_dualform_cache_shim", False):
+            continue
+        original = attn._update_kv_cache
+
+        def update(k: Tensor, v: Tensor, _original=original, **kwargs):
+            if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+                kwargs["past_key_values"] = kwargs["cache"]
+            return _original(k, v, **kwargs)
+
+        attn._update_kv_cache = update
+        attn._dualform_cache_shim = True
+
+
+def new_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.original_model.config)
+
+
+@dataclass
+class QueryBatch:
+    """Right-padded query tokens and each row's last real index."""
+
+    tokens: Int[Tensor, "batch q_pos"]
+    last: Int[Tensor, " batch"]
+
+
+def pad_queries(queries: Sequence[Tensor], pad_id: int) -> QueryBatch:
+    lengths = [int(q.numel()) for q in queries]
+    tokens = torch.full((len(queries), max(lengths)), pad_id, dtype=torch.long)
+    for row, q in enumerate(queries):
+        tokens[row, : lengths[row]] = q.reshape(-1)
+    return QueryBatch(tokens, torch.tensor(lengths) - 1)
+
+
+class PrefixRun:
+    """A prefix (``[1, P]`` tokens) run once; :meth:`run` runs query batches on top of it."""
+
+    def __init__(self, model, prefix: Tensor, hooks: Sequence[str] = ()) -> None:
+        enable_kv_cache(model)
+        self.model = model
+        self.prefix = prefix.reshape(1, -1)
+        self.length = self.prefix.shape[-1]
+        self.cache = new_cache(model)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            self.capture: Capture = capture(
+                model, self.prefix.to(device), hooks=hooks, cache=self.cache, use_cache=True
+            )
+
+    def _cache_for(self, batch: int):
+        cache = copy.deepcopy(self.cache)
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+        return cache
+
+    def run(self, queries: QueryBatch, hooks: Sequence[str], *, detach: bool = True) -> Capture:
+        """Capture ``hooks`` on the query tokens; scores/patterns span prefix + query keys."""
+        device = next(self.model.parameters()).device
+        tokens = queries.tokens.to(device)
+        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
+            return capture(self.model, tokens, hooks=hooks, detach=detach,
+                           cache=self._cache_for(tokens.shape[0]), use_cache=True)
+
+    def prefix_kv(self, layer: int, *, rotated: bool = True) -> tuple[Tensor, Tensor]:
+        """The prefix's keys (rotated when captured) and values, per query head: ``[pos, head, d]``."""
+        return (self.capture.keys(layer, rotated=rotated)[0], self.capture.values(layer)[0])

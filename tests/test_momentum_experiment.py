@@ -1,0 +1,104 @@
+"""The vanilla-vs-momentum experiment (tiny config), its data, and the η ablation helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dualform.models import load_model
+from dualform.momentum import data as data_mod
+from dualform.momentum.ablation import icl_accuracy_vs_eta, label_logits, left_pad
+from dualform.momentum.data import (
+    BOS,
+    RecallSpec,
+    make_source,
+    recall_icl_prompts,
+    recall_sequences,
+)
+from dualform.momentum.experiment import PAPER, MomentumConfig, jobs_for, run_momentum
+
+
+def test_recall_sequences_follow_one_dictionary_per_sequence():
+    spec = RecallSpec.synthetic(5, 7)
+    seqs = recall_sequences(20, 41, spec, torch.Generator().manual_seed(0))
+    assert seqs.shape == (20, 41) and (seqs[:, 0] == BOS).all()
+    for row in seqs:
+        keys, values = row[1::2].tolist(), row[2::2].tolist()
+        assert set(keys) <= set(spec.key_ids) and set(values) <= set(spec.value_ids)
+        seen: dict[int, int] = {}
+        for k, v in zip(keys, values, strict=False):
+            assert seen.setdefault(k, v) == v  # a key always maps to the same value
+
+
+def test_icl_prompts_gold_is_the_demonstrated_value():
+    spec = RecallSpec.synthetic(6, 6)
+    prompts, gold = recall_icl_prompts(50, 4, spec, torch.Generator().manual_seed(1))
+    assert prompts.shape == (50, 10)
+    for row, g in zip(prompts.tolist(), gold.tolist(), strict=True):
+        demo = dict(zip(row[1:-1:2], row[2:-1:2], strict=True))
+        assert len(demo) == 4 and demo[row[-1]] == g
+
+
+def test_text_corpus_from_file_and_offline_fallback(tmp_path, monkeypatch):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat. " * 1000)
+    source, notes = make_source(str(text), 4, 4)
+    assert notes == [] and source.d_vocab == 259
+    batch = source.train_batch(3, 16, torch.Generator().manual_seed(0))
+    assert batch.shape == (3, 16) and (batch[:, 0] == BOS).all()
+    assert source.eval_windows(16, 160).shape[1] == 16
+    monkeypatch.setattr(data_mod, "_hub_reachable", lambda timeout: False)
+    fallback, notes = make_source("wikitext103", 4, 4)
+    assert fallback.name == "recall" and "fell back" in notes[0]
+
+
+def test_jobs_pair_every_seed():
+    jobs = jobs_for(MomentumConfig())
+    for seed in (0, 1, 2):
+        variants = {j.variant for j in jobs if j.seed == seed}
+        assert {"vanilla", "momentum"} <= variants
+    assert {j.eta for j in jobs if j.variant == "sweep"} == {0.25, 0.75, 0.9}
+
+
+def test_run_momentum_tiny_writes_results(tmp_path):
+    results = run_momentum(tmp_path, config=MomentumConfig.tiny(), progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["paper"] == json.loads(json.dumps(PAPER))
+    assert set(saved["summary"]) == {"vanilla", "momentum"}
+    assert set(saved["summary"]["vanilla"]["perplexity"]) == {"16", "32"}
+    assert [row["eta"] for row in saved["eta_sweep"]] == [0.0, 0.5, 0.9]
+    assert saved["data"]["source"] == "recall"
+    assert isinstance(saved["verdict"]["reproduces_paper_direction"], bool)
+    for run in saved["runs"]:
+        assert run["final_loss"] < run["initial_loss"]  # training makes progress
+        assert all(0.0 <= a <= 1.0 for a in run["icl_accuracy"].values())
+    assert (tmp_path / "loss_curves.html").exists()
+    assert results["wall_seconds"] > 0
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_model("tiny-llama", dtype=torch.float64)
+
+
+def test_padded_batches_match_single_prompts(llama):
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 250, (n,), generator=gen) for n in (5, 9, 7)]
+    labels = [10, 20, 30]
+    batched = label_logits(llama, prompts, labels, eta=0.5, batch_size=3, pad_id=2)
+    single = torch.cat([label_logits(llama, [p], labels, eta=0.5) for p in prompts])
+    assert torch.allclose(batched, single, atol=1e-5)
+    tokens, mask = left_pad(prompts, pad_id=2)
+    assert tokens.shape == (3, 9) and mask.sum().item() == 21
+
+
+def test_icl_accuracy_vs_eta(llama):
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 250, (6,), generator=gen) for _ in range(6)]
+    labels = [40, 50, 60]
+    gold = label_logits(llama, prompts, labels).argmax(-1).tolist()
+    acc = icl_accuracy_vs_eta(llama, prompts, labels, gold, (0.0, 0.9), progress=False)
+    assert acc[0.0] == 1.0
+    assert 0.0 <= acc[0.9] <= 1.0

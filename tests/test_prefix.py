@@ -1,0 +1,45 @@
+"""Demonstration-prefix reuse + batching gives the same records as one full forward per query
+(to 1e-5 of each quantity's magnitude in float32)."""
+
+import pytest
+import torch
+
+from dualform import load_model, load_task, sample_demos
+from dualform.conditions import prompt_pair, record, record_batch
+from dualform.dual_form import score_hooks
+from dualform.prefix import PrefixRun
+from dualform.tasks import label_token_ids
+
+
+def _check(model, n_shots: int, atol: float, rtol: float) -> None:
+    task = load_task("afinn-sentiment")
+    demos = sample_demos(task, n_shots, seed=1)
+    labels = label_token_ids(model, task)
+    pairs = [prompt_pair(model, task, demos, ex) for ex in task.test[:3]]
+    icl = pairs[0].icl
+    prefix = icl.tokens[:, : icl.demo_start + icl.n_demo_tokens]
+    run = PrefixRun(model, prefix, hooks=score_hooks(model))
+    queries = [p.icl.tokens[0, prefix.shape[-1]:] for p in pairs]
+    batched = record_batch(run, queries, labels, demo=icl)
+    for pair, got in zip(pairs, batched, strict=True):
+        want = record(model, pair.icl.tokens, labels, demo=pair.icl)
+        for name in ("label_logits", "attn_out", "z", "scores", "q", "icl_update",
+                     "norm_delta_w_icl", "norm_w_zsl"):
+            a, b = getattr(got, name), getattr(want, name)
+            assert a.shape == b.shape, name
+            finite = torch.isfinite(b) & (b > -1e30)  # masked score entries hold the dtype minimum
+            scale = b[finite].abs().max().clamp_min(1.0)  # float32: compare relative to magnitude
+            torch.testing.assert_close(a[finite] / scale, b[finite] / scale, atol=atol, rtol=rtol, msg=name)
+
+
+def test_prefix_reuse_equals_full_forward_tiny():
+    _check(load_model("tiny-llama"), 4, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_reuse_equals_full_forward_gpt2_learned_positions():
+    _check(load_model("tiny-gpt2"), 4, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_prefix_reuse_equals_full_forward_embedded(smol):
+    _check(smol, 8, atol=1e-5, rtol=1e-5)
