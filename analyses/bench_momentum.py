@@ -58,8 +58,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eta", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = bench(args.model, args.tokens, args.repeats, args.eta)
     print(f"{result['model']}, {result['tokens']} tokens, {result['repeats']} repeats, "
           f"{result['threads']} threads")

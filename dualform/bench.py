@@ -7,11 +7,14 @@ same process on the same input:
   and a full ``run_with_cache`` for reference;
 * ``dual_form`` on a ~300-token 32-demonstration prompt vs a bare forward of that prompt;
 * one ``finetune_kv`` SGD step vs a plain forward+backward with gradients only on W_K/W_V;
+* per-query ICL cost with prefix reuse + batching vs one full forward per query (8/16/32 shots);
+* optionally (``--end-to-end``) a small ``reproduce dai`` with reuse+batching on vs off;
 * the second load of the embedded model (seconds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import time
@@ -118,18 +121,67 @@ def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 
             "finetune_call_ratio_incl_copy": timing["ratio"], "model_copy_once_s": copy_s}
 
 
+def bench_prefix(model, shots: tuple[int, ...] = (8, 16, 32), n_queries: int = 16) -> dict:
+    """Per-query ICL record cost: one full forward per query vs prefix reuse + batching
+    (the prefix run is included, amortised over ``n_queries``)."""
+    from dualform.conditions import prompt_pair, record_all
+    from dualform.tasks import label_token_ids, load_task, sample_demos
+
+    task = load_task("afinn-sentiment")
+    labels = label_token_ids(model, task)
+    out = {}
+    for k in shots:
+        demos = sample_demos(task, k, seed=1)
+        prompts = [prompt_pair(model, task, demos, ex).icl for ex in task.test[:n_queries]]
+        timing = paired(
+            lambda p=prompts: record_all(model, p, labels, dual=True, reuse_prefix=True),
+            lambda p=prompts: record_all(model, p, labels, dual=True, reuse_prefix=False),
+            2,
+        )
+        out[str(k)] = {"prompt_tokens": int(prompts[0].tokens.shape[-1]),
+                       "naive_per_query_s": timing["candidate_s"] / n_queries,
+                       "reuse_per_query_s": timing["baseline_s"] / n_queries,
+                       "speedup": timing["ratio"]}
+    return out
+
+
+def bench_end_to_end(name: str, device: str | None = None) -> dict:
+    """A small ``reproduce dai`` (1 task, 16 test, 8 validation queries) with reuse+batching on
+    and off; stage times from the results."""
+    import tempfile
+
+    from dualform.dai import DaiConfig, run_dai
+
+    cfg = DaiConfig(model=name, tasks=("afinn-sentiment",), n_validation=8, n_test=16,
+                    demo_seeds=(1,), lr_grid=(0.05,), untrained_baseline=False,
+                    device=device or "cpu")
+    times = {}
+    for label, reuse in (("reuse", True), ("naive", False)):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            res = run_dai(tmp, dataclasses.replace(cfg, reuse_prefix=reuse), progress=False)
+            times[label] = {"total_s": time.perf_counter() - start,
+                            "stages_s": res["tasks"]["afinn-sentiment"]["timing_s"]}
+    times["speedup"] = times["naive"]["total_s"] / times["reuse"]["total_s"]
+    return times
+
+
 def load_model_copy(model):
     from dualform.models import clone_model
 
     return clone_model(model)
 
 
-def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = None) -> dict:
+def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = None,
+              end_to_end: bool = False) -> dict:
     model = load_model(name, device=device)
     out = {"model": name, "device": str(next(model.parameters()).device),
            "threads": torch.get_num_threads(), "second_load_s": bench_load(name)}
     out["capture"] = bench_capture(model, repeats)
     out["dual_form"] = bench_dual_form(model, repeats)
     out["finetune"] = bench_finetune_step(model, repeats)
+    out["prefix_reuse"] = bench_prefix(model)
+    if end_to_end:
+        out["end_to_end"] = bench_end_to_end(name, device)
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out

@@ -138,7 +138,15 @@ def reproduce_regression(
     from dualform.regression import RegressionConfig, run_regression
 
     result = run_regression(out, config=RegressionConfig(device=device))
-    console.print_json(json.dumps(result.get("summary", {}), default=str))
+    table = Table("steps / layers", "GD (tuned η)", "η", "GD++", "trained LSA", "paper GD",
+                  "model cos", "model diff", "preds diff", title="LSA vs GD (½·MSE test loss)")
+    for row in result["table"]:
+        table.add_row(*(f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "–"))
+                        for k in ("steps", "gd", "gd_eta", "gdpp", "lsa", "paper", "model_cos",
+                                  "model_diff", "preds_diff")))
+    console.print(table)
+    for name, check in result["targets"].items():
+        console.print(f"  {'✓' if check['met'] else '✗'} {name}: {check['value']:.4g} (target {check['target']})")
     console.print(f"wrote {out}/results.json")
 
 
@@ -161,6 +169,7 @@ def bench(
     repeats: int = typer.Option(5, help="Timed repeats per measurement (median)."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    end_to_end: bool = typer.Option(False, help="Also time a small reproduce dai, reuse on vs off."),
 ) -> None:
     """Performance ratios against baselines measured in the same run."""
     import contextlib
@@ -169,7 +178,7 @@ def bench(
     from dualform.bench import run_bench
 
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
-        result = run_bench(model, repeats=repeats, device=device)
+        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -185,6 +194,13 @@ def bench(
     table.add_row("dual_form result size", f"{d['result_MiB']:.1f} MiB")
     table.add_row(f"finetune_kv step ({f['tokens']} tok) / fwd+bwd on K,V",
                   f"{f['finetune_step_ratio']:.2f}x ({f['finetune_step_s']:.3f} s vs {f['forward_backward_s']:.3f} s)")
+    for k, p in result["prefix_reuse"].items():
+        table.add_row(f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
+                      f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)")
+    if "end_to_end" in result:
+        e = result["end_to_end"]
+        table.add_row("small reproduce dai: reuse off / on",
+                      f"{e['speedup']:.1f}x ({e['naive']['total_s']:.0f} s vs {e['reuse']['total_s']:.0f} s)")
     table.add_row("peak RSS", f"{result['peak_rss_MiB']:.0f} MiB")
     console.print(table)
 

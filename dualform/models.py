@@ -201,12 +201,12 @@ def tiny_hf_model(name: str, *, seed: int = 0, n_layers: int = 2):
     if name == "tiny-llama":
         config = LlamaConfig(
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
             bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
         )
     elif name == "tiny-gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_embd=64, n_layer=n_layers, n_head=4, n_positions=512,
+            vocab_size=vocab, n_embd=64, n_layer=n_layers, n_head=4, n_positions=2048,
             bos_token_id=0, eos_token_id=1, pad_token_id=2,
         )
     else:

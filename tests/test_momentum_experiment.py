@@ -20,6 +20,15 @@ from dualform.momentum.data import (
 from dualform.momentum.experiment import PAPER, MomentumConfig, jobs_for, run_momentum
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_recall_sequences_follow_one_dictionary_per_sequence():
     spec = RecallSpec.synthetic(5, 7)
     seqs = recall_sequences(20, 41, spec, torch.Generator().manual_seed(0))
@@ -59,7 +68,7 @@ def test_jobs_pair_every_seed():
     for seed in (0, 1, 2):
         variants = {j.variant for j in jobs if j.seed == seed}
         assert {"vanilla", "momentum"} <= variants
-    assert {j.eta for j in jobs if j.variant == "sweep"} == {0.25, 0.75, 0.9}
+    assert {j.eta for j in jobs if j.variant == "sweep"} == {0.25, 0.9}
 
 
 def test_run_momentum_tiny_writes_results(tmp_path):

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from dualform.probes import head_counts, hook_name, hooks, n_layers
 
-Eta = float | Float[Tensor, "head"]
+Eta = float | Float[Tensor, " head"]
 
 
 def decay_matrix(
@@ -87,7 +87,7 @@ def _shift(x: Float[Tensor, "*lead pos d"], step: int) -> Float[Tensor, "*lead p
 
 def head_momentum(
     values: Float[Tensor, "batch pos kv_head d_head"],
-    eta: Float[Tensor, "head"],
+    eta: Float[Tensor, " head"],
     key_mask: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Per query head ``m_t = Σ_{i<t, i not padding} η_h^{t−i} v_i`` with GQA-shared values.
@@ -132,7 +132,7 @@ def momentum_attention(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     attention_mask: Tensor | None = None,
-) -> Iterator[Float[Tensor, "head"]]:
+) -> Iterator[Float[Tensor, " head"]]:
     """Within the block, attention of ``layers`` (default all) is momentum attention.
 
     ``z_t ← z_t + Σ_{i<t} η^{t−i} v_i`` per query head, through hooks on ``hook_v`` and

@@ -75,7 +75,7 @@ def recall_sequences(
 
 def recall_icl_prompts(
     n: int, n_demos: int, spec: RecallSpec, gen: torch.Generator
-) -> tuple[Int[Tensor, "n pos"], Int[Tensor, "n"]]:
+) -> tuple[Int[Tensor, "n pos"], Int[Tensor, " n"]]:
     """``BOS k_1 v_1 … k_n v_n k_q`` with distinct demo keys; returns (prompts, gold value ids)."""
     if n_demos > len(spec.key_ids):
         raise ValueError(f"{n_demos} demonstrations need {n_demos} distinct keys.")
@@ -136,7 +136,7 @@ def _with_bos(body: Tensor) -> Tensor:
     return torch.cat([bos, body], dim=1)
 
 
-def bytes_to_tokens(text: str) -> Int[Tensor, "n"]:
+def bytes_to_tokens(text: str) -> Int[Tensor, " n"]:
     """UTF-8 bytes shifted past the three special ids."""
     return torch.tensor(list(text.encode("utf-8")), dtype=torch.long) + N_SPECIAL
 

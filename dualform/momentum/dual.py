@@ -38,7 +38,7 @@ from dualform.relaxed import relaxed_linear_attention
 def momentum_split(
     values: Float[Tensor, "*lead pos d"],
     eta: float | Float[Tensor, "*lead_or_less"],
-    is_demo: Bool[Tensor, "pos"],
+    is_demo: Bool[Tensor, " pos"],
     position: int = -1,
 ) -> tuple[Float[Tensor, "*lead d"], Float[Tensor, "*lead d"]]:
     """``m_t = Σ_{i<t} η^{t−i} v_i = m_demo + m_query`` split by ``is_demo`` at ``t = position``.

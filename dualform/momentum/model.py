@@ -9,13 +9,16 @@ are those of other TransformerLens models, so :func:`dualform.probes.capture`,
 :func:`dualform.dual_form.dual_form` and :func:`dualform.relaxed.relaxed_linear_attention` work
 on it unchanged.
 
-Architecture: GPT-2 style pre-LayerNorm blocks, learned positions, GELU MLP, optional
-grouped-query attention. Per layer and query head (``v`` of the head's KV head):
+Architecture: pre-LayerNorm blocks, rotary (default, as Llama) or learned (as GPT-2) positions,
+GELU MLP (or attention-only), optional grouped-query attention. Without a hook on the scores or
+the pattern, attention runs fused (``scaled_dot_product_attention``); a hook there makes the
+model materialise them (same result). Per layer and query head (``v`` of its KV head):
 
     z_t = Σ_{i≤t} softmax(q_t·k_i/√d_head) v_i  +  Σ_{i<t} η_h^{t−i} v_i     (momentum term)
 
-Hooks: ``hook_embed``, ``hook_pos_embed``, ``blocks.{l}.hook_resid_pre``,
-``blocks.{l}.attn.hook_q`` ``[batch, pos, head, d_head]``, ``hook_k``/``hook_v``
+Hooks: ``hook_embed``, ``hook_pos_embed`` (learned positions), ``blocks.{l}.hook_resid_pre``,
+``blocks.{l}.attn.hook_q`` ``[batch, pos, head, d_head]``, ``hook_rot_q`` (rotary),
+``hook_k``/``hook_rot_k``/``hook_v``
 ``[batch, pos, kv_head, d_head]``, ``hook_attn_scores`` (scaled, −inf where masked) and
 ``hook_pattern`` ``[batch, head, q_pos, k_pos]``, ``hook_momentum`` and ``hook_z``
 ``[batch, pos, head, d_head]``, ``blocks.{l}.hook_attn_out``, ``hook_resid_mid``,
@@ -32,15 +35,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from einops import einsum, rearrange
+from einops import einsum
 from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.nn import functional as F
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from dualform.momentum.attention import eta_from_logit, head_momentum, logit_from_eta
+from dualform.momentum.functional import (
+    apply_rotary,
+    causal_scores,
+    fused_attention,
+    rotary_tables,
+    softmax_pattern,
+)
 
 
 @dataclass
@@ -79,67 +88,6 @@ class MomentumLMConfig:
         return self.momentum and (self.eta > 0 or self.learn_eta)
 
 
-def rotary_tables(
-    n_pos: int, d_head: int, base: float, device=None
-) -> tuple[Float[Tensor, "pos d_head"], Float[Tensor, "pos d_head"]]:
-    """``cos(p·θ_j)``, ``sin(p·θ_j)`` with ``θ_j = base^(−2j/d_head)`` (halves repeated, as HF)."""
-    inv_freq = base ** (-torch.arange(0, d_head, 2, device=device, dtype=torch.float64) / d_head)
-    angles = torch.outer(torch.arange(n_pos, device=device, dtype=torch.float64), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(
-    x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Tensor
-) -> Float[Tensor, "batch pos head d_head"]:
-    """``x·cos + rotate_half(x)·sin`` with ``rotate_half([a, b]) = [−b, a]`` (Llama RoPE)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    cos, sin = cos.to(x.dtype)[None, :, None, :], sin.to(x.dtype)[None, :, None, :]
-    return x * cos + rotated * sin
-
-
-def causal_scores(
-    q: Float[Tensor, "batch q_pos head d_head"],
-    k: Float[Tensor, "batch k_pos head d_head"],
-    key_mask: Tensor | None,
-) -> Float[Tensor, "batch head q_pos k_pos"]:
-    """``S_ti = q_t·k_i / √d_head`` for ``i ≤ t`` (and i not padding), −inf elsewhere."""
-    scores = einsum(q, k, "b qp h d, b kp h d -> b h qp kp") / math.sqrt(q.shape[-1])
-    n = q.shape[1]
-    allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    if key_mask is not None:
-        allowed = allowed & key_mask[:, None, None, :]
-    return scores.masked_fill(~allowed, float("-inf"))
-
-
-def softmax_pattern(
-    scores: Float[Tensor, "*lead k_pos"], padded: bool = False
-) -> Float[Tensor, "*lead k_pos"]:
-    """``A = softmax(S)`` along keys; with ``padded``, fully masked rows become 0, not NaN."""
-    pattern = torch.softmax(scores, dim=-1)
-    return pattern.nan_to_num(0.0) if padded else pattern
-
-
-def fused_attention(
-    q: Float[Tensor, "batch pos head d_head"],
-    k: Float[Tensor, "batch pos head d_head"],
-    v: Float[Tensor, "batch pos head d_head"],
-    key_mask: Tensor | None,
-) -> Float[Tensor, "batch pos head d_head"]:
-    """``z_t = Σ_{i≤t} softmax_i(q_t·k_i/√d_head) v_i`` without materialising the pattern."""
-    to_heads = "b p h d -> b h p d"
-    q, k, v = (rearrange(x, to_heads) for x in (q, k, v))
-    if key_mask is None:
-        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:
-        n = q.shape[2]
-        allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        allowed = allowed & key_mask[:, None, None, :]
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).nan_to_num(0.0)
-    return rearrange(z, "b h p d -> b p h d")
-
-
 class MomentumAttention(nn.Module):
     """Multi-head (optionally grouped-query) causal attention plus the momentum term."""
 
@@ -165,7 +113,7 @@ class MomentumAttention(nn.Module):
         for name in names:
             setattr(self, f"hook_{name}", HookPoint())
 
-    def eta(self) -> Float[Tensor, "head"]:
+    def eta(self) -> Float[Tensor, " head"]:
         """Per-head ``η = sigmoid(logit)``, or zeros when momentum is off."""
         if not self.cfg.use_momentum:
             return torch.zeros_like(self.eta_logit)

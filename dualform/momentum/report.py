@@ -117,7 +117,7 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def write_figures(out: Path, records: list[dict], results: dict) -> dict:
+def write_figures(out: Path, records: list[dict], results: dict, png: bool = True) -> dict:
     """Loss curves and perplexity/η figures as HTML (and PNG when kaleido can render)."""
     import plotly.graph_objects as go
 
@@ -139,6 +139,9 @@ def write_figures(out: Path, records: list[dict], results: dict) -> dict:
         html = out / f"{name}.html"
         fig.write_html(html)
         written["html"].append(html.name)
+        if not png:
+            written["png_error"] = "PNG export switched off (write_png=False)"
+            continue
         try:
             fig.write_image(out / f"{name}.png")
             written["png"].append(f"{name}.png")

@@ -107,8 +107,8 @@ def perplexity(
 def icl_accuracy(
     model,
     prompts: Int[Tensor, "n pos"],
-    gold: Int[Tensor, "n"],
-    label_ids: Int[Tensor, "n_labels"] | tuple[int, ...],
+    gold: Int[Tensor, " n"],
+    label_ids: Int[Tensor, " n_labels"] | tuple[int, ...],
     *,
     batch_size: int = 128,
     device="cpu",

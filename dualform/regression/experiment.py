@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dualform.io import write_json_atomic
 from dualform.regression.baselines import gd_loss, gdpp_loss, tune_gd_eta, tune_gdpp
 from dualform.regression.data import RegressionBatch, half_mse, sample_tasks
 from dualform.regression.dual import bridge_summary, dual_form_bridge
@@ -26,7 +27,6 @@ from dualform.regression.report import (
     check_targets,
     make_figures,
     summary_table,
-    write_json_atomic,
 )
 from dualform.regression.train import TrainConfig, TrainResult, train_lsa
 

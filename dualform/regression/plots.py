@@ -41,10 +41,17 @@ def loss_bars_figure(table: list[dict]) -> go.Figure:
         ("gd", "GD (tuned η)"),
         ("gdpp", "GD++"),
         ("lsa", "trained LSA"),
-        ("paper", "paper"),
+        ("paper", "paper (GD)"),
     ):
         values = [row.get(key) for row in table]
-        fig.add_bar(x=steps, y=values, name=label, text=[f"{v:.3f}" if v else "" for v in values])
+        fig.add_bar(
+            x=steps,
+            y=values,
+            name=label,
+            text=[f"{v:.3f}" if v else "" for v in values],
+            textposition="outside",
+            textangle=0,
+        )
     fig.update_layout(
         title="In-context linear regression: test loss (½·MSE)",
         barmode="group",
@@ -55,23 +62,27 @@ def loss_bars_figure(table: list[dict]) -> go.Figure:
     return fig
 
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+
+
 def training_curves_figure(
     curves: dict[int, tuple[list[int], list[float]]], gd: dict[int, float]
 ) -> go.Figure:
-    """Training loss of each LSA depth with its K-step GD loss as a dashed line."""
+    """Training loss of each LSA depth, with its K-step GD test loss as a dashed line."""
     fig = go.Figure()
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     for i, (layers, (steps, losses)) in enumerate(sorted(curves.items())):
-        color = palette[i % len(palette)]
+        color = PALETTE[i % len(PALETTE)]
         fig.add_scatter(x=steps, y=losses, name=f"LSA {layers} layer(s)", line={"color": color})
         if layers in gd:
-            fig.add_hline(
-                y=gd[layers],
+            fig.add_scatter(
+                x=[0, max(steps)],
+                y=[gd[layers]] * 2,
+                name=f"GD {layers} step(s)",
+                mode="lines",
                 line={"color": color, "dash": "dash"},
-                annotation_text=f"GD {layers} step(s)",
             )
     fig.update_layout(
-        title="Training loss vs GD",
+        title="Training loss vs tuned GD",
         xaxis_title="Adam step",
         yaxis_title="½·MSE",
         yaxis_type="log",
@@ -81,14 +92,18 @@ def training_curves_figure(
 
 
 def ood_figure(alphas: list[float], curves: dict[str, list[float]]) -> go.Figure:
-    """Test loss when the input range is scaled by α (trained on α = 1)."""
+    """Test loss when the input range is scaled by α (trained on α = 1); one colour per depth."""
     fig = go.Figure()
+    depth_of = lambda name: int("".join(c for c in name.split()[1] if c.isdigit()))  # noqa: E731
+    depths = sorted({depth_of(name) for name in curves})
     for name, losses in curves.items():
+        depth = depths.index(depth_of(name))
         dash = "dash" if name.startswith("GD") else "solid"
-        fig.add_scatter(x=alphas, y=losses, name=name, line={"dash": dash})
+        line = {"dash": dash, "color": PALETTE[depth % len(PALETTE)]}
+        fig.add_scatter(x=alphas, y=losses, name=name, line=line)
     fig.add_vline(x=1.0, line={"color": "grey", "dash": "dot"})
     fig.update_layout(
-        title="Out of distribution: x ~ U(−α·r, α·r)",
+        title="Out of distribution: x ~ U(−α·r, α·r), η and weights fixed at α = 1",
         xaxis_title="α",
         yaxis_title="½·MSE",
         yaxis_type="log",
@@ -149,8 +164,8 @@ def dual_figure(
     """Dai's meta-gradient ΔW_ICL (left two) and the implied linear models vs GD (right)."""
     d = gd_model.shape[-1]
     titles = [
-        "trained: P·ΔW_ICL·W_Q (M)",
-        "construction: M = (η/N)ΣΔW_ICL",
+        "trained 1-layer LSA: M = P·ΔW_ICL·W_Q",
+        "construction: M = P·ΔW_ICL·W_Q",
         "implied model vs W0 − η∇L",
     ]
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.08)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,14 +63,6 @@ def check_targets(base: dict, lsa: dict, paper_range: dict | None) -> dict:
         cos = lsa[1]["vs_gd"]["model_cos"]
         checks["lsa_1layer_model_cos"] = {"value": cos, "target": ">= 0.99", "met": cos >= 0.99}
     return checks
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary file in the same folder, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def make_figures(

@@ -1,0 +1,141 @@
+"""report.html: self-contained, complete, and drawn by a real (headless Chromium) browser."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import plotly.graph_objects as go
+import pytest
+from test_viz import fake_results
+
+from dualform.io import read_json, write_json_atomic
+from dualform.models import ModelLoadError
+from dualform.report import CACHE_NAME, find_chromium, write_report
+from dualform.tables import COLUMNS, dai_rows
+from dualform.viz import figures_from_results
+
+INSTALL = "apt-get install -y chromium"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-software-rasterizer",
+    "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+)
+N_ATTENTION_FIGURES = 3  # last-token attention, demo mass map, ΔW spectra
+
+
+def _extra_dirs(root):
+    """A regression dir (JSON + one plotly HTML + its PNG + a PNG) and a momentum dir."""
+    reg = root / "regression"
+    reg.mkdir()
+    write_json_atomic(reg / "results.json", {"summary": [{"steps": 1, "gd": 0.2, "lsa": 0.21}],
+                                             "targets": {"gd_1step_loss": {"met": True}}})
+    go.Figure(go.Scatter(y=[3, 1, 2], name="lsa")).write_html(reg / "curves.html")
+    (reg / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\nnot-drawn-twice")
+    (reg / "weights.png").write_bytes(b"\x89PNG\r\n\x1a\nfake-weights")
+    mom = root / "momentum"
+    mom.mkdir()
+    write_json_atomic(mom / "results.json", {"verdict": {"text": "momentum-verdict-text"}})
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    results = fake_results(("afinn-sentiment", "vader-valence"))
+    write_json_atomic(root / "dai" / "results.json", results)
+    _extra_dirs(root)
+    path = write_report(root / "dai")
+    return path, results
+
+
+def test_report_is_self_contained(report):
+    path, _ = report
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc=", text)  # every script inline
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # nothing from the network
+    assert "<link" not in text and "cdn.plot.ly" not in text and "unpkg.com" not in text
+    assert len(re.findall(r"\* plotly\.js v\d", text)) == 1  # one copy of plotly.js
+    assert text.count("var CircuitsVis=") == 1  # one copy of the circuitsvis bundle
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # atomic
+
+
+def test_report_has_config_tables_and_every_figure(report):
+    path, results = report
+    text = path.read_text(encoding="utf-8")
+    for label, _ in dai_rows(results):
+        assert label in text
+    assert all(header in text for header, _ in COLUMNS)
+    assert "n_validation" in text and "lr_grid" in text  # the run's configuration
+    n_figures = len(figures_from_results(results)) + N_ATTENTION_FIGURES + 1  # + curves.html
+    assert text.count('class="plotly-graph-div"') == n_figures
+    assert text.count("CircuitsVis.AttentionPatterns") == 3
+    assert "momentum-verdict-text" in text and "gd_1step_loss" in text  # other results as tables
+    assert "data:image/png;base64," in text and "weights.png" in text
+    assert "not-drawn-twice" not in text and "curves.png" not in text  # HTML figure redrawn instead
+    assert read_json(path.parent / CACHE_NAME)["key"]["task"] == "afinn-sentiment"
+
+
+def _dump_dom(path, tmp_path) -> str:
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.fail(f"Chromium is needed to check that report.html draws: {INSTALL}")
+    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+           "--window-size=1400,1000", "--virtual-time-budget=10000", "--dump-dom",
+           path.as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _segments(dom: str, marker: str) -> list[str]:
+    starts = [m.start() for m in re.finditer(marker, dom)]
+    return [dom[s:e] for s, e in zip(starts, [*starts[1:], len(dom)], strict=True)]
+
+
+def test_report_draws_in_headless_chromium(report, tmp_path):
+    path, results = report
+    dom = _dump_dom(path, tmp_path)
+    figures = _segments(dom, r'class="plotly-graph-div')
+    assert len(figures) == len(figures_from_results(results)) + N_ATTENTION_FIGURES + 1
+    for seg in figures:
+        assert 'class="main-svg"' in seg, seg[:300]  # plotly ran and drew the figure
+        drawn = re.search(r'class="(trace (scatter|bars)|hm)"', seg)
+        assert drawn, seg[:300]
+        if drawn.group(1) == "hm":
+            assert "<image" in seg  # heatmap raster
+        else:
+            assert re.search(r'<path[^>]+d="M', seg)  # lines / bars
+    views = [s.split("</section>")[0] for s in _segments(dom, r'class="circuitsvis-view"')]
+    assert len(views) == 3
+    for seg in views:  # circuitsvis rendered: pattern canvases and one button per token
+        assert seg.count("<canvas") >= 2 and seg.count("<button") > 5
+
+
+def test_report_reuses_the_cached_attention_example(report, monkeypatch):
+    path, _ = report
+
+    def no_model(*args, **kwargs):
+        raise ModelLoadError("offline")
+
+    monkeypatch.setattr("dualform.models.load_model", no_model)
+    write_report(path.parent)
+    assert path.read_text(encoding="utf-8").count("CircuitsVis.AttentionPatterns") == 3
+
+
+def test_report_without_the_model_keeps_everything_else(tmp_path, monkeypatch):
+    results = fake_results()
+    write_json_atomic(tmp_path / "dai" / "results.json", results)
+
+    def no_model(*args, **kwargs):
+        raise ModelLoadError("model-is-offline")
+
+    monkeypatch.setattr("dualform.models.load_model", no_model)
+    text = write_report(tmp_path / "dai").read_text(encoding="utf-8")
+    assert "Attention example not available" in text and "model-is-offline" in text
+    assert text.count('class="plotly-graph-div"') == len(figures_from_results(results))
+    assert "var CircuitsVis=" not in text  # no bundle without views
+
+
+def test_report_needs_results(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        write_report(tmp_path)
