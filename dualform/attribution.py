@@ -28,6 +28,7 @@ from torch import Tensor
 
 from dualform.equations import softmax_split
 from dualform.finetune import FinetuneResult, kv_parameters
+from dualform.prefix import QueryBatch
 from dualform.probes import capture, head_counts, hook_name, hooks
 
 
@@ -39,20 +40,31 @@ def label_margin(logits: Float[Tensor, " vocab"], label_ids: list[int], gold: in
 
 
 def icl_head_effects(
-    model, tokens: Tensor, demo: slice, label_ids: list[int], gold: int
+    model, tokens: Tensor, demo: slice, label_ids: list[int], gold: int, *, prefix=None
 ) -> Float[Tensor, "layer head"]:
-    """First-order effect on the margin of removing each head's demonstration contribution."""
+    """First-order effect on the margin of removing each head's demonstration contribution.
+
+    With ``prefix`` (a :class:`dualform.prefix.PrefixRun` holding BOS + demonstrations, run with
+    the ``v`` hook) ``tokens`` are only the query tokens after it; ``demo`` indexes the prefix.
+    """
     with torch.enable_grad():
-        cap = capture(model, tokens, hooks=("scores", "v", "z"), detach=False)
+        if prefix is None:
+            cap = capture(model, tokens, hooks=("scores", "v", "z"), detach=False)
+        else:
+            batch = QueryBatch(tokens.reshape(1, -1), torch.tensor([tokens.numel() - 1]))
+            cap = prefix.run(batch, ("scores", "v", "z"), detach=False)
         margin = label_margin(cap.logits[0, -1], label_ids, gold)
-        zs = [cap.get("z", layer) for layer in cap.layers]
-        grads = torch.autograd.grad(margin, zs)
-    is_demo = torch.zeros(tokens.shape[-1], dtype=torch.bool)
+        grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
+    n_keys = cap.get("scores", cap.layers[0]).shape[-1]
+    is_demo = torch.zeros(n_keys, dtype=torch.bool)
     is_demo[demo] = True
     effects = []
     for layer, grad in zip(cap.layers, grads, strict=True):
         scores = cap.get("scores", layer)[0, :, -1].detach()
-        values = cap.values(layer)[0].transpose(0, 1).detach()
+        values = cap.values(layer)[0].detach()
+        if prefix is not None:
+            values = torch.cat([prefix.capture.values(layer)[0], values])
+        values = values.transpose(0, 1)  # [head, key, d_head]
         _, _, z_query = softmax_split(scores.double(), values.double(), is_demo)
         z = cap.get("z", layer)[0, -1].detach()
         effects.append(einsum(grad[0, -1].double(), z_query - z.double(), "h d, h d -> h"))

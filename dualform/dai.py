@@ -25,6 +25,7 @@ from dualform.dai_metrics import similarity_metrics
 from dualform.finetune import FinetuneDivergedError, finetune_kv
 from dualform.io import as_stored, read_json, write_json_atomic
 from dualform.models import DEFAULT_MODEL, load_model
+from dualform.prefix import PrefixRun
 from dualform.tasks import Example, Task, label_token_ids, load_task, sample_demos
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
@@ -129,9 +130,13 @@ def evaluate(model, task: Task, demos: list[Example], lr: float, label_ids: list
     attr_icl, attr_ft = [], []
     if config.attribution and ft is not None:
         start = time.perf_counter()
+        head = pairs[0].icl
+        n_prefix = head.demo_start + head.n_demo_tokens
+        run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",)) if config.reuse_prefix else None
         for pair, g in tqdm(list(zip(pairs, gold, strict=True)), desc=f"{task.name}: attribution",
                             disable=not progress):
-            attr_icl.append(icl_head_effects(model, pair.icl.tokens, pair.demo_slice, label_ids, g).numpy())
+            tokens = pair.icl.tokens[0, n_prefix:] if run is not None else pair.icl.tokens
+            attr_icl.append(icl_head_effects(model, tokens, pair.demo_slice, label_ids, g, prefix=run).numpy())
             attr_ft.append(ft_head_effects(ft, pair.zsl.tokens, label_ids, g).numpy())
         timer.add("attribution", start)
     start = time.perf_counter()

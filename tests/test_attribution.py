@@ -55,3 +55,13 @@ def test_compare_maps_rank_correlation():
     a = np.arange(12.0).reshape(3, 4)
     assert compare_maps(a, 2 * a + 1).spearman == 1.0
     assert abs(compare_maps(a, -a).kendall + 1.0) < 1e-12
+
+
+def test_prefix_reuse_gives_the_same_icl_effects():
+    from dualform.prefix import PrefixRun
+
+    model, tokens, label_ids, demo = _setup()
+    full = icl_head_effects(model, tokens, demo, label_ids, gold=1)
+    run = PrefixRun(model, tokens[:, : demo.stop], hooks=("v",))
+    reused = icl_head_effects(model, tokens[0, demo.stop :], demo, label_ids, gold=1, prefix=run)
+    torch.testing.assert_close(reused, full, atol=1e-6, rtol=1e-5)
