@@ -14,6 +14,7 @@ from dualform.finetune import FinetuneDivergedError, FinetuneResult, finetune_kv
 from dualform.models import DEFAULT_MODEL, ModelLoadError, load_model, resolve_device
 from dualform.probes import Capture, ProbeError, attention_scale, capture, hooks
 from dualform.relaxed import relaxed_linear_attention
+from dualform.report import write_report
 from dualform.tasks import (
     OFFLINE_TASKS,
     Task,
@@ -24,6 +25,7 @@ from dualform.tasks import (
     prompt_tokens,
     sample_demos,
 )
+from dualform.viz import figures_from_results
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,8 @@ __all__ = [
     "prompt_tokens",
     "run_dai",
     "sample_demos",
+    "write_report",
+    "figures_from_results",
     "Capture",
     "DualForm",
     "ModelLoadError",

@@ -164,6 +164,16 @@ def reproduce_momentum(
 
 
 @app.command()
+def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A results directory.")) -> None:
+    """Write RESULTS_DIR/report.html: one self-contained page with tables and every figure."""
+    from dualform.report import write_report
+
+    if not (results_dir / "results.json").exists():
+        _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
+    console.print(f"wrote {write_report(results_dir)}")
+
+
+@app.command()
 def bench(
     model: str = typer.Option(DEFAULT_MODEL, help="Model name."),
     repeats: int = typer.Option(5, help="Timed repeats per measurement (median)."),

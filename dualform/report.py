@@ -39,6 +39,7 @@ from dualform.viz import (
 
 REPORT_NAME = "report.html"
 CACHE_NAME = "attention_example.json"
+CACHE_VERSION = 2  # bump when the cached example's content changes
 SIBLINGS = ("regression", "momentum")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 STYLE = """
@@ -307,7 +308,8 @@ def attention_section(page: Page, results: dict, results_dir: Path, max_demos: i
     note = (f'<p class="note">Task {html.escape(str(meta.get("task")))}, first test example, '
             f'{meta.get("n_demos")} of the run\'s demonstrations (selected seed); FT = finetune_kv on '
             f'those demonstrations with the selected lr {meta.get("lr")}. ZSL and FT prompts hold the '
-            "query only. Spectra: singular values of ΔW_ICL vs ΔW_V / ΔW_K of FT for the KV head of "
+            f"query only. Layer {example.view_layer}: where finetuning moved the last token's "
+            "attention most (total variation vs ZSL). Spectra: singular values of ΔW_ICL vs ΔW_V / ΔW_K of FT for the KV head of "
             "the query head shown (each divided by its largest).</p>")
     figs = [page.figure(demo_attention_figure(example), "attention-last-token"),
             page.figure(demo_mass_heatmap(example), "attention-demo-mass")]
@@ -324,10 +326,11 @@ def attention_cache(results: dict, results_dir: Path, max_demos: int) -> dict | 
                  if t.get("selection", {}).get("lr") is not None), None)
     if task is None:
         return None
-    key = {"config": results["config"], "task": task, "max_demos": max_demos}
+    key = {"config": results["config"], "task": task, "max_demos": max_demos,
+           "version": CACHE_VERSION}
     path = results_dir / CACHE_NAME
     cached = read_json(path)
-    if cached is not None and cached.get("key") == json.loads(json.dumps(key)):
+    if cached is not None and cached.get("key") == as_stored(key):
         return cached
     cached = as_stored({"key": key, **compute_attention(results, task, max_demos)})
     write_text_atomic(path, json.dumps(cached, separators=(",", ":")))

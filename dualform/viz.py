@@ -181,9 +181,9 @@ def _dual_maps(dual: dict, title: Callable[[str], str]) -> dict[str, go.Figure]:
         icl, zsl = as_array(dual["norm_delta_w_icl"]), as_array(dual["norm_w_zsl"])
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = icl / zsl
-        figs["heads_norms"] = head_heatmaps(
-            {"‖ΔW_ICL‖": icl, "‖W_ZSL‖": zsl, "ratio": ratio}, title("Frobenius norms per head"),
-            diverging=False, shared_scale=False)
+        maps = {"‖ΔW_ICL‖": icl, "‖W_ZSL‖": zsl, "‖ΔW_ICL‖ / ‖W_ZSL‖": ratio}
+        figs["heads_norms"] = head_heatmaps(maps, title("Frobenius norms per head"),
+                                            diverging=False, shared_scale=False)
     if (cos := get(dual, "cos_icl_update_ft", "per_head")) is not None:
         figs["heads_cos"] = head_heatmap(cos, title("cos(ΔW_ICL q, Δz_FT) per head"),
                                          colorbar="cosine")

@@ -68,6 +68,11 @@ class AttentionExample:
         """ICL attention mass of the last token on the demonstrations, ``[layer, head]``."""
         return as_array(self.last_row["icl"])[:, :, self.demo_slice].sum(-1)
 
+    def ft_shift(self) -> np.ndarray:
+        """Per layer, how far FT moved the last token's attention from ZSL (total variation,
+        mean over heads); ``[layer]``."""
+        return _total_variation(as_array(self.last_row["ft"]), as_array(self.last_row["zsl"]))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -82,8 +87,9 @@ def attention_example(model, task, demos, query, *, ft=None, lr: float | None = 
 
     ``ft`` is a :class:`dualform.finetune.FinetuneResult`; without it, ``finetune_kv`` is run on
     ``demos`` with ``lr`` (no FT condition when both are ``None``). ``layer`` picks the layer of
-    the full patterns; by default the layer whose last token puts the most ICL attention on the
-    demonstrations (mean over heads).
+    the full patterns; by default the layer where finetuning moved the last token's attention
+    most (:meth:`AttentionExample.ft_shift`), or without FT the layer that puts the most ICL
+    attention on the demonstrations.
     """
     from dualform.conditions import demo_training_texts, prompt_pair
     from dualform.finetune import finetune_kv
@@ -97,7 +103,7 @@ def attention_example(model, task, demos, query, *, ft=None, lr: float | None = 
     patterns = {c: _patterns(m, t) for c, (m, t) in runs.items()}  # [layer, head, q, k]
     demo = slice(pair.icl.demo_start, pair.icl.demo_start + pair.icl.n_demo_tokens)
     if layer is None:
-        layer = int(patterns["icl"][:, :, -1, demo].sum(-1).mean(-1).argmax())
+        layer = _default_layer(patterns, demo)
     return AttentionExample(
         tokens={c: [str(s) for s in model.to_str_tokens(t[0])] for c, (_, t) in runs.items()},
         last_row={c: np.round(p[:, :, -1], digits).tolist() for c, p in patterns.items()},
@@ -105,6 +111,17 @@ def attention_example(model, task, demos, query, *, ft=None, lr: float | None = 
         view_layer=layer, demo_start=pair.icl.demo_start, n_demo_tokens=pair.icl.n_demo_tokens,
         meta={"task": task.name, "n_demos": len(demos), "lr": None if ft is None else ft.lr},
     )
+
+
+def _total_variation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``½ Σ_k |a − b|`` over key positions, mean over heads: ``[layer, head, k]`` → ``[layer]``."""
+    return 0.5 * np.abs(a - b).sum(-1).mean(-1)
+
+
+def _default_layer(patterns: dict[str, np.ndarray], demo: slice) -> int:
+    if "ft" in patterns:
+        return int(_total_variation(patterns["ft"][:, :, -1], patterns["zsl"][:, :, -1]).argmax())
+    return int(patterns["icl"][:, :, -1, demo].sum(-1).mean(-1).argmax())
 
 
 def _patterns(model, tokens) -> np.ndarray:

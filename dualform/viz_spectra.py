@@ -81,6 +81,7 @@ def spectra_figure(spectra: dict[str, np.ndarray], title: str, *, normalize: boo
         ))
     fig.update_layout(
         title=title, template=TEMPLATE, xaxis={"title": "index i"},
-        yaxis={"title": "σ_i / σ_1" if normalize else "σ_i", "type": "log"},
+        yaxis={"title": "σ_i / σ_1" if normalize else "σ_i", "type": "log",
+               "exponentformat": "power"},
     )
     return fig

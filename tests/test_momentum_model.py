@@ -137,4 +137,4 @@ def test_tiny_training_run_lowers_the_loss():
     before = float(lm_loss(model, fixed).detach())
     log = train_lm(model, lambda step: fixed, steps=40, lr=1e-2, warmup=5, progress=False)
     assert len(log.losses) == 40
-    assert float(lm_loss(model, fixed)) < before - 0.5
+    assert float(lm_loss(model, fixed).detach()) < before - 0.5

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
@@ -19,7 +21,7 @@ INSTALL = "apt-get install -y chromium"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-software-rasterizer",
     "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+    "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--disable-dev-shm-usage",
 )
 N_ATTENTION_FIGURES = 3  # last-token attention, demo mass map, ΔW spectra
 
@@ -54,7 +56,9 @@ def test_report_is_self_contained(report):
     assert not re.search(r"<script[^>]*\bsrc=", text)  # every script inline
     markup = re.sub(r"<script[^>]*>.*?</script>", "", text, flags=re.S)  # HTML outside scripts
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", markup)  # nothing from the network
-    assert "<link" not in text and "cdn.plot.ly" not in text and "unpkg.com" not in text
+    assert "<link" not in markup and "<iframe" not in markup
+    assert not re.search(r"""(from|import\()\s*["'`]https?://""", text)  # no ES-module imports
+    assert "unpkg.com" not in text  # not circuitsvis' CDN rendering
     assert len(re.findall(r"\* plotly\.js v\d", text)) == 1  # one copy of plotly.js
     assert text.count("var CircuitsVis=") == 1  # one copy of the circuitsvis bundle
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # atomic
@@ -100,7 +104,7 @@ def test_report_draws_in_headless_chromium(report, tmp_path):
     assert len(figures) == len(figures_from_results(results)) + N_ATTENTION_FIGURES + 1
     for seg in figures:
         assert 'class="main-svg"' in seg, seg[:300]  # plotly ran and drew the figure
-        drawn = re.search(r'class="(trace (scatter|bars)|hm)"', seg)
+        drawn = re.search(r'class="(trace scatter|trace bars|hm)[ "]', seg)
         assert drawn, seg[:300]
         if drawn.group(1) == "hm":
             assert "<image" in seg  # heatmap raster
@@ -140,3 +144,26 @@ def test_report_without_the_model_keeps_everything_else(tmp_path, monkeypatch):
 def test_report_needs_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.json"):
         write_report(tmp_path)
+
+
+def test_report_of_another_experiment(tmp_path):
+    _extra_dirs(tmp_path)
+    text = write_report(tmp_path / "regression", extra_dirs=[]).read_text(encoding="utf-8")
+    assert "gd_1step_loss" in text and "weights.png" in text
+    assert text.count('class="plotly-graph-div"') == 1  # curves.html, redrawn
+
+
+def test_png_export_with_kaleido_and_the_local_chromium(tmp_path):
+    """analyses/readme_figures.py: kaleido renders through the distribution's Chromium, offline."""
+    if find_chromium() is None:
+        pytest.fail(f"Chromium is needed for the PNG export (kaleido): {INSTALL}")
+    script = Path(__file__).resolve().parents[1] / "analyses" / "readme_figures.py"
+    spec = importlib.util.spec_from_file_location("readme_figures", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.ensure_browser()
+    figs = module.readme_figures(fake_results())
+    assert {"overview", "heads_simam", "heads_attribution"} <= set(figs)
+    (png,) = module.export({"heads_simam": figs["heads_simam"]}, tmp_path, scale=1)
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000

@@ -165,6 +165,7 @@ def _train_and_evaluate(config: MomentumConfig, job: Job, out_dir: str, progress
         "icl_mean": statistics.fmean(icl.values()) if icl else float("nan"),
         "initial_loss": statistics.fmean(log.losses[:5]),
         "final_loss": statistics.fmean(log.losses[-20:]), "train_seconds": log.seconds,
+        "train_cpu_seconds": log.cpu_seconds,
         "losses": log.losses, "learned_etas": model.etas().tolist() if job.learn_eta else None,
     }
 

@@ -41,11 +41,12 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 @dataclass
 class TrainLog:
-    """Loss per step, η per logged step (learnable η), and wall time."""
+    """Loss per step, η per logged step (learnable η), wall and CPU time of this process."""
 
     losses: list[float] = field(default_factory=list)
     etas: list[list[list[float]]] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 def train_lm(
@@ -69,7 +70,7 @@ def train_lm(
         [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.98),
     )
-    log, start = TrainLog(), time.perf_counter()
+    log, start, cpu_start = TrainLog(), time.perf_counter(), time.process_time()
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         for group in opt.param_groups:
@@ -85,6 +86,7 @@ def train_lm(
             if hasattr(model, "etas"):
                 log.etas.append(model.etas().tolist())
     log.seconds = time.perf_counter() - start
+    log.cpu_seconds = time.process_time() - cpu_start
     model.eval()
     return log
 
