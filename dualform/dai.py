@@ -97,7 +97,7 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
     demos = sample_demos(task, config.shots, demo_seed)
     timer.add("select_demo_seed", start)
     start = time.perf_counter()
-    lr, lr_acc = _select_lr(model, task, demos, label_ids, config, progress)
+    lr, lr_acc, ft = _select_lr(model, task, demos, label_ids, config, progress)
     timer.add("select_lr", start)
     out = {
         "task": name, "template": task.template, "label_words": task.label_words,
@@ -105,7 +105,7 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
         "selection": {"demo_seed": demo_seed, "lr": lr, "demo_seed_val_acc": seed_acc,
                       "lr_val_acc": lr_acc},
     }
-    out.update(evaluate(model, task, demos, lr, label_ids, config, timer, progress=progress))
+    out.update(evaluate(model, task, demos, lr, label_ids, config, timer, progress=progress, ft=ft))
     if untrained is not None:
         start = time.perf_counter()
         base = evaluate(untrained, task, demos, lr, label_ids,
@@ -116,11 +116,11 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
     return out
 
 
-def evaluate(model, task: Task, demos: list[Example], lr: float, label_ids: list[int],
-             config: DaiConfig, timer: Timer, *, progress: bool = True) -> dict:
+def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_ids: list[int],
+             config: DaiConfig, timer: Timer, *, progress: bool = True, ft=None) -> dict:
     """ZSL/ICL/FT on the test split, then every metric; ``lr`` may be ``None`` (FT diverged)."""
     start = time.perf_counter()
-    ft = _finetune(model, task, demos, lr, config)
+    ft = ft if ft is not None else _finetune(model, task, demos, lr, config)
     timer.add("finetune", start)
     pairs = [prompt_pair(model, task, demos, example) for example in task.test]
     gold = [example.label for example in task.test]
@@ -181,19 +181,24 @@ def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
 
 
 def _select_lr(model, task, demos, label_ids, config: DaiConfig, progress: bool):
-    """The learning rate with the best FT validation accuracy; diverged rates are recorded."""
+    """The learning rate with the best FT validation accuracy (first of ties), its finetuned
+    model (kept, so the test stage does not train it again), and every rate's score; diverged
+    rates are recorded with their error."""
     scores: dict[str, float | str] = {}
-    texts = demo_training_texts(model, task, demos)
+    best: tuple[float, float, object] | None = None  # (accuracy, lr, result)
     for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress):
         try:
-            ft = finetune_kv(model, texts, lr, device=config.device, layer_causal=config.layer_causal)
+            ft = _finetune(model, task, demos, lr, config)
         except FinetuneDivergedError as err:
             scores[str(lr)] = f"diverged: {err}"
             continue
-        scores[str(lr)] = _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model)
-    numeric = {k: v for k, v in scores.items() if isinstance(v, float)}
-    best = float(max(numeric, key=numeric.get)) if numeric else None
-    return best, scores
+        acc = _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model)
+        scores[str(lr)] = acc
+        if best is None or acc > best[0]:
+            best = (acc, lr, ft)
+    if best is None:
+        return None, scores, None
+    return best[1], scores, best[2]
 
 
 @torch.no_grad()

@@ -50,6 +50,14 @@ def test_icl_prompts_gold_is_the_demonstrated_value():
         assert len(demo) == 4 and demo[row[-1]] == g
 
 
+def test_validation_and_test_windows_are_disjoint():
+    source, _ = make_source("recall", 4, 4)
+    val = source.eval_windows(16, 512, split="validation")
+    test = source.eval_windows(16, 512, split="test")
+    assert val.shape == test.shape == (32, 16)
+    assert not torch.equal(val, test)
+
+
 def test_text_corpus_from_file_and_offline_fallback(tmp_path, monkeypatch):
     text = tmp_path / "corpus.txt"
     text.write_text("the cat sat on the mat. " * 1000)
@@ -64,11 +72,13 @@ def test_text_corpus_from_file_and_offline_fallback(tmp_path, monkeypatch):
 
 
 def test_jobs_pair_every_seed():
-    jobs = jobs_for(MomentumConfig())
+    fixed = jobs_for(MomentumConfig(eta=0.5))
     for seed in (0, 1, 2):
-        variants = {j.variant for j in jobs if j.seed == seed}
-        assert {"vanilla", "momentum"} <= variants
-    assert {j.eta for j in jobs if j.variant == "sweep"} == {0.25, 0.9}
+        assert {j.variant for j in fixed if j.seed == seed} >= {"vanilla", "momentum"}
+    assert {j.eta for j in fixed if j.variant == "sweep"} == {0.01, 0.03, 0.1, 0.3, 0.9}
+    tuned = jobs_for(MomentumConfig())  # η chosen later: vanilla everywhere + the sweep
+    assert {j.variant for j in tuned} == {"vanilla", "sweep"}
+    assert {j.seed for j in tuned if j.variant == "sweep"} == {0}
 
 
 def test_run_momentum_tiny_writes_results(tmp_path):
@@ -78,6 +88,12 @@ def test_run_momentum_tiny_writes_results(tmp_path):
     assert set(saved["summary"]) == {"vanilla", "momentum"}
     assert set(saved["summary"]["vanilla"]["perplexity"]) == {"16", "32"}
     assert [row["eta"] for row in saved["eta_sweep"]] == [0.0, 0.5, 0.9]
+    selection = saved["eta_selection"]
+    assert selection["eta"] in (0.5, 0.9)
+    assert set(selection["validation_perplexity"]) == {"0.5", "0.9"}
+    momentum = [r for r in saved["runs"] if r["variant"] == "momentum"]
+    assert sorted(r["seed"] for r in momentum) == [0, 1]
+    assert {r["eta"] for r in momentum} == {selection["eta"]}
     assert saved["data"]["source"] == "recall"
     assert isinstance(saved["verdict"]["reproduces_paper_direction"], bool)
     for run in saved["runs"]:

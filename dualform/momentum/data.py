@@ -118,13 +118,20 @@ class Source:
         starts = torch.randint(len(self.train_stream) - seq_len, (batch,), generator=gen)
         return _with_bos(torch.stack([self.train_stream[s : s + seq_len - 1] for s in starts]))
 
-    def eval_windows(self, ctx: int, n_tokens: int, seed: int = 12345) -> Tensor:
-        """Held-out ``[n, ctx]`` windows (BOS + ctx−1 tokens), ``n·ctx ≈ n_tokens``."""
+    def eval_windows(self, ctx: int, n_tokens: int, split: str = "test") -> Tensor:
+        """Held-out ``[n, ctx]`` windows (BOS + ctx−1 tokens), ``n·ctx ≈ n_tokens``.
+
+        ``split="validation"`` (hyper-parameter choice) and ``"test"`` (reported numbers) are
+        disjoint: different seeds for recall data, the two halves of the held-out text.
+        """
         n = max(1, n_tokens // ctx)
         if self.eval_stream is None:
+            seed = {"validation": 54321, "test": 12345}[split]
             return recall_sequences(n, ctx, self.spec, torch.Generator().manual_seed(seed))
-        usable = min(n, len(self.eval_stream) // (ctx - 1))
-        body = self.eval_stream[: usable * (ctx - 1)]
+        half = len(self.eval_stream) // 2
+        stream = self.eval_stream[:half] if split == "validation" else self.eval_stream[half:]
+        usable = min(n, len(stream) // (ctx - 1))
+        body = stream[: usable * (ctx - 1)]
         return _with_bos(rearrange(body, "(n c) -> n c", c=ctx - 1))
 
     def icl_prompts(self, n: int, n_demos: int, seed: int = 999) -> tuple[Tensor, Tensor]:

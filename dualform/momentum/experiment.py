@@ -39,6 +39,11 @@ PAPER = {
 class MomentumConfig:
     """Experiment settings. Defaults: the offline CPU run (2 training processes × 1 thread).
 
+    η: the paper does not state it. ``eta=None`` (default) trains one momentum twin per η of
+    ``eta_sweep`` at the first seed, picks the η with the lowest *validation* perplexity
+    (longest context; held-out data disjoint from the test data), then trains momentum twins at
+    that η for the other seeds — the way one would tune a hyper-parameter. A float fixes η.
+
     Scaled down from the paper: a 2-layer attention-only d_model 64 model instead of 350M
     parameters, training length 64 instead of 1024, so perplexity is reported at 16/32/64
     tokens (paper 256/512/1024, the same ratios). 4000 steps because on the recall data small
@@ -48,8 +53,8 @@ class MomentumConfig:
 
     corpus: str = "auto"  # auto | recall | tinystories | wikitext103 | path/to/text.txt
     seeds: tuple[int, ...] = (0, 1, 2)
-    eta: float = 0.5  # the momentum twin's η (fixed a priori; the sweep shows the others)
-    eta_sweep: tuple[float, ...] = (0.25, 0.9)  # extra twins at seeds[0]
+    eta: float | None = None  # None: chosen from eta_sweep on validation perplexity
+    eta_sweep: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 0.9)  # twins at seeds[0]
     learned_eta: bool = False  # also a twin with learnable per-head η (init eta) at seeds[0]
     steps: int = 4000
     batch_size: int = 32
@@ -91,7 +96,7 @@ class MomentumConfig:
     def tiny(cls) -> MomentumConfig:
         """A few-second smoke configuration (tests)."""
         return cls(
-            corpus="recall", seeds=(0,), eta_sweep=(0.9,), learned_eta=False, steps=30,
+            corpus="recall", seeds=(0, 1), eta_sweep=(0.5, 0.9), learned_eta=False, steps=30,
             batch_size=8, seq_len=32, context_lengths=(16, 32), d_model=32, n_heads=2,
             n_keys=4, n_values=4, icl_demos=(2, 4), n_icl_prompts=64, n_eval_tokens=1024,
             workers=1, lr=1e-2, warmup=5, write_png=False,
@@ -110,15 +115,39 @@ class Job:
 
 
 def jobs_for(config: MomentumConfig) -> list[Job]:
-    """Vanilla + momentum twin for every seed, then the η sweep and learned η at seeds[0]."""
-    jobs = []
-    for seed in config.seeds:
-        jobs += [Job("vanilla", 0.0, seed), Job("momentum", config.eta, seed)]
+    """First phase: vanilla at every seed; the η sweep (and, for a fixed η, its twins)."""
     first = config.seeds[0]
+    jobs = [Job("vanilla", 0.0, seed) for seed in config.seeds]
+    if config.eta is not None:
+        jobs += [Job("momentum", config.eta, seed) for seed in config.seeds]
+        if config.learned_eta:
+            jobs.append(Job("learned", config.eta, first, learn_eta=True))
     jobs += [Job("sweep", eta, first) for eta in config.eta_sweep if eta != config.eta]
-    if config.learned_eta:
-        jobs.append(Job("learned", config.eta, first, learn_eta=True))
     return jobs
+
+
+def second_phase(config: MomentumConfig, eta: float) -> list[Job]:
+    """After choosing η on validation: momentum twins at the other seeds (and learned η)."""
+    if config.eta is not None:
+        return []
+    jobs = [Job("momentum", eta, seed) for seed in config.seeds[1:]]
+    if config.learned_eta:
+        jobs.append(Job("learned", eta, config.seeds[0], learn_eta=True))
+    return jobs
+
+
+def select_eta(config: MomentumConfig, records: list[dict]) -> tuple[float, dict[str, float]]:
+    """η of the sweep (first seed) with the lowest validation perplexity; ties → smaller η.
+
+    Relabels that sweep run as the first seed's ``momentum`` twin. Returns (η, candidates).
+    """
+    if config.eta is not None:
+        return config.eta, {}
+    sweep = [r for r in records if r["variant"] == "sweep"]
+    candidates = {f"{r['eta']:g}": r["validation_perplexity"] for r in sweep}
+    best = min(sweep, key=lambda r: (r["validation_perplexity"], r["eta"]))
+    best["variant"] = "momentum"
+    return best["eta"], candidates
 
 
 def model_config(config: MomentumConfig, job: Job, d_vocab: int) -> MomentumLMConfig:
@@ -152,6 +181,9 @@ def _train_and_evaluate(config: MomentumConfig, job: Job, out_dir: str, progress
         str(ctx): perplexity(model, source.eval_windows(ctx, config.n_eval_tokens), device=config.device)
         for ctx in config.context_lengths
     }
+    longest = config.context_lengths[-1]
+    windows = source.eval_windows(longest, config.n_eval_tokens, split="validation")
+    validation = perplexity(model, windows, device=config.device)
     icl = {}
     for n_demos in demo_counts(config.icl_demos, source.spec):
         prompts, gold = source.icl_prompts(config.n_icl_prompts, n_demos)
@@ -161,7 +193,8 @@ def _train_and_evaluate(config: MomentumConfig, job: Job, out_dir: str, progress
     if config.save_models:
         model.save(Path(out_dir) / "models" / f"{job.variant}-eta{job.eta:g}-seed{job.seed}")
     return {
-        **asdict(job), "perplexity": ppl, "icl_accuracy": icl,
+        **asdict(job), "perplexity": ppl, "validation_perplexity": validation,
+        "icl_accuracy": icl,
         "icl_mean": statistics.fmean(icl.values()) if icl else float("nan"),
         "initial_loss": statistics.fmean(log.losses[:5]),
         "final_loss": statistics.fmean(log.losses[-20:]), "train_seconds": log.seconds,
@@ -181,7 +214,17 @@ def run_momentum(
     source, notes = make_source(config.corpus, config.n_keys, config.n_values)
     config = replace(config, corpus=source.name)  # workers reuse the resolved source
     records = _run_jobs(config, jobs_for(config), str(out), progress)
+    eta, candidates = select_eta(config, records)
+    records += _run_jobs(config, second_phase(config, eta), str(out), progress)
     results = summarise(config, records, PAPER)
+    results["eta_selection"] = {
+        "eta": eta,
+        "method": "fixed by the config" if config.eta is not None else (
+            f"lowest validation perplexity at context {config.context_lengths[-1]} "
+            f"(seed {config.seeds[0]}, validation data disjoint from the reported test data)"
+        ),
+        "validation_perplexity": candidates,
+    }
     results["data"] = {"source": source.name, "notes": notes, "d_vocab": source.d_vocab}
     results["figures"] = write_figures(out, records, results, png=config.write_png)
     results["wall_seconds"] = time.perf_counter() - start
@@ -191,6 +234,8 @@ def run_momentum(
 
 def _run_jobs(config: MomentumConfig, jobs: list[Job], out_dir: str, progress: bool) -> list[dict]:
     """Run the jobs sequentially or in ``config.workers`` spawned processes; keep job order."""
+    if not jobs:
+        return []
     if config.workers <= 1 or len(jobs) == 1:
         bar = tqdm(jobs, desc="momentum runs", disable=not progress)
         return [run_job(config, job, out_dir, progress) for job in bar]
