@@ -57,8 +57,12 @@ def ablation_figure(ablation: dict) -> go.Figure:
     fig = go.Figure()
     for task, row in ablation["tasks"].items():
         etas = [float(e) for e in row["icl_accuracy"]]
-        fig.add_trace(go.Scatter(x=etas, y=list(row["icl_accuracy"].values()),
-                                 mode="lines+markers", name=f"{task} ICL (k={ablation['k']})"))
+        stats = list(row["icl_accuracy"].values())
+        fig.add_trace(go.Scatter(
+            x=etas, y=[s["mean"] for s in stats], error_y={"type": "data",
+                                                           "array": [s["std"] for s in stats]},
+            mode="lines+markers",
+            name=f"{task} ICL (k={ablation['k']}, {len(ablation['demo_seeds'])} demo sets)"))
         fig.add_hline(y=row["zsl_accuracy_eta0"], line_dash="dot",
                       annotation_text=f"{task} zero-shot")
         fig.add_hline(y=row["chance"], line_dash="dash", line_color="grey")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def reproduce_dai(
     n_validation: int = typer.Option(12, help="Validation examples per task (LR/seed choice)."),
     demo_seeds: str = typer.Option("1,2", help="Demonstration seeds to choose from."),
     full_grid: bool = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}."),
+    lr_grid: str = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's)."),
     layer_causal: bool = typer.Option(False, help="Layer-causal finetuning (Deutch et al.)."),
     untrained: bool = typer.Option(True, help="Also run the untrained-model baseline."),
     attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
@@ -108,6 +110,8 @@ def reproduce_dai(
         layer_causal=layer_causal, untrained_baseline=untrained, attribution=attribution,
         batch_size=batch_size, reuse_prefix=reuse_prefix, device=device,
     )
+    if lr_grid:
+        config = dataclasses.replace(config, lr_grid=tuple(float(x) for x in lr_grid.split(",")))
     if full_grid:
         config = config.with_full_grid()
     try:

@@ -29,7 +29,7 @@ from dualform.prefix import PrefixRun
 from dualform.tasks import Example, Task, label_token_ids, load_task, sample_demos
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
-DEFAULT_LR_GRID = (0.5, 0.1, 0.05, 0.01)
+DEFAULT_LR_GRID = (0.01, 0.005, 0.001, 0.0005)  # a slice of Dai's grid; larger rates collapse SmolLM2-135M
 DEFAULT_TASKS = ("afinn-sentiment", "vader-valence", "country-region")
 
 
@@ -181,7 +181,7 @@ def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
 
 
 def _select_lr(model, task, demos, label_ids, config: DaiConfig, progress: bool):
-    """The learning rate with the best FT validation accuracy (first of ties), its finetuned
+    """The learning rate with the best FT validation accuracy (the smallest of ties), its finetuned
     model (kept, so the test stage does not train it again), and every rate's score; diverged
     rates are recorded with their error."""
     scores: dict[str, float | str] = {}
@@ -194,7 +194,7 @@ def _select_lr(model, task, demos, label_ids, config: DaiConfig, progress: bool)
             continue
         acc = _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model)
         scores[str(lr)] = acc
-        if best is None or acc > best[0]:
+        if best is None or acc > best[0] or (acc == best[0] and lr < best[1]):  # ties: gentler
             best = (acc, lr, ft)
     if best is None:
         return None, scores, None

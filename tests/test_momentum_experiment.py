@@ -18,6 +18,7 @@ from dualform.momentum.data import (
     recall_sequences,
 )
 from dualform.momentum.experiment import PAPER, MomentumConfig, jobs_for, run_momentum
+from dualform.momentum.report import tally, verdict
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -101,6 +102,24 @@ def test_run_momentum_tiny_writes_results(tmp_path):
         assert all(0.0 <= a <= 1.0 for a in run["icl_accuracy"].values())
     assert (tmp_path / "loss_curves.html").exists()
     assert results["wall_seconds"] > 0
+
+
+def test_verdict_counts_wins_ties_and_learned_pairs():
+    assert tally([-0.1, 0.0, 0.2], better_if_negative=True) == {
+        "momentum_better": 1, "equal": 1, "vanilla_better": 1
+    }
+
+    def run(ppl: float, icl: float) -> dict:
+        return {"perplexity": {"64": ppl}, "icl_mean": icl}
+
+    pairs = [(run(4.0, 1.0), run(3.9, 1.0)), (run(4.2, 0.9), run(6.8, 0.4))]
+    both = [p for p in pairs if min(p[0]["icl_mean"], p[1]["icl_mean"]) >= 0.8]
+    result = verdict(pairs, both, ["64"])
+    assert not result["reproduces_paper_direction"]
+    assert result["perplexity"]["64"] == {"momentum_better": 1, "equal": 0, "vanilla_better": 1}
+    assert result["icl"] == {"momentum_better": 0, "equal": 1, "vanilla_better": 1}
+    assert result["both_learned_icl"] == 1 and "-0.1000" in result["text"]
+    assert verdict(pairs[:1], both, ["64"])["perplexity"]["64"]["momentum_better"] == 1
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,25 @@ def _finite_padding(model, mask: Tensor):
     return hooks(model, [(name, fix) for name in names if name in model.hook_dict])
 
 
+def predictions_vs_eta(
+    model,
+    prompts_tokens: Sequence[Int[Tensor, " pos"]],
+    label_ids: Sequence[int],
+    etas: Sequence[float] = DEFAULT_ETAS,
+    *,
+    batch_size: int = 8,
+    pad_id: int = 0,
+    progress: bool = True,
+) -> dict[float, Int[Tensor, " n"]]:
+    """Predicted label index (argmax over ``label_ids`` at the last position) per prompt and η."""
+    out = {}
+    for eta in tqdm(etas, desc="η", disable=not progress):
+        logits = label_logits(model, prompts_tokens, label_ids, eta=float(eta),
+                              batch_size=batch_size, pad_id=pad_id)
+        out[float(eta)] = logits.argmax(-1)
+    return out
+
+
 def icl_accuracy_vs_eta(
     model,
     prompts_tokens: Sequence[Int[Tensor, " pos"]],
@@ -92,13 +111,14 @@ def icl_accuracy_vs_eta(
     ``prompts_tokens``: already tokenised prompts (1-D, or ``[1, pos]``); ``gold``: label index
     into ``label_ids`` per prompt.
     """
-    gold_t = torch.as_tensor(list(gold))
-    out = {}
-    for eta in tqdm(etas, desc="η", disable=not progress):
-        logits = label_logits(model, prompts_tokens, label_ids, eta=float(eta),
-                              batch_size=batch_size, pad_id=pad_id)
-        out[float(eta)] = float((logits.argmax(-1) == gold_t).float().mean())
-    return out
+    preds = predictions_vs_eta(model, prompts_tokens, label_ids, etas, batch_size=batch_size,
+                               pad_id=pad_id, progress=progress)
+    return {eta: accuracy(p, gold) for eta, p in preds.items()}
+
+
+def accuracy(preds: Tensor, gold: Sequence[int]) -> float:
+    """Share of ``preds == gold``."""
+    return int((preds == torch.as_tensor(list(gold))).sum()) / max(len(gold), 1)
 
 
 def task_prompts(model, task_name: str, *, k: int, n_queries: int, seed: int = 1):
@@ -121,23 +141,45 @@ def run_eta_ablation(
     k: int = 8,
     n_queries: int = 100,
     etas: Sequence[float] = DEFAULT_ETAS,
-    seed: int = 1,
+    demo_seeds: Sequence[int] = (1, 2, 3),
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict:
-    """ICL accuracy vs η per task (plus the η = 0 zero-shot accuracy), JSON-ready."""
+    """ICL accuracy vs η per task, mean ± std over demonstration sets, JSON-ready.
+
+    Also the zero-shot accuracy (η = 0) and, per η, the share of each predicted label (a label
+    bias shows up there).
+    """
     pad_id = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
-    results: dict = {"k": k, "n_queries": n_queries, "demo_seed": seed, "tasks": {}}
+    results: dict = {"k": k, "n_queries": n_queries, "demo_seeds": list(demo_seeds), "tasks": {}}
     for name in task_names:
-        icl, zsl, label_ids, gold = task_prompts(model, name, k=k, n_queries=n_queries, seed=seed)
-        acc = icl_accuracy_vs_eta(model, icl, label_ids, gold, etas, batch_size=batch_size,
-                                  pad_id=pad_id, progress=progress)
-        zero = icl_accuracy_vs_eta(model, zsl, label_ids, gold, (0.0,), batch_size=batch_size,
-                                   pad_id=pad_id, progress=False)
+        per_seed, shares = [], []
+        for seed in demo_seeds:
+            icl, zsl, label_ids, gold = task_prompts(model, name, k=k, n_queries=n_queries,
+                                                     seed=seed)
+            preds = predictions_vs_eta(model, icl, label_ids, etas, batch_size=batch_size,
+                                       pad_id=pad_id, progress=progress)
+            per_seed.append({f"{e:g}": accuracy(p, gold) for e, p in preds.items()})
+            shares.append({f"{e:g}": _label_shares(p, len(label_ids)) for e, p in preds.items()})
+        zero = predictions_vs_eta(model, zsl, label_ids, (0.0,), batch_size=batch_size,
+                                  pad_id=pad_id, progress=False)[0.0]
         results["tasks"][name] = {
-            "icl_accuracy": {f"{e:g}": a for e, a in acc.items()},
-            "zsl_accuracy_eta0": zero[0.0],
+            "icl_accuracy": {e: _mean_std([s[e] for s in per_seed]) for e in per_seed[0]},
+            "icl_accuracy_per_seed": per_seed,
+            "predicted_label_share_per_seed": shares,
+            "zsl_accuracy_eta0": accuracy(zero, gold),
             "chance": 1.0 / len(label_ids),
+            "n_queries": len(gold),
             "mean_prompt_tokens": sum(len(p) for p in icl) / len(icl),
         }
     return results
+
+
+def _label_shares(preds: Tensor, n_labels: int) -> list[float]:
+    return (torch.bincount(preds, minlength=n_labels).double() / max(len(preds), 1)).tolist()
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": var**0.5}
