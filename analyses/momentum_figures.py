@@ -89,7 +89,12 @@ def main() -> None:
     parser.add_argument("--ablation", type=Path, help="run the SmolLM2 η ablation into DIR")
     parser.add_argument("--n-queries", type=int, default=100)
     parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.results:
         results = json.loads((args.results / "results.json").read_text())
         print("wrote", save(perplexity_figure(results), args.results, "perplexity_vs_context"))

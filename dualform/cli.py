@@ -125,11 +125,8 @@ def reproduce_dai(
 
 
 def _write_report(out: Path) -> None:
-    try:
-        from dualform.report import write_report
-    except ImportError:
-        console.print("(report module not available yet; skipped report.html)")
-        return
+    from dualform.report import write_report
+
     console.print(f"wrote {write_report(out)}")
 
 
