@@ -26,3 +26,12 @@ def smol():
 def smol64():
     """The embedded pretrained SmolLM2-135M in float64 (for exact identities)."""
     return load_model("smollm2-135m", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,14 +9,7 @@ from dualform.models import load_model
 from dualform.momentum.attention import decay_matrix, momentum_attention, momentum_term
 from dualform.probes import capture, hooks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TOL = 1e-10
 

@@ -10,14 +10,7 @@ from dualform.momentum.attention import momentum_term
 from dualform.momentum.dual import momentum_dual_form, momentum_split
 from dualform.momentum.model import MomentumLM, MomentumLMConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TOL = 1e-10
 

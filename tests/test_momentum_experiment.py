@@ -20,14 +20,7 @@ from dualform.momentum.data import (
 from dualform.momentum.experiment import PAPER, MomentumConfig, jobs_for, run_momentum
 from dualform.momentum.report import tally, verdict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_recall_sequences_follow_one_dictionary_per_sequence():

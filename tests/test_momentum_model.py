@@ -13,14 +13,7 @@ from dualform.momentum.train import lm_loss, train_lm
 from dualform.probes import available_short_names, capture
 from dualform.relaxed import relaxed_linear_attention
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(positional: str = "rotary", **kw) -> MomentumLM:
