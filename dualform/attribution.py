@@ -28,7 +28,7 @@ from torch import Tensor
 
 from dualform.equations import softmax_split
 from dualform.finetune import FinetuneResult, kv_parameters
-from dualform.prefix import QueryBatch
+from dualform.prefix import pad_queries
 from dualform.probes import capture, head_counts, hook_name, hooks
 
 
@@ -47,27 +47,51 @@ def icl_head_effects(
     With ``prefix`` (a :class:`dualform.prefix.PrefixRun` holding BOS + demonstrations, run with
     the ``v`` hook) ``tokens`` are only the query tokens after it; ``demo`` indexes the prefix.
     """
+    if prefix is not None:
+        return icl_head_effects_batch(prefix, [tokens.reshape(-1)], demo, label_ids, [gold])[0]
+    tokens = tokens.reshape(1, -1)
     with torch.enable_grad():
-        if prefix is None:
-            cap = capture(model, tokens, hooks=("scores", "v", "z"), detach=False)
-        else:
-            batch = QueryBatch(tokens.reshape(1, -1), torch.tensor([tokens.numel() - 1]))
-            cap = prefix.run(batch, ("scores", "v", "z"), detach=False)
+        cap = capture(model, tokens, hooks=("scores", "v", "z"), detach=False)
         margin = label_margin(cap.logits[0, -1], label_ids, gold)
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
-    n_keys = cap.get("scores", cap.layers[0]).shape[-1]
-    is_demo = torch.zeros(n_keys, dtype=torch.bool)
+    last = tokens.shape[-1] - 1
+    return _row_effects(cap, grads, row=0, last=last, prefix_values=None, demo=demo)
+
+
+def icl_head_effects_batch(
+    prefix, queries: list[Tensor], demo: slice, label_ids: list[int], golds: list[int]
+) -> Float[Tensor, "batch layer head"]:
+    """:func:`icl_head_effects` of several queries on one demonstration prefix, in one
+    right-padded forward + backward. Rows do not interact (a real token never attends to a later
+    pad), so the gradient of the summed margins holds each row's own gradient."""
+    batch = pad_queries(queries, pad_id=0)
+    with torch.enable_grad():
+        cap = prefix.run(batch, ("scores", "v", "z"), detach=False)
+        lasts = batch.last.tolist()
+        margin = sum(label_margin(cap.logits[row, last], label_ids, gold)
+                     for row, (last, gold) in enumerate(zip(lasts, golds, strict=True)))
+        grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
+    values = [prefix.capture.values(layer)[0] for layer in cap.layers]
+    return torch.stack([_row_effects(cap, grads, row=row, last=last, prefix_values=values, demo=demo)
+                        for row, last in enumerate(lasts)])
+
+
+def _row_effects(cap, grads, *, row: int, last: int, prefix_values: list[Tensor] | None,
+                 demo: slice) -> Float[Tensor, "layer head"]:
+    """``∇_z m · (z_query − z)`` per layer and head for one batch row read at ``last``."""
+    n_prefix = 0 if prefix_values is None else prefix_values[0].shape[0]
+    is_demo = torch.zeros(n_prefix + last + 1, dtype=torch.bool)
     is_demo[demo] = True
     effects = []
-    for layer, grad in zip(cap.layers, grads, strict=True):
-        scores = cap.get("scores", layer)[0, :, -1].detach()
-        values = cap.values(layer)[0].detach()
-        if prefix is not None:
-            values = torch.cat([prefix.capture.values(layer)[0], values])
-        values = values.transpose(0, 1)  # [head, key, d_head]
+    for i, (layer, grad) in enumerate(zip(cap.layers, grads, strict=True)):
+        scores = cap.get("scores", layer)[row, :, last, : n_prefix + last + 1].detach()
+        values = cap.values(layer)[row, : last + 1].detach()
+        if prefix_values is not None:
+            values = torch.cat([prefix_values[i], values])
+        values = rearrange(values, "key head d -> head key d")
         _, _, z_query = softmax_split(scores.double(), values.double(), is_demo)
-        z = cap.get("z", layer)[0, -1].detach()
-        effects.append(einsum(grad[0, -1].double(), z_query - z.double(), "h d, h d -> h"))
+        z = cap.get("z", layer)[row, last].detach()
+        effects.append(einsum(grad[row, last].double(), z_query - z.double(), "h d, h d -> h"))
     return torch.stack(effects).float()
 
 
@@ -100,20 +124,33 @@ def ft_head_effects(
     result: FinetuneResult, tokens: Tensor, label_ids: list[int], gold: int
 ) -> Float[Tensor, "layer head"]:
     """First-order effect on the margin of reverting each KV head's K/V update in the FT model."""
+    return ft_head_effects_mean(result, [tokens.reshape(-1)], label_ids, [gold])
+
+
+def ft_head_effects_mean(
+    result: FinetuneResult, queries: list[Tensor], label_ids: list[int], golds: list[int]
+) -> Float[Tensor, "layer head"]:
+    """The mean of :func:`ft_head_effects` over several prompts, from one right-padded forward +
+    backward: the effect ``−∇_W m · ΔW`` is linear in the gradient, so the mean effect is the
+    effect of the mean margin's gradient."""
     model = result.model
     params = kv_parameters(model)
+    batch = pad_queries(queries, pad_id=0)
+    tokens = batch.tokens.to(next(model.parameters()).device)
     with torch.enable_grad():
         for p in params.values():
             p.requires_grad_(True)
         try:
-            margin = label_margin(model(tokens)[0, -1], label_ids, gold)
-            grads = dict(zip(params, torch.autograd.grad(margin, list(params.values())), strict=True))
+            logits = model(tokens)
+            margin = sum(label_margin(logits[row, last], label_ids, gold)
+                         for row, (last, gold) in enumerate(zip(batch.last.tolist(), golds, strict=True)))
+            grads = torch.autograd.grad(margin / len(queries), list(params.values()))
         finally:
             for p in params.values():
                 p.requires_grad_(False)
     n_heads, n_kv = head_counts(model)
     per_kv = torch.zeros(model.cfg.n_layers, n_kv, dtype=torch.float64)
-    for name, grad in grads.items():
+    for name, grad in zip(params, grads, strict=True):
         layer = int(name.split(".")[1])
         contrib = -(grad.double() * result.delta_w[name].double())  # −∇W m ⊙ ΔW
         contrib = rearrange(contrib, "(kv d) ... -> kv (d ...)", kv=n_kv).sum(-1)

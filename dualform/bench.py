@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from dualform.dual_form import dual_form
-from dualform.finetune import _train_only_kv, finetune_kv, next_token_loss
+from dualform.finetune import _copy_for_finetuning, _train_only_kv, finetune_kv, next_token_loss
 from dualform.models import DEFAULT_MODEL, load_model
 from dualform.probes import capture
 
@@ -97,18 +97,19 @@ def bench_dual_form(model, repeats: int, n_tokens: int = 300, n_query: int = 12)
 
 def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 8) -> dict:
     """``finetune_kv`` over ``n_steps`` texts (minus its one model copy) / ``n_steps`` plain
-    forward+backward passes with gradients only on W_K/W_V."""
+    Hugging Face forward+backward passes with gradients only on W_K/W_V."""
     tokens = _tokens(model, n_tokens)
     mask = torch.ones_like(tokens, dtype=torch.bool)
     plain = load_model_copy(model)
     params = list(_train_only_kv(plain).values())
+    hf = plain.original_model  # the Hugging Face model under the bridge
 
     def fwd_bwd() -> None:
         for _ in range(n_steps):
-            loss = next_token_loss(plain(tokens), tokens, mask)
+            loss = next_token_loss(hf(tokens).logits, tokens, mask)
             torch.autograd.grad(loss, params)
 
-    copy_s = median_time(lambda: load_model_copy(model), repeats)
+    copy_s = median_time(lambda: _copy_for_finetuning(model, None), repeats)
 
     def finetune() -> None:
         finetune_kv(model, [tokens[0]] * n_steps, 0.01)
@@ -145,7 +146,7 @@ def bench_prefix(model, shots: tuple[int, ...] = (8, 16, 32), n_queries: int = 1
     return out
 
 
-def bench_end_to_end(name: str, device: str | None = None) -> dict:
+def bench_end_to_end(name: str, device: str | None = None, dtype: str = "float32") -> dict:
     """A small ``reproduce dai`` (1 task, 16 test, 8 validation queries) with reuse+batching on
     and off; stage times from the results."""
     import tempfile
@@ -154,7 +155,7 @@ def bench_end_to_end(name: str, device: str | None = None) -> dict:
 
     cfg = DaiConfig(model=name, tasks=("afinn-sentiment",), n_validation=8, n_test=16,
                     demo_seeds=(1,), lr_grid=(0.05,), untrained_baseline=False,
-                    device=device or "cpu")
+                    device=device or "cpu", dtype=dtype)
     times = {}
     for label, reuse in (("reuse", True), ("naive", False)):
         with tempfile.TemporaryDirectory() as tmp:
@@ -173,15 +174,15 @@ def load_model_copy(model):
 
 
 def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = None,
-              end_to_end: bool = False) -> dict:
-    model = load_model(name, device=device)
-    out = {"model": name, "device": str(next(model.parameters()).device),
+              end_to_end: bool = False, dtype: str = "float32") -> dict:
+    model = load_model(name, device=device, dtype=dtype)
+    out = {"model": name, "device": str(next(model.parameters()).device), "dtype": dtype,
            "threads": torch.get_num_threads(), "second_load_s": bench_load(name)}
     out["capture"] = bench_capture(model, repeats)
     out["dual_form"] = bench_dual_form(model, repeats)
     out["finetune"] = bench_finetune_step(model, repeats)
     out["prefix_reuse"] = bench_prefix(model)
     if end_to_end:
-        out["end_to_end"] = bench_end_to_end(name, device)
+        out["end_to_end"] = bench_end_to_end(name, device, dtype)
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out

@@ -94,26 +94,22 @@ def reproduce_dai(
     layer_causal: bool = typer.Option(False, help="Layer-causal finetuning (Deutch et al.)."),
     untrained: bool = typer.Option(True, help="Also run the untrained-model baseline."),
     attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
-    batch_size: int = typer.Option(8, help="Queries per batch on the shared prefix."),
+    batch_size: int = typer.Option(0, help="Queries per batch (0: from free memory; 1: no batching of queries, attribution or the LR grid)."),
     reuse_prefix: bool = typer.Option(True, help="Run the demonstrations once per task (KV cache)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities)."),
+    device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
 ) -> None:
     """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable."""
-    from dualform.dai import DaiConfig, run_dai
+    from dualform.dai import run_dai
     from dualform.tables import print_dai_table
 
-    config = DaiConfig(
-        model=model, tasks=tuple(t for t in tasks.split(",") if t), shots=shots,
-        n_validation=n_validation, n_test=n_test,
-        demo_seeds=tuple(int(s) for s in demo_seeds.split(",")),
-        layer_causal=layer_causal, untrained_baseline=untrained, attribution=attribution,
-        batch_size=batch_size, reuse_prefix=reuse_prefix, device=device,
-    )
-    if lr_grid:
-        config = dataclasses.replace(config, lr_grid=tuple(float(x) for x in lr_grid.split(",")))
-    if full_grid:
-        config = config.with_full_grid()
+    config = _dai_config(model, tasks, shots, n_test, n_validation, demo_seeds, full_grid, lr_grid,
+                         layer_causal=layer_causal, untrained_baseline=untrained,
+                         attribution=attribution, batch_size=batch_size or None,
+                         reuse_prefix=reuse_prefix, device=device, dtype=dtype,
+                         device_map=device_map or None)
     try:
         results = run_dai(out, config)
     except (ModelLoadError, ValueError) as err:
@@ -122,6 +118,66 @@ def reproduce_dai(
     console.print(f"wrote {out / 'results.json'}")
     if report:
         _write_report(out)
+
+
+def _dai_config(model: str, tasks: str, shots: int, n_test: int, n_validation: int,
+                demo_seeds: str, full_grid: bool, lr_grid: str, **options):
+    from dualform.dai import DaiConfig
+    from dualform.models import resolve_dtype
+
+    try:
+        resolve_dtype(options.get("dtype"))
+        config = DaiConfig(
+            model=model, tasks=tuple(t for t in tasks.split(",") if t), shots=shots,
+            n_validation=n_validation, n_test=n_test,
+            demo_seeds=tuple(int(s) for s in demo_seeds.split(",")), **options,
+        )
+        if lr_grid:
+            config = dataclasses.replace(config, lr_grid=tuple(float(x) for x in lr_grid.split(",")))
+    except ValueError as err:
+        _fail(str(err))
+    return config.with_full_grid() if full_grid else config
+
+
+@app.command()
+def sweep(
+    models: str = typer.Option(DEFAULT_MODEL, help="Comma-separated model names."),
+    tasks: str = typer.Option(",".join(_default_tasks()), help="Comma-separated task names."),
+    shots: int = typer.Option(32, help="Demonstrations per prompt."),
+    out: Path = typer.Option(Path("results/sweep"), help="Output directory (one file per job)."),
+    n_test: int = typer.Option(24, help="Test examples per task."),
+    n_validation: int = typer.Option(12, help="Validation examples per task."),
+    demo_seeds: str = typer.Option("1,2", help="Demonstration seeds."),
+    full_grid: bool = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}."),
+    lr_grid: str = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's)."),
+    executor: str = typer.Option("local", help="local (in this process) or ray."),
+    address: str = typer.Option("", help="Ray cluster address ('auto', 'ray://head:10001'); empty: local Ray."),
+    cpus_per_job: float = typer.Option(1, help="Ray: CPUs per job."),
+    gpus_per_job: float = typer.Option(0, help="Ray: GPUs per job."),
+    device: str = typer.Option("cpu", help="cpu, cuda, mps or auto (per job)."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+) -> None:
+    """The LR grid × demo seeds × tasks × models sweep of reproduce dai, on an executor.
+
+    Each job writes OUT/jobs/<job>.json; a rerun skips finished jobs; OUT/<model>/results.json
+    has the layout of reproduce dai (dualform report OUT/<model> works)."""
+    from dualform.executors import get_executor
+    from dualform.sweep import model_slug, run_sweep
+    from dualform.tables import print_dai_table
+
+    config = _dai_config(models.split(",")[0], tasks, shots, n_test, n_validation, demo_seeds,
+                         full_grid, lr_grid, device=device, dtype=dtype)
+    kwargs = {"cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job} if executor == "ray" else {}
+    try:
+        runner = get_executor(executor, address=address or None, **kwargs)
+        results = run_sweep(out, config, [m for m in models.split(",") if m], runner)
+    except (ModelLoadError, ValueError, ImportError) as err:
+        _fail(str(err))
+    for name, result in results.items():
+        print_dai_table(result, console)
+        for failure in result["failed_jobs"]:
+            console.print(f"[red]failed job[/] {failure['job']}: {failure['error']} (rerun to retry)")
+        console.print(f"wrote {out / model_slug(name) / 'results.json'}")
 
 
 def _write_report(out: Path) -> None:
@@ -181,6 +237,7 @@ def bench(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     end_to_end: bool = typer.Option(False, help="Also time a small reproduce dai, reuse on vs off."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
 ) -> None:
     """Performance ratios against baselines measured in the same run."""
     import contextlib
@@ -189,11 +246,12 @@ def bench(
     from dualform.bench import run_bench
 
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
-        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end)
+        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype)
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table("measurement", "value", title=f"dualform bench ({result['device']}, {result['threads']} threads)")
+    table = Table("measurement", "value",
+                  title=f"dualform bench ({result['device']}, {result['dtype']}, {result['threads']} threads)")
     table.add_row("second load of the model", f"{result['second_load_s']:.2f} s")
     c, d, f = result["capture"], result["dual_form"], result["finetune"]
     table.add_row(f"capture q,k,v,z,attn_out,scores ({c['tokens']} tok) / bare forward",

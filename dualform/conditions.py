@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from dualform.dual_form import dual_form, score_hooks
+from dualform.dual_form import dual_form, score_hooks, split_meta_gradient
 from dualform.equations import linear_attention, meta_gradient
-from dualform.prefix import PrefixRun, pad_queries
+from dualform.prefix import PrefixRun, auto_batch_size, pad_queries
 from dualform.probes import capture
 from dualform.tasks import Example, Prompt, PromptTokens, Task, build_prompt, prompt_tokens
 
@@ -59,14 +60,8 @@ def record(model, tokens: Tensor, label_ids: list[int], *, demo: PromptTokens | 
     """
     extra = score_hooks(model) if demo is not None else ()
     cap = capture(model, tokens, hooks=(*RECORD_HOOKS, *extra))
-    last = -1
-    rec = Record(
-        label_logits=cap.logits[0, last, label_ids].float().cpu(),
-        attn_out=cap.stack("attn_out")[:, 0, last].float().cpu(),
-        z=cap.stack("z")[:, 0, last].float().cpu(),
-        scores=cap.stack("scores")[:, 0, :, last].float().cpu().clone(),
-        q=cap.stack("q")[:, 0, last].float().cpu(),
-    )
+    last = tokens.shape[-1] - 1
+    rec = _record_at(cap, _stacked(cap), label_ids, row=0, last=last, n_keys=last + 1)
     if demo is not None:
         df = dual_form(model, tokens, demo.n_demo_tokens, demo_start=demo.demo_start, cap=cap)
         norms = df.norms()
@@ -131,21 +126,32 @@ def record_batch(
     model = run.model
     batch = pad_queries(queries, pad_id=0)  # right padding is never attended to
     cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())))
-    stacked = {name: cap.stack(name) for name in RECORD_HOOKS}
+    stacked = _stacked(cap)
     dual = _prefix_dual(run, cap, demo) if demo is not None else None
     records = []
     for row, last in enumerate(batch.last.tolist()):
-        rec = Record(
-            label_logits=cap.logits[row, last, label_ids].float().cpu(),
-            attn_out=stacked["attn_out"][:, row, last].float().cpu(),
-            z=stacked["z"][:, row, last].float().cpu(),
-            scores=stacked["scores"][:, row, :, last, : run.length + last + 1].float().cpu().clone(),
-            q=stacked["q"][:, row, last].float().cpu(),
-        )
+        rec = _record_at(cap, stacked, label_ids, row=row, last=last, n_keys=run.length + last + 1)
         if dual is not None:
             _attach_dual(rec, dual, cap, row, last)
         records.append(rec)
     return records
+
+
+def _stacked(cap) -> dict[str, Tensor]:
+    return {name: cap.stack(name) for name in RECORD_HOOKS}
+
+
+def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: int, last: int,
+               n_keys: int) -> Record:
+    """The :class:`Record` of batch row ``row`` read at its last real position ``last``; its
+    score row keeps the first ``n_keys`` keys (prefix + the query's real tokens)."""
+    return Record(
+        label_logits=cap.logits[row, last, label_ids].float().cpu(),
+        attn_out=stacked["attn_out"][:, row, last].float().cpu(),
+        z=stacked["z"][:, row, last].float().cpu(),
+        scores=stacked["scores"][:, row, :, last, :n_keys].float().cpu().clone(),
+        q=stacked["q"][:, row, last].float().cpu(),
+    )
 
 
 def _prefix_dual(run: PrefixRun, cap, demo: PromptTokens) -> dict:
@@ -154,10 +160,10 @@ def _prefix_dual(run: PrefixRun, cap, demo: PromptTokens) -> dict:
     is_demo[demo.demo_start : demo.demo_start + demo.n_demo_tokens] = True
     dw, wz_prefix = [], []
     for layer in cap.layers:
-        k, v = run.prefix_kv(layer)  # [pos, head, d]
-        k, v = k.transpose(0, 1), v.transpose(0, 1)  # [head, pos, d]
-        dw.append(meta_gradient(v[:, is_demo], k[:, is_demo]))
-        wz_prefix.append(meta_gradient(v[:, ~is_demo], k[:, ~is_demo]))
+        k, v = (rearrange(t, "pos head d -> head pos d") for t in run.prefix_kv(layer))
+        delta_w_icl, w_zsl_prefix = split_meta_gradient(k, v, is_demo)
+        dw.append(delta_w_icl)
+        wz_prefix.append(w_zsl_prefix)
     return {"delta_w_icl": torch.stack(dw), "w_zsl_prefix": torch.stack(wz_prefix)}
 
 
@@ -176,16 +182,20 @@ def _attach_dual(rec: Record, dual: dict, cap, row: int, last: int) -> None:
 
 
 def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual: bool = False,
-               reuse_prefix: bool = True, batch_size: int = 8) -> list[Record]:
+               reuse_prefix: bool = True, batch_size: int | None = None) -> list[Record]:
     """Records of prompts that share their prefix (BOS [+ demonstrations]).
 
     ``reuse_prefix`` runs the shared prefix once and the queries in right-padded batches on its
     KV cache; otherwise each prompt is one full forward (the naive baseline; same numbers).
+    ``batch_size=None`` picks the batch from free memory (:func:`auto_batch_size`).
     """
     if not reuse_prefix:
         return [record(model, p.tokens, label_ids, demo=p if dual else None) for p in prompts]
     head = prompts[0]
     n_prefix = head.demo_start + head.n_demo_tokens
+    if batch_size is None:
+        longest = max(p.tokens.shape[-1] for p in prompts)
+        batch_size = auto_batch_size(model, longest, longest - n_prefix)
     run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
     records: list[Record] = []
     for start in range(0, len(prompts), batch_size):

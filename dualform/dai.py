@@ -19,13 +19,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dualform.attribution import compare_maps, ft_head_effects, icl_head_effects
+from dualform.attribution import (
+    compare_maps,
+    ft_head_effects,
+    ft_head_effects_mean,
+    icl_head_effects,
+    icl_head_effects_batch,
+)
 from dualform.conditions import Record, demo_training_texts, prompt_pair, record_all
 from dualform.dai_metrics import similarity_metrics
 from dualform.finetune import FinetuneDivergedError, finetune_kv
+from dualform.finetune_grid import finetune_kv_grid
 from dualform.io import as_stored, read_json, write_json_atomic
 from dualform.models import DEFAULT_MODEL, load_model
-from dualform.prefix import PrefixRun
+from dualform.prefix import PrefixRun, auto_batch_size, pad_queries
 from dualform.tasks import Example, Task, label_token_ids, load_task, sample_demos
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
@@ -45,11 +52,13 @@ class DaiConfig:
     demo_seeds: tuple[int, ...] = (1, 2)
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
     layer_causal: bool = False
-    reuse_prefix: bool = True
-    batch_size: int = 8
+    reuse_prefix: bool = True  # run the demonstrations once per task (KV cache)
+    batch_size: int | None = None  # None: from free memory (auto_batch_size); 1: no batching
     untrained_baseline: bool = True
     attribution: bool = True
     device: str = "cpu"
+    dtype: str = "float32"  # forward passes and finetuning (SGD keeps float32 master weights)
+    device_map: str | None = None  # "auto": spread a large HF model over GPUs (accelerate)
     seed: int = 0
 
     def with_full_grid(self) -> DaiConfig:
@@ -77,40 +86,105 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
     for name in config.tasks:
         if name in results["tasks"]:
             continue  # resume: finished tasks are kept
-        model = model or load_model(config.model, device=config.device)
+        model = model or _load(config)
         if config.untrained_baseline:
-            untrained = untrained or load_model(config.model, device=config.device, untrained=True)
+            untrained = untrained or _load(config, untrained=True)
         results["tasks"][name] = run_task(model, untrained, name, config, progress=progress)
         write_json_atomic(path, results)
     write_json_atomic(path, results)
     return results
 
 
+def _load(config: DaiConfig, untrained: bool = False):
+    return load_model(config.model, device=config.device, dtype=config.dtype, untrained=untrained,
+                      device_map=config.device_map)
+
+
 def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool = True) -> dict:
+    """One task, in the protocol's order: demo seed on validation (ICL), learning rate on
+    validation (FT, with that seed's demonstrations), then everything on the test split."""
     timer = Timer()
     task = load_task(name, seed=config.seed, n_validation=config.n_validation, n_test=config.n_test)
     label_ids = label_token_ids(model, task)
     start = time.perf_counter()
-    seed_acc = {s: _val_accuracy(model, task, sample_demos(task, config.shots, s), label_ids, config)
+    seed_acc = {s: seed_val_accuracy(model, task, s, label_ids, config)
                 for s in tqdm(config.demo_seeds, desc=f"{name}: demo seeds", disable=not progress)}
-    demo_seed = max(seed_acc, key=seed_acc.get)
+    demo_seed = choose_demo_seed(seed_acc)
     demos = sample_demos(task, config.shots, demo_seed)
     timer.add("select_demo_seed", start)
     start = time.perf_counter()
-    lr, lr_acc, ft = _select_lr(model, task, demos, label_ids, config, progress)
-    timer.add("select_lr", start)
-    out = {
-        "task": name, "template": task.template, "label_words": task.label_words,
-        "shots": config.shots, "n_test": len(task.test),
-        "selection": {"demo_seed": demo_seed, "lr": lr, "demo_seed_val_acc": seed_acc,
-                      "lr_val_acc": lr_acc},
-    }
+    lr_acc, tuned = lr_val_accuracies(model, task, demos, label_ids, config, progress)
+    lr = choose_lr(lr_acc)
+    timer.add("select_lr", start)  # the chosen rate's finetuned model is reused for the test
+    selection = {"demo_seed": demo_seed, "lr": lr, "demo_seed_val_acc": seed_acc, "lr_val_acc": lr_acc}
+    return test_stage(model, untrained, task, selection, label_ids, config, timer,
+                      ft=tuned.get(str(lr)), progress=progress)
+
+
+def lr_val_accuracies(model, task: Task, demos: list[Example], label_ids: list[int],
+                      config: DaiConfig, progress: bool = False) -> tuple[dict, dict]:
+    """FT validation accuracy of every rate of ``config.lr_grid`` and the finetuned models
+    (each shares the frozen weights with ``model``). With batching on, the whole grid trains
+    in one batched run (:func:`finetune_kv_grid`); otherwise one run per rate."""
+    if config.batch_size == 1 or config.layer_causal or len(config.lr_grid) == 1:
+        runs = {str(lr): lr_val_accuracy(model, task, demos, lr, label_ids, config)
+                for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress)}
+        return {k: acc for k, (acc, _) in runs.items()}, {k: ft for k, (_, ft) in runs.items() if ft}
+    texts = demo_training_texts(model, task, demos)
+    results = finetune_kv_grid(model, texts, config.lr_grid, progress=progress)
+    acc, tuned = {}, {}
+    for lr, ft in zip(config.lr_grid, results, strict=True):
+        if isinstance(ft, FinetuneDivergedError):
+            acc[str(lr)] = f"diverged: {ft}"
+            continue
+        acc[str(lr)] = _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model)
+        tuned[str(lr)] = ft
+    return acc, tuned
+
+
+def seed_val_accuracy(model, task: Task, demo_seed: int, label_ids: list[int], config: DaiConfig) -> float:
+    """ICL validation accuracy with the demonstrations of ``demo_seed``."""
+    demos = sample_demos(task, config.shots, demo_seed)
+    return _val_accuracy(model, task, demos, label_ids, config)
+
+
+def lr_val_accuracy(model, task: Task, demos: list[Example], lr: float, label_ids: list[int],
+                    config: DaiConfig) -> tuple[float | str, object]:
+    """FT validation accuracy at ``lr`` and the finetuning result (``"diverged: …"``, ``None``
+    when the loss diverged)."""
+    try:
+        ft = _finetune(model, task, demos, lr, config)
+    except FinetuneDivergedError as err:
+        return f"diverged: {err}", None
+    return _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model), ft
+
+
+def choose_demo_seed(seed_acc: dict) -> int:
+    """The seed with the best ICL validation accuracy (the first of ties)."""
+    return max(seed_acc, key=seed_acc.get)
+
+
+def choose_lr(lr_acc: dict[str, float | str]) -> float | None:
+    """The rate with the best FT validation accuracy, the smallest of ties (gentler); diverged
+    rates (strings) are skipped; ``None`` when every rate diverged."""
+    scored = [(acc, -float(lr)) for lr, acc in lr_acc.items() if not isinstance(acc, str)]
+    return -max(scored)[1] if scored else None
+
+
+def test_stage(model, untrained, task: Task, selection: dict, label_ids: list[int],
+               config: DaiConfig, timer: Timer, *, ft=None, progress: bool = True) -> dict:
+    """Everything on the test split with the selected seed and rate (``ft`` reuses a finetuned
+    model of that rate), plus the untrained baseline; the task's entry of ``results.json``."""
+    demos = sample_demos(task, config.shots, selection["demo_seed"])
+    lr = selection["lr"]
+    out = {"task": task.name, "template": task.template, "label_words": task.label_words,
+           "shots": config.shots, "n_test": len(task.test), "selection": selection}
     out.update(evaluate(model, task, demos, lr, label_ids, config, timer, progress=progress, ft=ft))
     if untrained is not None:
         start = time.perf_counter()
-        base = evaluate(untrained, task, demos, lr, label_ids,
-                        dataclasses.replace(config, attribution=False), Timer(), progress=progress)
-        out["untrained"] = base
+        out["untrained"] = evaluate(untrained, task, demos, lr, label_ids,
+                                    dataclasses.replace(config, attribution=False), Timer(),
+                                    progress=progress)
         timer.add("untrained_baseline", start)
     out["timing_s"] = timer.seconds
     return out
@@ -127,26 +201,45 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
     start = time.perf_counter()
     recs = _records(model, ft.model if ft else model, pairs, label_ids, config)
     timer.add("record_conditions", start)
-    attr_icl, attr_ft = [], []
+    attribution = None
     if config.attribution and ft is not None:
         start = time.perf_counter()
-        head = pairs[0].icl
-        n_prefix = head.demo_start + head.n_demo_tokens
-        run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",)) if config.reuse_prefix else None
-        for pair, g in tqdm(list(zip(pairs, gold, strict=True)), desc=f"{task.name}: attribution",
-                            disable=not progress):
-            tokens = pair.icl.tokens[0, n_prefix:] if run is not None else pair.icl.tokens
-            attr_icl.append(icl_head_effects(model, tokens, pair.demo_slice, label_ids, g, prefix=run).numpy())
-            attr_ft.append(ft_head_effects(ft, pair.zsl.tokens, label_ids, g).numpy())
+        attribution = _attribution(model, ft, pairs, gold, label_ids, config,
+                                   progress and f"{task.name}: attribution")
         timer.add("attribution", start)
     start = time.perf_counter()
-    train_q = _training_queries(model, task, demos)
+    train_q = _training_queries(model, task, demos, batched=config.batch_size != 1)
     out = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed)
     out["ft_diverged"] = ft is None
-    if attr_icl:
-        out["attribution"] = compare_maps(np.mean(attr_icl, 0), np.mean(attr_ft, 0)).to_dict()
+    if attribution is not None:
+        out["attribution"] = attribution
     timer.add("metrics", start)
     return out
+
+
+def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config: DaiConfig,
+                 progress: str | bool) -> dict:
+    """Mean head-attribution maps of ICL and FT over the test queries and their agreement: on
+    the shared demonstration prefix in batches, or one full run per query (reuse off)."""
+    head = pairs[0].icl
+    n_prefix = head.demo_start + head.n_demo_tokens
+    if not config.reuse_prefix:
+        icl = [icl_head_effects(model, p.icl.tokens, p.demo_slice, label_ids, g)
+               for p, g in tqdm(list(zip(pairs, gold, strict=True)), desc=progress or "",
+                                disable=not progress)]
+        ft_maps = [ft_head_effects(ft, p.zsl.tokens, label_ids, g) for p, g in zip(pairs, gold, strict=True)]
+        return compare_maps(np.mean(icl, 0), np.mean(ft_maps, 0)).to_dict()
+    run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
+    size = config.batch_size or auto_batch_size(model, max(p.icl.tokens.shape[-1] for p in pairs),
+                                                max(p.icl.tokens.shape[-1] for p in pairs) - n_prefix)
+    icl_sum, ft_sum = 0.0, 0.0
+    for start in tqdm(range(0, len(pairs), size), desc=progress or "", disable=not progress):
+        chunk, golds = pairs[start : start + size], gold[start : start + size]
+        queries = [p.icl.tokens[0, n_prefix:] for p in chunk]
+        icl_sum = icl_sum + icl_head_effects_batch(run, queries, pairs[0].demo_slice, label_ids, golds).sum(0)
+        ft_sum = ft_sum + len(chunk) * ft_head_effects_mean(ft, [p.zsl.tokens[0] for p in chunk],
+                                                           label_ids, golds)
+    return compare_maps((icl_sum / len(pairs)).numpy(), (ft_sum / len(pairs)).numpy()).to_dict()
 
 
 def _records(model, ft_model, pairs, label_ids: list[int], config: DaiConfig) -> dict[str, list[Record]]:
@@ -163,7 +256,8 @@ def _finetune(model, task: Task, demos: list[Example], lr: float | None, config:
     if lr is None:
         return None
     texts = demo_training_texts(model, task, demos)
-    return finetune_kv(model, texts, lr, device=config.device, layer_causal=config.layer_causal)
+    device = None if config.device_map else config.device  # a dispatched model stays put
+    return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
 
 
 def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
@@ -180,37 +274,21 @@ def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
     return 100.0 * correct / max(len(recs), 1)
 
 
-def _select_lr(model, task, demos, label_ids, config: DaiConfig, progress: bool):
-    """The learning rate with the best FT validation accuracy (the smallest of ties), its finetuned
-    model (kept, so the test stage does not train it again), and every rate's score; diverged
-    rates are recorded with their error."""
-    scores: dict[str, float | str] = {}
-    best: tuple[float, float, object] | None = None  # (accuracy, lr, result)
-    for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress):
-        try:
-            ft = _finetune(model, task, demos, lr, config)
-        except FinetuneDivergedError as err:
-            scores[str(lr)] = f"diverged: {err}"
-            continue
-        acc = _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model)
-        scores[str(lr)] = acc
-        if best is None or acc > best[0] or (acc == best[0] and lr < best[1]):  # ties: gentler
-            best = (acc, lr, ft)
-    if best is None:
-        return None, scores, None
-    return best[1], scores, best[2]
-
-
 @torch.no_grad()
-def _training_queries(model, task: Task, demos: list[Example]) -> torch.Tensor:
-    """Raw query vectors of every demonstration token (BOS dropped): ``[layer, n_demo, d]``."""
+def _training_queries(model, task: Task, demos: list[Example], batched: bool = True) -> torch.Tensor:
+    """Raw query vectors of every demonstration token (BOS dropped): ``[layer, n_demo, d]``;
+    ``batched`` runs the demonstrations as right-padded batches of 8 (same numbers)."""
     from dualform.probes import capture
 
+    texts = demo_training_texts(model, task, demos)
+    size = 8 if batched else 1
     rows = []
-    for tokens in demo_training_texts(model, task, demos):
-        cap = capture(model, tokens.unsqueeze(0), hooks=("q",))
-        q = cap.stack("q")[:, 0, 1:]  # [layer, pos, head, d_head]
-        rows.append(q.flatten(-2))
+    for start in range(0, len(texts), size):
+        chunk = texts[start : start + size]
+        batch = pad_queries(chunk, pad_id=0)
+        q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
+        for row, last in enumerate(batch.last.tolist()):
+            rows.append(q[:, row, 1 : last + 1].flatten(-2))
     return torch.cat(rows, dim=1).float().cpu()
 
 

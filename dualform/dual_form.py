@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
@@ -98,17 +99,26 @@ def dual_form(
     is_demo = demo_mask(tokens.shape[-1], n_demo_tokens, demo_start)
     dw, wz, qs, zs = [], [], [], []
     for layer in layer_ids:
-        k = cap.keys(layer, expand=False)[0]  # [pos, kv_head, d_head]
-        v = cap.values(layer, expand=False)[0]
-        k_heads, v_heads = k.transpose(0, 1), v.transpose(0, 1)  # [kv_head, pos, d_head]
-        dw.append(_expand_heads(cap, meta_gradient(v_heads[:, is_demo], k_heads[:, is_demo])))
-        wz.append(_expand_heads(cap, meta_gradient(v_heads[:, ~is_demo], k_heads[:, ~is_demo])))
+        k = rearrange(cap.keys(layer, expand=False)[0], "pos kv_head d -> kv_head pos d")
+        v = rearrange(cap.values(layer, expand=False)[0], "pos kv_head d -> kv_head pos d")
+        delta_w_icl, w_zsl = split_meta_gradient(k, v, is_demo)
+        dw.append(_expand_heads(cap, delta_w_icl))
+        wz.append(_expand_heads(cap, w_zsl))
         qs.append(cap.queries(layer)[0, -1])
         zs.append(cap.get("z", layer)[0, -1])
     demo = slice(demo_start, demo_start + n_demo_tokens)
     return DualForm(
         torch.stack(dw), torch.stack(wz), torch.stack(qs), torch.stack(zs), layer_ids, demo
     )
+
+
+def split_meta_gradient(
+    keys: Float[Tensor, "head pos d_head"], values: Float[Tensor, "head pos d_head"], is_demo: Tensor
+) -> tuple[Float[Tensor, "head d_head d_head"], Float[Tensor, "head d_head d_head"]]:
+    """``(ΔW_ICL, W_ZSL) = (Σ_{i ∈ demo} v_i ⊗ k_i, Σ_{j ∉ demo} v_j ⊗ k_j)`` over one prompt's
+    positions; ``is_demo`` is a boolean mask over ``pos``."""
+    return (meta_gradient(values[:, is_demo], keys[:, is_demo]),
+            meta_gradient(values[:, ~is_demo], keys[:, ~is_demo]))
 
 
 def _expand_heads(cap: Capture, per_kv: Tensor) -> Tensor:

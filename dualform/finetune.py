@@ -83,14 +83,23 @@ def finetune_kv(
 ) -> FinetuneResult:
     """Dai's explicit finetuning: SGD on W_K/W_V only; the caller's model is not modified.
 
+    The returned ``.model`` shares every parameter except W_K/W_V with ``model`` (unless
+    ``device`` moves it elsewhere): finetuning many rates costs one K/V set each, not a model.
+    Treat both as read-only, or ``clone_model`` the result before changing other weights.
+
     ``texts`` are strings (tokenised with the model's tokenizer, BOS prepended) or token
     tensors. Raises :class:`FinetuneDivergedError` when a loss is NaN/inf or exceeds
-    ``explode_factor`` × the first loss.
+    ``explode_factor`` × the first loss. For a bfloat16/float16 model the update is kept in
+    float32 master copies of W_K/W_V (the half-precision weights are rounded from them).
     """
-    tuned = clone_model(model).to(resolve_device(device))
+    tuned = _copy_for_finetuning(model, device)
     tuned.eval()  # no dropout: the update must be a deterministic function of the data
-    params = _train_only_kv(tuned)
-    before = {name: p.detach().clone() for name, p in params.items()}
+    params = kv_parameters(tuned)
+    for p in params.values():
+        p.requires_grad_(True)
+    # float32 master copies: an SGD step of size lr·g is often below bfloat16/float16 resolution
+    master = {name: p.detach().to(_master_dtype(p.dtype)).clone() for name, p in params.items()}
+    before = {name: m.clone() for name, m in master.items()}
     batches = _batches(tuned, texts, batch_size)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
@@ -104,14 +113,30 @@ def finetune_kv(
         grads = torch.autograd.grad(loss, list(params.values()))
         _check_finite(grads, params, step, lr)
         with torch.no_grad():
-            for p, g in zip(params.values(), grads, strict=True):
-                p.sub_(lr * g)
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                p.copy_(master[name].sub_(lr * g.to(master[name].dtype)))
         losses.append(loss.item())
-    for p in tuned.parameters():
+    for p in params.values():
         p.requires_grad_(False)
-    delta = {name: (p.detach() - before[name]) for name, p in params.items()}
+    delta = {name: master[name] - before[name] for name in params}
     _, n_kv = head_counts(tuned)
     return FinetuneResult(tuned, delta, losses, lr, layer_causal, n_kv)
+
+
+def _copy_for_finetuning(model, device):
+    """The model to train: on the model's own device it shares every parameter but W_K/W_V with
+    ``model`` (memory of one K/V set, not of a model); on another device, a full copy there.
+    Gradients are only ever asked for W_K/W_V, so the shared parameters are never written."""
+    here, target = next(model.parameters()).device, resolve_device(device or "cpu")
+    if device is not None and (target.type != here.type or target.index not in (None, here.index)):
+        return clone_model(model).to(target)
+    kv = {id(p) for p in kv_parameters(model).values()}
+    frozen = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in kv]
+    return clone_model(model, share=frozen)
+
+
+def _master_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _train_only_kv(model) -> dict[str, torch.nn.Parameter]:

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,22 +70,46 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16" | "float64"`` (or a ``torch.dtype``) → dtype;
+    ``None`` → float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     untrained: bool = False,
     seed: int = 0,
+    device_map: str | dict | None = None,
 ) -> TransformerBridge:
     """Load ``name`` as a ``TransformerBridge`` on ``device`` in ``dtype`` (default float32).
 
     ``untrained=True`` gives the same architecture with freshly initialised random weights
     (seeded) — the baseline that tells which effects come from training at all.
+    ``device_map="auto"`` (Hugging Face models; needs ``accelerate``) spreads a model that does
+    not fit on one GPU over the available devices (and CPU) instead of moving it to ``device``;
+    the weights are loaded directly in ``dtype``.
     """
-    dtype = dtype or torch.float32
-    hf_model, tokenizer = _load_hf_model(name, seed=seed, untrained=untrained)
-    hf_model = hf_model.to(device=resolve_device(device), dtype=dtype).eval()
+    dtype = resolve_dtype(dtype)
+    hf_model, tokenizer = _load_hf_model(name, seed=seed, untrained=untrained, dtype=dtype,
+                                         device_map=device_map)
+    if device_map is None:
+        hf_model = hf_model.to(device=resolve_device(device), dtype=dtype)
+    hf_model.eval()
     bridge = build_bridge_from_module(
         hf_model,
         hf_model.config.architectures[0],
@@ -96,9 +121,12 @@ def load_model(
     return bridge
 
 
-def _load_hf_model(name: str, *, seed: int, untrained: bool):
+def _load_hf_model(name: str, *, seed: int, untrained: bool, dtype: torch.dtype = torch.float32,
+                   device_map: str | dict | None = None):
     """Return ``(hf_model, tokenizer)`` for any supported name."""
     if name in TINY:  # already random: "untrained" means another random draw
+        if device_map is not None:
+            raise ModelLoadError(f"device_map is for pretrained models, not {name!r}.")
         return tiny_hf_model(name, seed=seed + (10_000 if untrained else 0)), byte_tokenizer()
     if name in EMBEDDED:
         path = embedded_model_dir(name)
@@ -112,23 +140,31 @@ def _load_hf_model(name: str, *, seed: int, untrained: bool):
             "a local Hugging Face model directory, or a Hugging Face causal-LM id "
             "such as 'gpt2' or 'Qwen/Qwen2.5-0.5B' (needs the network or the local HF cache)."
         )
-    return _from_pretrained(path, seed=seed, untrained=untrained)
+    return _from_pretrained(path, seed=seed, untrained=untrained, dtype=dtype,
+                            device_map=device_map)
 
 
 _KNOWN_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
 
-def _from_pretrained(path: str | Path, *, seed: int, untrained: bool):
+def _from_pretrained(path: str | Path, *, seed: int, untrained: bool,
+                     dtype: torch.dtype = torch.float32, device_map: str | dict | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if device_map is not None and importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError("device_map needs the 'accelerate' package: pip install accelerate")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if untrained:
             config = AutoConfig.from_pretrained(path)
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            if device_map is not None:
+                from accelerate import dispatch_model, infer_auto_device_map
+
+                model = dispatch_model(model, infer_auto_device_map(model))
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
     except OSError as err:
         raise ModelLoadError(
             f"Could not load {str(path)!r} from the Hugging Face hub or its local cache "
@@ -240,15 +276,17 @@ def byte_tokenizer():
     return tokenizer
 
 
-def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+def clone_model(model: torch.nn.Module, *, share: Iterable[torch.Tensor] = ()) -> torch.nn.Module:
     """A deep copy of ``model`` that also works after a forward pass with gradients on.
 
+    Tensors in ``share`` (e.g. frozen parameters) are not copied: the copy holds the very same
+    tensors, so it costs only the memory of what it does not share.
     Some bridge components keep the last attention pattern as an attribute; with autograd on,
     that tensor is not a graph leaf and ``copy.deepcopy`` refuses it, so it is copied detached.
     """
     import copy
 
-    memo: dict[int, object] = {}
+    memo: dict[int, object] = {id(t): t for t in share}
     for module in model.modules():
         for value in vars(module).values():
             if isinstance(value, torch.Tensor) and value.grad_fn is not None:

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from dualform.probes import Capture, capture
+from dualform.probes import Capture, capture, head_counts
 
 
 def enable_kv_cache(model) -> None:
@@ -97,3 +97,32 @@ class PrefixRun:
     def prefix_kv(self, layer: int, *, rotated: bool = True) -> tuple[Tensor, Tensor]:
         """The prefix's keys (rotated when captured) and values, per query head: ``[pos, head, d]``."""
         return (self.capture.keys(layer, rotated=rotated)[0], self.capture.values(layer)[0])
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Free memory of ``device``: the GPU's free memory, or the host's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def auto_batch_size(model, n_keys: int, n_query: int, *, free_bytes: int | None = None,
+                    fraction: float = 0.25, cap: int | None = None) -> int:
+    """The largest query batch whose per-row memory fits in ``fraction`` of free memory.
+
+    Per row and layer: the copied KV cache (``2·kv_heads·d_head·n_keys``), the captured score
+    rows (``heads·n_query·n_keys``, twice: scores and pattern) and the per-token activations
+    (``~8·d_model·n_query``), in the model's dtype. Capped at 16 on CPU (larger batches stop
+    paying off there) and 64 on GPU unless ``cap`` says otherwise.
+    """
+    device = next(model.parameters()).device
+    cfg = model.cfg
+    n_heads, n_kv = head_counts(model)
+    per_layer = (2 * n_kv * cfg.d_head * n_keys + 2 * n_heads * n_query * n_keys
+                 + 8 * cfg.d_model * n_query)
+    per_row = cfg.n_layers * per_layer * next(model.parameters()).element_size()
+    free = free_memory_bytes(device) if free_bytes is None else free_bytes
+    cap = cap or (64 if device.type == "cuda" else 16)
+    return int(max(1, min(cap, fraction * free // per_row)))

@@ -65,3 +65,26 @@ def test_prefix_reuse_gives_the_same_icl_effects():
     run = PrefixRun(model, tokens[:, : demo.stop], hooks=("v",))
     reused = icl_head_effects(model, tokens[0, demo.stop :], demo, label_ids, gold=1, prefix=run)
     torch.testing.assert_close(reused, full, atol=1e-6, rtol=1e-5)
+
+
+def test_batched_effects_equal_one_query_at_a_time():
+    """Right-padded batches on one prefix: each row's ICL effects and the mean FT effects are
+    those of the queries run one by one (computed in float64, returned in float32)."""
+    from dualform.attribution import ft_head_effects_mean, icl_head_effects_batch
+    from dualform.prefix import PrefixRun
+
+    model, tokens, label_ids, demo = _setup()
+    prefix = tokens[:, : demo.stop]
+    queries = [model.to_tokens(q, prepend_bos=False)[0]
+               for q in ("Word: nice Sentiment:", "Word: awful Sentiment:", "Word: ok Sentiment:")]
+    golds = [1, 0, 1]
+    run = PrefixRun(model, prefix, hooks=("v",))
+    batched = icl_head_effects_batch(run, queries, demo, label_ids, golds)
+    for row, (q, g) in enumerate(zip(queries, golds, strict=True)):
+        one = icl_head_effects(model, torch.cat([prefix[0], q]), demo, label_ids, g)
+        torch.testing.assert_close(batched[row], one, atol=1e-9, rtol=1e-6)
+    result = finetune_kv(model, [tokens[0]], 1e-3)
+    zsl = [torch.cat([tokens[0, :1], q]) for q in queries]
+    mean = ft_head_effects_mean(result, zsl, label_ids, golds)
+    singles = torch.stack([ft_head_effects(result, t, label_ids, g) for t, g in zip(zsl, golds, strict=True)])
+    torch.testing.assert_close(mean, singles.mean(0), atol=1e-9, rtol=1e-6)

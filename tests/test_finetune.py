@@ -86,3 +86,16 @@ def test_non_finite_update_is_an_error():
     model = load_model("tiny-llama", dtype=torch.float32)
     with pytest.raises(FinetuneDivergedError, match=r"step 0.*not finite"):
         finetune_kv(model, TEXTS, float("inf"))
+
+
+def test_finetuned_copy_shares_all_but_kv_and_leaves_flags_alone():
+    """Memory: the copy owns only W_K/W_V; the caller's parameters keep their requires_grad."""
+    model = load_model("tiny-llama")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    result = finetune_kv(model, TEXTS, 0.1)
+    own = {id(p) for p in kv_parameters(result.model).values()}
+    base = {id(p) for p in model.parameters()}
+    for p in result.model.parameters():
+        assert (id(p) in own) != (id(p) in base)  # K/V are new tensors, the rest are shared
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert not any(p.requires_grad for p in kv_parameters(result.model).values())

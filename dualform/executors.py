@@ -1,0 +1,85 @@
+"""Executors: where the jobs of a sweep run. No scheduler of our own.
+
+An executor has one method, ``map(fn, items)``, that yields ``(item, result, error)`` as jobs
+finish (in any order); a failed job yields its exception instead of stopping the others, so a
+lost worker costs one job. Two implementations:
+
+* :class:`LocalExecutor` — in this process, one job after the other (the default);
+* :class:`RayExecutor` — Ray tasks (``pip install 'dualform[ray]'``): ``address=None`` starts a
+  local Ray (as the tests do), ``address="auto"`` or ``"ray://head:10001"`` joins a cluster.
+  Ray retries a job whose worker died (``max_retries``) before reporting it failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+Outcome = tuple[Any, Any, BaseException | None]
+
+
+class Executor(Protocol):
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Outcome]: ...
+
+
+class LocalExecutor:
+    """Runs every job in this process, in order."""
+
+    def __init__(self, progress: bool = True) -> None:
+        self.progress = progress
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Outcome]:
+        for item in tqdm(items, desc="jobs", disable=not self.progress):
+            try:
+                yield item, fn(item), None
+            except Exception as err:  # noqa: BLE001 - reported per job, the sweep goes on
+                yield item, None, err
+
+
+class RayExecutor:
+    """Runs each job as a Ray task with ``cpus_per_job`` CPUs (and ``gpus_per_job`` GPUs)."""
+
+    def __init__(self, address: str | None = None, *, cpus_per_job: float = 1,
+                 gpus_per_job: float = 0, max_retries: int = 2, progress: bool = True,
+                 **init_kwargs) -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError(
+                "The Ray executor needs Ray: pip install 'dualform[ray]'"
+            ) from err
+        self.ray = ray
+        if not ray.is_initialized():
+            init_kwargs.setdefault("include_dashboard", False)
+            init_kwargs.setdefault("log_to_driver", False)
+            ray.init(address=address, **init_kwargs)
+        self.options = {"num_cpus": cpus_per_job, "num_gpus": gpus_per_job,
+                        "max_retries": max_retries}
+        self.progress = progress
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Outcome]:
+        remote = self.ray.remote(**self.options)(fn)
+        pending = {remote.remote(item): item for item in items}
+        with tqdm(total=len(pending), desc="jobs (ray)", disable=not self.progress) as bar:
+            while pending:
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                item = pending.pop(done[0])
+                try:
+                    yield item, self.ray.get(done[0]), None
+                except Exception as err:  # noqa: BLE001 - a failed/lost job; the rest go on
+                    yield item, None, err
+                bar.update()
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
+
+def get_executor(name: str = "local", *, address: str | None = None, **kwargs) -> Executor:
+    """``"local"`` or ``"ray"`` (``address``: ``None`` for a local Ray, or a cluster's)."""
+    if name == "local":  # ``address`` has no meaning here
+        return LocalExecutor(**kwargs)
+    if name == "ray":
+        return RayExecutor(address, **kwargs)
+    raise ValueError(f"Unknown executor {name!r}; choose 'local' or 'ray'.")
