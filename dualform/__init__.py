@@ -20,6 +20,7 @@ from dualform.dual_form import (
 from dualform.equations import linear_attention, linear_layer_dual, meta_gradient, softmax_split
 from dualform.executors import LocalExecutor, RayExecutor, get_executor
 from dualform.finetune import FinetuneDivergedError, FinetuneResult, finetune_kv, kv_parameters
+from dualform.finetune_grid import finetune_kv_grid
 from dualform.models import DEFAULT_MODEL, ModelLoadError, load_model, resolve_device, resolve_dtype
 from dualform.prefix import PrefixRun, auto_batch_size
 from dualform.probes import Capture, ProbeError, attention_scale, capture, hooks
@@ -90,4 +91,5 @@ __all__ = [
     "resolve_dtype",
     "PrefixRun",
     "auto_batch_size",
+    "finetune_kv_grid",
 ]

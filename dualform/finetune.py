@@ -97,8 +97,7 @@ def finetune_kv(
     params = kv_parameters(tuned)
     for p in params.values():
         p.requires_grad_(True)
-    # float32 master copies: an SGD step of size lr·g is often below bfloat16/float16 resolution
-    master = {name: p.detach().to(_master_dtype(p.dtype)).clone() for name, p in params.items()}
+    master = _master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
     batches = _batches(tuned, texts, batch_size)
     generator = torch.Generator().manual_seed(seed)
@@ -114,7 +113,7 @@ def finetune_kv(
         _check_finite(grads, params, step, lr)
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
-                p.copy_(master[name].sub_(lr * g.to(master[name].dtype)))
+                _sgd_step(p, master[name], g, lr)
         losses.append(loss.item())
     for p in params.values():
         p.requires_grad_(False)
@@ -133,6 +132,22 @@ def _copy_for_finetuning(model, device):
     kv = {id(p) for p in kv_parameters(model).values()}
     frozen = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in kv]
     return clone_model(model, share=frozen)
+
+
+def _master_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights SGD updates: the parameters themselves in float32/float64, float32 master
+    copies for bfloat16/float16 (a step of size lr·g is often below their resolution)."""
+    return {name: p.detach() if _master_dtype(p.dtype) == p.dtype
+            else p.detach().to(_master_dtype(p.dtype)).clone() for name, p in params.items()}
+
+
+def _sgd_step(param: Tensor, master: Tensor, grad: Tensor, lr: float | Tensor) -> None:
+    """``W ← W − lr·g`` on the master weights, then the parameter holds them (rounded). The
+    same arithmetic for a float ``lr`` and a per-rate tensor, so a batched grid and single
+    runs round alike."""
+    master.sub_(lr * grad.to(master.dtype))
+    if master.data_ptr() != param.data_ptr():
+        param.copy_(master)
 
 
 def _master_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -222,6 +237,9 @@ def layer_causal_loss(model, tokens: Tensor, mask: Tensor, **forward_kwargs) -> 
 
 
 def _check_finite(grads: Sequence[Tensor], params: dict, step: int, lr: float) -> None:
+    worst = float(torch.stack([g.detach().abs().amax().double() for g in grads]).max())
+    if math.isfinite(lr * worst):  # NaN propagates through max: one check, one sync
+        return
     for name, g in zip(params, grads, strict=True):
         if not bool(torch.isfinite(g).all()) or not math.isfinite(lr * float(g.abs().max())):
             raise FinetuneDivergedError(

@@ -29,7 +29,8 @@ from dualform.finetune import (
     _check_finite,
     _check_loss,
     _copy_for_finetuning,
-    _master_dtype,
+    _master_weights,
+    _sgd_step,
     kv_parameters,
     next_token_loss,
 )
@@ -56,7 +57,7 @@ def finetune_kv_grid(
     """``[finetune_kv(model, texts, lr) for lr in lrs]`` in one batched run (batch size 1, one
     epoch, in order, plain loss); a diverged rate gives its :class:`FinetuneDivergedError`."""
     grid, params = _grid_model(model, len(lrs))
-    master = {name: p.detach().to(_master_dtype(p.dtype)).clone() for name, p in params.items()}
+    master = _master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
     rates = torch.tensor(list(lrs), dtype=torch.float64)
     losses: list[list[float]] = [[] for _ in lrs]
@@ -88,8 +89,7 @@ def finetune_kv_grid(
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
                 m = master[name]
-                m.sub_(step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)) * g.to(m.dtype))
-                p.copy_(m)
+                _sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
         for r in live:
             if r not in failed:
                 losses[r].append(row_losses[r].item())

@@ -171,7 +171,8 @@ def _collect(out: Path, configs: list[DaiConfig], test_res: dict[str, dict],
             if key is not None:
                 tasks[t] = test_res[key]
         results = {"config": _config_dict(c), "versions": _versions(), "tasks": tasks,
-                   "failed_jobs": [dataclasses.asdict(f) for f in failures]}
+                   "failed_jobs": [dataclasses.asdict(f) for f in failures
+                                   if f"__{model_slug(c.model)}__" in f.job]}
         write_json_atomic(out / model_slug(c.model) / "results.json", results)
         collected[c.model] = results
     return collected
