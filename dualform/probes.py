@@ -78,7 +78,8 @@ def short_name(full: str) -> str | None:
 
 def available_short_names(model) -> list[str]:
     """Short names whose hook exists in layer 0 of this model."""
-    return [s for s in HOOK_ALIASES if hook_name(s, 0) in model.hook_dict]
+    hook_dict = model.hook_dict  # a bridge rebuilds this dict on every access: read it once
+    return [s for s in HOOK_ALIASES if hook_name(s, 0) in hook_dict]
 
 
 def resolve_hooks(model, hooks: Iterable[str], layers: Sequence[int] | None) -> list[str]:
@@ -89,9 +90,10 @@ def resolve_hooks(model, hooks: Iterable[str], layers: Sequence[int] | None) -> 
     if bad_layers:
         raise ProbeError(f"Layer index {bad_layers} out of range: valid layers are 0..{total - 1}.")
     names: list[str] = []
+    hook_dict = model.hook_dict  # a bridge rebuilds this dict on every access: read it once
     for name in hooks:
         candidates = [hook_name(name, x) for x in layer_list] if name in HOOK_ALIASES else [name]
-        missing = [c for c in candidates if c not in model.hook_dict]
+        missing = [c for c in candidates if c not in hook_dict]
         if missing:
             raise ProbeError(
                 f"Unknown hook {name!r} for this model (no {missing[0]!r}). Valid short names: "
@@ -110,11 +112,12 @@ def hooks(model, fwd_hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
     before are left in place.
     """
     added = []
+    hook_dict = model.hook_dict  # a bridge rebuilds this dict on every access: read it once
     try:
         for name, fn in fwd_hooks:
-            if name not in model.hook_dict:
+            if name not in hook_dict:
                 raise ProbeError(f"Unknown hook {name!r}; see available_short_names(model).")
-            point = model.hook_dict[name]
+            point = hook_dict[name]
             added.append((point, point.add_hook(fn, dir="fwd")))
         yield
     finally:

@@ -73,7 +73,8 @@ def _finite_padding(model, mask: Tensor):
         return nullcontext()
     names = [hook_name("pattern", layer) for layer in range(n_layers(model))]
     fix = lambda pattern, hook: pattern.nan_to_num(0.0)  # noqa: E731
-    return hooks(model, [(name, fix) for name in names if name in model.hook_dict])
+    hook_dict = model.hook_dict
+    return hooks(model, [(name, fix) for name in names if name in hook_dict])
 
 
 def predictions_vs_eta(
