@@ -117,7 +117,7 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
     lr = choose_lr(lr_acc)
     timer.add("select_lr", start)  # the chosen rate's finetuned model is reused for the test
     selection = {"demo_seed": demo_seed, "lr": lr, "demo_seed_val_acc": seed_acc, "lr_val_acc": lr_acc}
-    return test_stage(model, untrained, task, selection, label_ids, config, timer,
+    return evaluate_on_test(model, untrained, task, selection, label_ids, config, timer,
                       ft=tuned.get(str(lr)), progress=progress)
 
 
@@ -171,7 +171,7 @@ def choose_lr(lr_acc: dict[str, float | str]) -> float | None:
     return -max(scored)[1] if scored else None
 
 
-def test_stage(model, untrained, task: Task, selection: dict, label_ids: list[int],
+def evaluate_on_test(model, untrained, task: Task, selection: dict, label_ids: list[int],
                config: DaiConfig, timer: Timer, *, ft=None, progress: bool = True) -> dict:
     """Everything on the test split with the selected seed and rate (``ft`` reuses a finetuned
     model of that rate), plus the untrained baseline; the task's entry of ``results.json``."""

@@ -30,9 +30,9 @@ from dualform.dai import (
     _versions,
     choose_demo_seed,
     choose_lr,
+    evaluate_on_test,
     lr_val_accuracy,
     seed_val_accuracy,
-    test_stage,
 )
 from dualform.executors import Executor, LocalExecutor
 from dualform.io import read_json, write_json_atomic
@@ -88,7 +88,7 @@ def run_job(job: Job) -> dict:
         acc, _ = lr_val_accuracy(model, task, demos, job.lr, label_ids, cfg)
         return {"val_acc": acc}
     untrained = _model(cfg, untrained=True) if cfg.untrained_baseline else None
-    return test_stage(model, untrained, task, job.selection, label_ids, cfg, Timer(),
+    return evaluate_on_test(model, untrained, task, job.selection, label_ids, cfg, Timer(),
                       progress=False)
 
 
