@@ -156,6 +156,7 @@ def sweep(
     gpus_per_job: float = typer.Option(0, help="Ray: GPUs per job."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto (per job)."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    device_map: str = typer.Option("", help="'auto': spread each large HF model over its job's GPUs."),
 ) -> None:
     """The LR grid × demo seeds × tasks × models sweep of reproduce dai, on an executor.
 
@@ -166,7 +167,8 @@ def sweep(
     from dualform.tables import print_dai_table
 
     config = _dai_config(models.split(",")[0], tasks, shots, n_test, n_validation, demo_seeds,
-                         full_grid, lr_grid, device=device, dtype=dtype)
+                         full_grid, lr_grid, device=device, dtype=dtype,
+                         device_map=device_map or None)
     kwargs = {"cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job} if executor == "ray" else {}
     try:
         runner = get_executor(executor, address=address or None, **kwargs)
