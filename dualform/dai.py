@@ -230,8 +230,8 @@ def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config
         ft_maps = [ft_head_effects(ft, p.zsl.tokens, label_ids, g) for p, g in zip(pairs, gold, strict=True)]
         return compare_maps(np.mean(icl, 0), np.mean(ft_maps, 0)).to_dict()
     run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
-    size = config.batch_size or auto_batch_size(model, max(p.icl.tokens.shape[-1] for p in pairs),
-                                                max(p.icl.tokens.shape[-1] for p in pairs) - n_prefix)
+    longest = max(p.icl.tokens.shape[-1] for p in pairs)
+    size = config.batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True)
     icl_sum, ft_sum = 0.0, 0.0
     for start in tqdm(range(0, len(pairs), size), desc=progress or "", disable=not progress):
         chunk, golds = pairs[start : start + size], gold[start : start + size]

@@ -109,18 +109,21 @@ def free_memory_bytes(device: torch.device) -> int:
 
 
 def auto_batch_size(model, n_keys: int, n_query: int, *, free_bytes: int | None = None,
-                    fraction: float = 0.25, cap: int | None = None) -> int:
+                    fraction: float = 0.25, cap: int | None = None, backward: bool = False) -> int:
     """The largest query batch whose per-row memory fits in ``fraction`` of free memory.
 
     Per row and layer: the copied KV cache (``2·kv_heads·d_head·n_keys``), the captured score
     rows (``heads·n_query·n_keys``, twice: scores and pattern) and the per-token activations
-    (``~8·d_model·n_query``), in the model's dtype. Capped at 16 on CPU (larger batches stop
-    paying off there) and 64 on GPU unless ``cap`` says otherwise.
+    (``~8·d_model·n_query``), in the model's dtype; with ``backward`` (attribution) also the
+    keys and values expanded to every query head that autograd keeps (``2·heads·d_head·n_keys``).
+    Capped at 16 on CPU (larger batches stop paying off there) and 64 on GPU unless ``cap``
+    says otherwise.
     """
     device = next(model.parameters()).device
     cfg = model.cfg
     n_heads, n_kv = head_counts(model)
-    per_layer = (2 * n_kv * cfg.d_head * n_keys + 2 * n_heads * n_query * n_keys
+    kv_heads_kept = n_kv + (n_heads if backward else 0)
+    per_layer = (2 * kv_heads_kept * cfg.d_head * n_keys + 2 * n_heads * n_query * n_keys
                  + 8 * cfg.d_model * n_query)
     per_row = cfg.n_layers * per_layer * next(model.parameters()).element_size()
     free = free_memory_bytes(device) if free_bytes is None else free_bytes

@@ -18,6 +18,9 @@ def test_sweep_command_writes_jobs_and_results(tmp_path):
     assert results["tasks"]["afinn-sentiment"]["selection"]["lr"] in (0.1, 0.01)
     assert len(list((tmp_path / "jobs").glob("*.json"))) == 4  # 1 seed, 2 rates, 1 test
     assert "wrote" in result.output and "failed job" not in result.output
+    report = runner.invoke(app, ["report", str(tmp_path / "tiny-llama")])  # run_dai's layout
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "tiny-llama" / "report.html").stat().st_size > 10_000
 
 
 def test_bad_dtype_is_a_clear_error(tmp_path):

@@ -91,6 +91,9 @@ def test_auto_batch_size_follows_free_memory():
     mid = [auto_batch_size(model, n_keys=300, n_query=12, free_bytes=b, cap=10**6)
            for b in (10**7, 10**8, 10**9)]
     assert mid == sorted(mid) and mid[0] < mid[-1]
+    with_grad = auto_batch_size(model, n_keys=300, n_query=12, free_bytes=10**8, cap=10**6,
+                                backward=True)
+    assert with_grad < mid[1]  # attribution keeps the head-expanded keys/values for backward
 
 
 def test_auto_batch_gives_the_numbers_of_a_fixed_batch():
