@@ -118,7 +118,7 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
     timer.add("select_lr", start)  # the chosen rate's finetuned model is reused for the test
     selection = {"demo_seed": demo_seed, "lr": lr, "demo_seed_val_acc": seed_acc, "lr_val_acc": lr_acc}
     return evaluate_on_test(model, untrained, task, selection, label_ids, config, timer,
-                      ft=tuned.get(str(lr)), progress=progress)
+                            ft=tuned.get(str(lr)), progress=progress)
 
 
 def lr_val_accuracies(model, task: Task, demos: list[Example], label_ids: list[int],
@@ -127,18 +127,15 @@ def lr_val_accuracies(model, task: Task, demos: list[Example], label_ids: list[i
     (each shares the frozen weights with ``model``). With batching on, the whole grid trains
     in one batched run (:func:`finetune_kv_grid`); otherwise one run per rate."""
     if config.batch_size == 1 or config.layer_causal or len(config.lr_grid) == 1:
-        runs = {str(lr): lr_val_accuracy(model, task, demos, lr, label_ids, config)
-                for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress)}
-        return {k: acc for k, (acc, _) in runs.items()}, {k: ft for k, (_, ft) in runs.items() if ft}
-    texts = demo_training_texts(model, task, demos)
-    results = finetune_kv_grid(model, texts, config.lr_grid, progress=progress)
-    acc, tuned = {}, {}
-    for lr, ft in zip(config.lr_grid, results, strict=True):
-        if isinstance(ft, FinetuneDivergedError):
-            acc[str(lr)] = f"diverged: {ft}"
-            continue
-        acc[str(lr)] = _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model)
-        tuned[str(lr)] = ft
+        runs = [_finetune_or_error(model, task, demos, lr, config)
+                for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress)]
+    else:
+        texts = demo_training_texts(model, task, demos)
+        runs = finetune_kv_grid(model, texts, config.lr_grid, progress=progress)
+    acc = {str(lr): _ft_val_accuracy(model, task, demos, run, label_ids, config)
+           for lr, run in zip(config.lr_grid, runs, strict=True)}
+    tuned = {str(lr): run for lr, run in zip(config.lr_grid, runs, strict=True)
+             if not isinstance(run, FinetuneDivergedError)}
     return acc, tuned
 
 
@@ -149,14 +146,25 @@ def seed_val_accuracy(model, task: Task, demo_seed: int, label_ids: list[int], c
 
 
 def lr_val_accuracy(model, task: Task, demos: list[Example], lr: float, label_ids: list[int],
-                    config: DaiConfig) -> tuple[float | str, object]:
-    """FT validation accuracy at ``lr`` and the finetuning result (``"diverged: …"``, ``None``
-    when the loss diverged)."""
+                    config: DaiConfig) -> float | str:
+    """FT validation accuracy at ``lr`` (``"diverged: …"`` when the loss diverged)."""
+    run = _finetune_or_error(model, task, demos, lr, config)
+    return _ft_val_accuracy(model, task, demos, run, label_ids, config)
+
+
+def _finetune_or_error(model, task: Task, demos: list[Example], lr: float, config: DaiConfig):
     try:
-        ft = _finetune(model, task, demos, lr, config)
+        return _finetune(model, task, demos, lr, config)
     except FinetuneDivergedError as err:
-        return f"diverged: {err}", None
-    return _val_accuracy(model, task, demos, label_ids, config, ft_model=ft.model), ft
+        return err
+
+
+def _ft_val_accuracy(model, task: Task, demos: list[Example], run, label_ids: list[int],
+                     config: DaiConfig) -> float | str:
+    """Validation accuracy of a finetuning run, or ``"diverged: …"`` for its error."""
+    if isinstance(run, FinetuneDivergedError):
+        return f"diverged: {run}"
+    return _val_accuracy(model, task, demos, label_ids, config, ft_model=run.model)
 
 
 def choose_demo_seed(seed_acc: dict) -> int:
@@ -172,7 +180,7 @@ def choose_lr(lr_acc: dict[str, float | str]) -> float | None:
 
 
 def evaluate_on_test(model, untrained, task: Task, selection: dict, label_ids: list[int],
-               config: DaiConfig, timer: Timer, *, ft=None, progress: bool = True) -> dict:
+                     config: DaiConfig, timer: Timer, *, ft=None, progress: bool = True) -> dict:
     """Everything on the test split with the selected seed and rate (``ft`` reuses a finetuned
     model of that rate), plus the untrained baseline; the task's entry of ``results.json``."""
     demos = sample_demos(task, config.shots, selection["demo_seed"])
@@ -205,7 +213,7 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
     if config.attribution and ft is not None:
         start = time.perf_counter()
         attribution = _attribution(model, ft, pairs, gold, label_ids, config,
-                                   progress and f"{task.name}: attribution")
+                                   desc=f"{task.name}: attribution", progress=progress)
         timer.add("attribution", start)
     start = time.perf_counter()
     train_q = _training_queries(model, task, demos, batched=config.batch_size != 1)
@@ -218,22 +226,21 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
 
 
 def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config: DaiConfig,
-                 progress: str | bool) -> dict:
+                 *, desc: str, progress: bool) -> dict:
     """Mean head-attribution maps of ICL and FT over the test queries and their agreement: on
     the shared demonstration prefix in batches, or one full run per query (reuse off)."""
     head = pairs[0].icl
     n_prefix = head.demo_start + head.n_demo_tokens
     if not config.reuse_prefix:
         icl = [icl_head_effects(model, p.icl.tokens, p.demo_slice, label_ids, g)
-               for p, g in tqdm(list(zip(pairs, gold, strict=True)), desc=progress or "",
-                                disable=not progress)]
+               for p, g in tqdm(list(zip(pairs, gold, strict=True)), desc=desc, disable=not progress)]
         ft_maps = [ft_head_effects(ft, p.zsl.tokens, label_ids, g) for p, g in zip(pairs, gold, strict=True)]
         return compare_maps(np.mean(icl, 0), np.mean(ft_maps, 0)).to_dict()
     run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
     longest = max(p.icl.tokens.shape[-1] for p in pairs)
     size = config.batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True)
     icl_sum, ft_sum = 0.0, 0.0
-    for start in tqdm(range(0, len(pairs), size), desc=progress or "", disable=not progress):
+    for start in tqdm(range(0, len(pairs), size), desc=desc, disable=not progress):
         chunk, golds = pairs[start : start + size], gold[start : start + size]
         queries = [p.icl.tokens[0, n_prefix:] for p in chunk]
         icl_sum = icl_sum + icl_head_effects_batch(run, queries, pairs[0].demo_slice, label_ids, golds).sum(0)

@@ -126,9 +126,10 @@ def _copy_for_finetuning(model, device):
     """The model to train: on the model's own device it shares every parameter but W_K/W_V with
     ``model`` (memory of one K/V set, not of a model); on another device, a full copy there.
     Gradients are only ever asked for W_K/W_V, so the shared parameters are never written."""
-    here, target = next(model.parameters()).device, resolve_device(device or "cpu")
-    if device is not None and (target.type != here.type or target.index not in (None, here.index)):
-        return clone_model(model).to(target)
+    if device is not None:
+        here, target = next(model.parameters()).device, resolve_device(device)
+        if target.type != here.type or target.index not in (None, here.index):
+            return clone_model(model).to(target)
     kv = {id(p) for p in kv_parameters(model).values()}
     frozen = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in kv]
     return clone_model(model, share=frozen)

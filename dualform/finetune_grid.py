@@ -65,36 +65,39 @@ def finetune_kv_grid(
     for step, (tokens, mask) in enumerate(
         tqdm(_batches(grid, texts, 1), desc="finetune W_K/W_V (LR grid)", disable=not progress)
     ):
-        live = [r for r in range(len(lrs)) if r not in failed]
-        if not live:
-            break
         logits = grid(tokens.expand(len(lrs), -1))
-        row_losses = {r: next_token_loss(logits[r : r + 1], tokens, mask) for r in live}
-        for r in live:
-            try:
-                _check_loss(row_losses[r], losses[r], step, lrs[r], explode_factor)
-            except FinetuneDivergedError as err:
-                failed[r] = err
-        live = [r for r in live if r not in failed]
-        if not live:
+        row_losses = {r: next_token_loss(logits[r : r + 1], tokens, mask)
+                      for r in range(len(lrs)) if r not in failed}
+        for r in list(row_losses):
+            _drop_if_diverged(r, failed, row_losses, _check_loss, row_losses[r], losses[r], step,
+                              lrs[r], explode_factor)
+        if not row_losses:
             break
-        grads = torch.autograd.grad(sum(row_losses[r] for r in live), list(params.values()))
-        for r in live:
-            try:
-                _check_finite([g[r] for g in grads], params, step, lrs[r])
-            except FinetuneDivergedError as err:
-                failed[r] = err
-        keep = torch.tensor([r in live and r not in failed for r in range(len(lrs))])
+        grads = torch.autograd.grad(sum(row_losses.values()), list(params.values()))
+        for r in list(row_losses):
+            _drop_if_diverged(r, failed, row_losses, _check_finite, [g[r] for g in grads], params,
+                              step, lrs[r])
+        if not row_losses:
+            break
+        keep = torch.tensor([r in row_losses for r in range(len(lrs))])
         step_size = torch.where(keep, rates, torch.zeros_like(rates))
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
                 m = master[name]
                 _sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
-        for r in live:
-            if r not in failed:
-                losses[r].append(row_losses[r].item())
+        for r, loss in row_losses.items():
+            losses[r].append(loss.item())
     return [failed.get(r) or _result(model, master, before, r, lrs[r], losses[r])
             for r in range(len(lrs))]
+
+
+def _drop_if_diverged(r: int, failed: dict, live: dict, check, *args) -> None:
+    """Run ``check(*args)`` for rate ``r``; if it raises, ``r`` moves from ``live`` to ``failed``."""
+    try:
+        check(*args)
+    except FinetuneDivergedError as err:
+        failed[r] = err
+        del live[r]
 
 
 def _grid_model(model, n_rates: int):

@@ -85,8 +85,7 @@ def run_job(job: Job) -> dict:
         return {"val_acc": seed_val_accuracy(model, task, job.demo_seed, label_ids, cfg)}
     if job.stage == "lr":
         demos = sample_demos(task, cfg.shots, job.demo_seed)
-        acc, _ = lr_val_accuracy(model, task, demos, job.lr, label_ids, cfg)
-        return {"val_acc": acc}
+        return {"val_acc": lr_val_accuracy(model, task, demos, job.lr, label_ids, cfg)}
     untrained = _model(cfg, untrained=True) if cfg.untrained_baseline else None
     return evaluate_on_test(model, untrained, task, job.selection, label_ids, cfg, Timer(),
                       progress=False)
