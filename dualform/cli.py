@@ -80,24 +80,35 @@ def _default_tasks() -> tuple[str, ...]:
     return DEFAULT_TASKS
 
 
+# Options shared by `reproduce dai` and `sweep` (one definition, same meaning in both).
+TASKS = typer.Option(",".join(_default_tasks()), help="Comma-separated task names.")
+SHOTS = typer.Option(32, help="Demonstrations per prompt.")
+N_TEST = typer.Option(24, help="Test examples per task.")
+N_VALIDATION = typer.Option(12, help="Validation examples per task (LR/seed choice).")
+DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds to choose from.")
+FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
+LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
+DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
+
+
 @reproduce_app.command("dai")
 def reproduce_dai(
     model: str = typer.Option(DEFAULT_MODEL, help="Model name."),
-    tasks: str = typer.Option(",".join(_default_tasks()), help="Comma-separated task names."),
-    shots: int = typer.Option(32, help="Demonstrations per prompt."),
+    tasks: str = TASKS,
+    shots: int = SHOTS,
     out: Path = typer.Option(Path("results/dai"), help="Output directory (resumable)."),
-    n_test: int = typer.Option(24, help="Test examples per task."),
-    n_validation: int = typer.Option(12, help="Validation examples per task (LR/seed choice)."),
-    demo_seeds: str = typer.Option("1,2", help="Demonstration seeds to choose from."),
-    full_grid: bool = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}."),
-    lr_grid: str = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's)."),
+    n_test: int = N_TEST,
+    n_validation: int = N_VALIDATION,
+    demo_seeds: str = DEMO_SEEDS,
+    full_grid: bool = FULL_GRID,
+    lr_grid: str = LR_GRID,
     layer_causal: bool = typer.Option(False, help="Layer-causal finetuning (Deutch et al.)."),
     untrained: bool = typer.Option(True, help="Also run the untrained-model baseline."),
     attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
     batch_size: int = typer.Option(0, help="Queries per batch (0: from free memory; 1: no batching of queries, attribution or the LR grid)."),
     reuse_prefix: bool = typer.Option(True, help="Run the demonstrations once per task (KV cache)."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities)."),
+    dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
 ) -> None:
@@ -142,20 +153,20 @@ def _dai_config(model: str, tasks: str, shots: int, n_test: int, n_validation: i
 @app.command()
 def sweep(
     models: str = typer.Option(DEFAULT_MODEL, help="Comma-separated model names."),
-    tasks: str = typer.Option(",".join(_default_tasks()), help="Comma-separated task names."),
-    shots: int = typer.Option(32, help="Demonstrations per prompt."),
+    tasks: str = TASKS,
+    shots: int = SHOTS,
     out: Path = typer.Option(Path("results/sweep"), help="Output directory (one file per job)."),
-    n_test: int = typer.Option(24, help="Test examples per task."),
-    n_validation: int = typer.Option(12, help="Validation examples per task."),
-    demo_seeds: str = typer.Option("1,2", help="Demonstration seeds."),
-    full_grid: bool = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}."),
-    lr_grid: str = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's)."),
+    n_test: int = N_TEST,
+    n_validation: int = N_VALIDATION,
+    demo_seeds: str = DEMO_SEEDS,
+    full_grid: bool = FULL_GRID,
+    lr_grid: str = LR_GRID,
     executor: str = typer.Option("local", help="local (in this process) or ray."),
     address: str = typer.Option("", help="Ray cluster address ('auto', 'ray://head:10001'); empty: local Ray."),
     cpus_per_job: float = typer.Option(1, help="Ray: CPUs per job."),
     gpus_per_job: float = typer.Option(0, help="Ray: GPUs per job."),
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto (per job)."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread each large HF model over its job's GPUs."),
 ) -> None:
     """The LR grid × demo seeds × tasks × models sweep of reproduce dai, on an executor.
@@ -239,7 +250,7 @@ def bench(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     end_to_end: bool = typer.Option(False, help="Also time the default reproduce dai, reuse+batching on vs off (~10 min on 2 CPU cores)."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: str = DTYPE,
 ) -> None:
     """Performance ratios against baselines measured in the same run."""
     import contextlib
