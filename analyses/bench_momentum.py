@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from dualform.models import load_model
-from dualform.momentum.attention import momentum_attention
+from dualform.core.momentum import momentum_attention
+from dualform.models.load import load_model
 
 
 def timed_forward(model, tokens: torch.Tensor, eta: float | None) -> float:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dualform.io import read_json
-from dualform.tables import dai_markdown
+from dualform.infra.io import read_json
+from dualform.viz.tables import dai_markdown
 
 
 def main(results_dir: str) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from dualform.io import write_json_atomic
-from dualform.walkthrough import run_walkthrough
+from dualform.experiments.walkthrough import run_walkthrough
+from dualform.infra.io import write_json_atomic
 
 
 def main() -> None:

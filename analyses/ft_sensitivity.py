@@ -16,10 +16,10 @@ import argparse
 import torch
 
 from dualform import finetune_kv, load_model, load_task, sample_demos
-from dualform.conditions import demo_training_texts, prompt_pair, record
-from dualform.finetune_grid import finetune_kv_grid
-from dualform.io import write_json_atomic
-from dualform.tasks import label_token_ids
+from dualform.core.finetune_grid import finetune_kv_grid
+from dualform.experiments.dai.conditions import demo_training_texts, prompt_pair, record
+from dualform.infra.io import write_json_atomic
+from dualform.tasks.prompts import label_token_ids
 
 
 def _relative(a: dict, b: dict) -> float:

@@ -72,8 +72,8 @@ def ablation_figure(ablation: dict) -> go.Figure:
 
 
 def run_ablation(out: Path, n_queries: int, k: int) -> dict:
-    from dualform.models import load_model
-    from dualform.momentum.ablation import run_eta_ablation
+    from dualform.experiments.momentum.ablation import run_eta_ablation
+    from dualform.models.load import load_model
 
     model = load_model("smollm2-135m", device="cpu")
     result = run_eta_ablation(model, k=k, n_queries=n_queries)

@@ -23,14 +23,14 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from dualform.io import read_json
-from dualform.report import attention_cache, find_chromium
-from dualform.viz import (
+from dualform.infra.io import read_json
+from dualform.viz.figures import (
     AttentionExample,
     demo_attention_figure,
     figures_from_results,
     spectra_figure,
 )
+from dualform.viz.report import attention_cache, find_chromium
 
 #: README figure name → key of figures_from_results ({task} = the chosen task).
 README_FIGURES = {

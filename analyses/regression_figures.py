@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dualform.regression.experiment import RegressionConfig, run_regression
+from dualform.experiments.vonoswald.experiment import RegressionConfig, run_regression
 
 
 def format_table(results: dict) -> str:

@@ -1,95 +1,70 @@
-"""dualform — in-context learning as implicit finetuning, head by head, on TransformerLens models."""
+"""dualform — in-context learning as implicit finetuning, head by head, on TransformerLens models.
 
-from dualform.attribution import (
-    compare_maps,
-    ft_head_effects,
-    ft_head_effects_mean,
-    icl_head_effects,
-    icl_head_effects_batch,
-)
-from dualform.conditions import record_all
-from dualform.dai import DaiConfig, run_dai
-from dualform.dual_form import (
-    DualForm,
-    SoftmaxSplit,
-    demo_mask,
-    dual_form,
-    softmax_decomposition,
-    split_meta_gradient,
-)
-from dualform.equations import linear_attention, linear_layer_dual, meta_gradient, softmax_split
-from dualform.executors import LocalExecutor, RayExecutor, get_executor
-from dualform.finetune import FinetuneDivergedError, FinetuneResult, finetune_kv, kv_parameters
-from dualform.finetune_grid import finetune_kv_grid
-from dualform.models import DEFAULT_MODEL, ModelLoadError, load_model, resolve_device, resolve_dtype
-from dualform.prefix import PrefixRun, auto_batch_size
-from dualform.probes import Capture, ProbeError, attention_scale, capture, hooks
-from dualform.relaxed import relaxed_linear_attention
-from dualform.report import write_report
-from dualform.sweep import run_sweep
-from dualform.tasks import (
-    OFFLINE_TASKS,
-    Task,
-    build_prompt,
-    label_token_ids,
-    load_task,
-    load_user_task,
-    prompt_tokens,
-    sample_demos,
-)
-from dualform.viz import figures_from_results
+The package reads as its architecture; data flows one way, core → experiments → views::
+
+    probes.py     hook capture on any TransformerLens model (standalone: torch + TL only)
+    core/         the papers' math: equations, dual form, relaxed attention, momentum, K/V
+                  finetuning, attribution, metrics (torch + TransformerLens, no I/O, no plots)
+    models/       loading the embedded / tiny / Hugging Face models; compatibility shims
+    tasks/        labelled tasks, templates, prompts with exact demonstration spans
+    experiments/  dai (ICL vs finetuning), momentum, vonoswald (LSA ≡ GD), walkthrough
+    viz/          figures, tables, the HTML report — they only read results
+    infra/        atomic I/O, executors, benchmarks
+    cli.py        the ``dualform`` command
+
+The top-level names below are imported lazily, so ``import dualform.probes`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "OFFLINE_TASKS",
-    "DaiConfig",
-    "FinetuneDivergedError",
-    "FinetuneResult",
-    "Task",
-    "build_prompt",
-    "compare_maps",
-    "finetune_kv",
-    "ft_head_effects",
-    "icl_head_effects",
-    "kv_parameters",
-    "label_token_ids",
-    "load_task",
-    "load_user_task",
-    "prompt_tokens",
-    "run_dai",
-    "sample_demos",
-    "write_report",
-    "figures_from_results",
-    "Capture",
-    "DualForm",
-    "ModelLoadError",
-    "ProbeError",
-    "SoftmaxSplit",
-    "attention_scale",
-    "capture",
-    "demo_mask",
-    "dual_form",
-    "hooks",
-    "linear_attention",
-    "linear_layer_dual",
-    "load_model",
-    "meta_gradient",
-    "relaxed_linear_attention",
-    "resolve_device",
-    "softmax_decomposition",
-    "softmax_split",
-    "split_meta_gradient",
-    "ft_head_effects_mean",
-    "icl_head_effects_batch",
-    "record_all",
-    "LocalExecutor",
-    "RayExecutor",
-    "get_executor",
-    "run_sweep",
-    "resolve_dtype",
-    "PrefixRun",
-    "auto_batch_size",
-    "finetune_kv_grid",
-]
+# name -> module, grouped as the package is.
+_API = {
+    # core
+    "capture": "dualform.probes",
+    "hooks": "dualform.probes",
+    "Capture": "dualform.probes",
+    "dual_form": "dualform.core.dual_form",
+    "DualForm": "dualform.core.dual_form",
+    "softmax_decomposition": "dualform.core.dual_form",
+    "relaxed_linear_attention": "dualform.core.relaxed",
+    "momentum_attention": "dualform.core.momentum",
+    "finetune_kv": "dualform.core.finetune",
+    "icl_head_effects": "dualform.core.attribution",
+    "ft_head_effects": "dualform.core.attribution",
+    # models
+    "load_model": "dualform.models.load",
+    # tasks
+    "load_task": "dualform.tasks.prompts",
+    "load_user_task": "dualform.tasks.prompts",
+    "sample_demos": "dualform.tasks.prompts",
+    "build_prompt": "dualform.tasks.prompts",
+    "prompt_tokens": "dualform.tasks.prompts",
+    # experiments
+    "DaiConfig": "dualform.experiments.dai.protocol",
+    "run_dai": "dualform.experiments.dai.protocol",
+    "run_sweep": "dualform.experiments.dai.sweep",
+    "run_momentum": "dualform.experiments.momentum.experiment",
+    "run_regression": "dualform.experiments.vonoswald.experiment",
+    # views
+    "figures_from_results": "dualform.viz.figures",
+    "write_report": "dualform.viz.report",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dualform' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+

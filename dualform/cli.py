@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dualform.models import DEFAULT_MODEL, ModelLoadError
+from dualform.models.load import DEFAULT_MODEL, ModelLoadError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce a paper's experiment.")
@@ -26,7 +26,7 @@ def _fail(message: str) -> None:
 @app.command()
 def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README).")) -> None:
     """Print the model card and the hook names of one layer."""
-    from dualform.models import load_model
+    from dualform.models.load import load_model
     from dualform.probes import available_short_names, head_counts
 
     try:
@@ -61,21 +61,21 @@ def walkthrough(
     out: Path | None = typer.Option(None, help="Write the numbers as JSON here."),
 ) -> None:
     """The dual form on one prompt: identities, norms, ICL update vs finetuning, per layer."""
-    from dualform.walkthrough import run_walkthrough
+    from dualform.experiments.walkthrough import run_walkthrough
 
     try:
         result = run_walkthrough(model, lr=lr, console=console)
     except ModelLoadError as err:
         _fail(str(err))
     if out is not None:
-        from dualform.io import write_json_atomic
+        from dualform.infra.io import write_json_atomic
 
         write_json_atomic(out, result)
         console.print(f"wrote {out}")
 
 
 def _default_tasks() -> tuple[str, ...]:
-    from dualform.dai import DEFAULT_TASKS
+    from dualform.experiments.dai.protocol import DEFAULT_TASKS
 
     return DEFAULT_TASKS
 
@@ -113,8 +113,8 @@ def reproduce_dai(
     report: bool = typer.Option(True, help="Write report.html at the end."),
 ) -> None:
     """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable."""
-    from dualform.dai import run_dai
-    from dualform.tables import print_dai_table
+    from dualform.experiments.dai.protocol import run_dai
+    from dualform.viz.tables import print_dai_table
 
     config = _dai_config(model, tasks, shots, n_test, n_validation, demo_seeds, full_grid, lr_grid,
                          layer_causal=layer_causal, untrained_baseline=untrained,
@@ -133,8 +133,8 @@ def reproduce_dai(
 
 def _dai_config(model: str, tasks: str, shots: int, n_test: int, n_validation: int,
                 demo_seeds: str, full_grid: bool, lr_grid: str, **options):
-    from dualform.dai import DaiConfig
-    from dualform.models import resolve_dtype
+    from dualform.experiments.dai.protocol import DaiConfig
+    from dualform.models.load import resolve_dtype
 
     try:
         resolve_dtype(options.get("dtype"))
@@ -173,9 +173,9 @@ def sweep(
 
     Each job writes OUT/jobs/<job>.json; a rerun skips finished jobs; OUT/<model>/results.json
     has the layout of reproduce dai (dualform report OUT/<model> works)."""
-    from dualform.executors import get_executor
-    from dualform.sweep import model_slug, run_sweep
-    from dualform.tables import print_dai_table
+    from dualform.experiments.dai.sweep import model_slug, run_sweep
+    from dualform.infra.executors import get_executor
+    from dualform.viz.tables import print_dai_table
 
     config = _dai_config(models.split(",")[0], tasks, shots, n_test, n_validation, demo_seeds,
                          full_grid, lr_grid, device=device, dtype=dtype,
@@ -194,7 +194,7 @@ def sweep(
 
 
 def _write_report(out: Path) -> None:
-    from dualform.report import write_report
+    from dualform.viz.report import write_report
 
     console.print(f"wrote {write_report(out)}")
 
@@ -205,7 +205,7 @@ def reproduce_regression(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
     """von Oswald et al. 2023: LSA ≡ GD construction, trained LSA vs GD / GD++."""
-    from dualform.regression import RegressionConfig, run_regression
+    from dualform.experiments.vonoswald import RegressionConfig, run_regression
 
     result = run_regression(out, config=RegressionConfig(device=device))
     table = Table("steps / layers", "GD (tuned η)", "η", "GD++", "trained LSA", "paper GD",
@@ -226,7 +226,7 @@ def reproduce_momentum(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
     """Dai et al. 2023 §5: vanilla vs momentum attention, trained from scratch."""
-    from dualform.momentum import MomentumConfig, run_momentum
+    from dualform.experiments.momentum import MomentumConfig, run_momentum
 
     result = run_momentum(out, config=MomentumConfig(device=device))
     console.print_json(json.dumps(result.get("summary", {}), default=str))
@@ -236,7 +236,7 @@ def reproduce_momentum(
 @app.command()
 def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A results directory.")) -> None:
     """Write RESULTS_DIR/report.html: one self-contained page with tables and every figure."""
-    from dualform.report import write_report
+    from dualform.viz.report import write_report
 
     if not (results_dir / "results.json").exists():
         _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
@@ -256,7 +256,7 @@ def bench(
     import contextlib
     import sys
 
-    from dualform.bench import run_bench
+    from dualform.infra.bench import run_bench
 
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
         result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype)

@@ -4,14 +4,14 @@ import numpy as np
 import torch
 
 from dualform import load_model
-from dualform.attribution import (
+from dualform.core.attribution import (
     compare_maps,
     ft_head_effects,
     icl_head_effects,
     icl_head_effects_exact,
     label_margin,
 )
-from dualform.finetune import finetune_kv, kv_parameters
+from dualform.core.finetune import finetune_kv, kv_parameters
 
 PROMPT = "Word: good Sentiment: Positive\nWord: bad Sentiment: Negative\nWord: nice Sentiment:"
 LABELS = [" Negative", " Positive"]
@@ -58,7 +58,7 @@ def test_compare_maps_rank_correlation():
 
 
 def test_prefix_reuse_gives_the_same_icl_effects():
-    from dualform.prefix import PrefixRun
+    from dualform.core.prefix import PrefixRun
 
     model, tokens, label_ids, demo = _setup()
     full = icl_head_effects(model, tokens, demo, label_ids, gold=1)
@@ -70,8 +70,8 @@ def test_prefix_reuse_gives_the_same_icl_effects():
 def test_batched_effects_equal_one_query_at_a_time():
     """Right-padded batches on one prefix: each row's ICL effects and the mean FT effects are
     those of the queries run one by one (computed in float64, returned in float32)."""
-    from dualform.attribution import ft_head_effects_mean, icl_head_effects_batch
-    from dualform.prefix import PrefixRun
+    from dualform.core.attribution import ft_head_effects_mean, icl_head_effects_batch
+    from dualform.core.prefix import PrefixRun
 
     model, tokens, label_ids, demo = _setup()
     prefix = tokens[:, : demo.stop]

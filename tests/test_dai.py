@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from dualform.dai import DaiConfig, run_dai
-from dualform.io import ResultWriteError, write_json_atomic
-from dualform.tables import dai_markdown
+from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.infra.io import ResultWriteError, write_json_atomic
+from dualform.viz.tables import dai_markdown
 
 CONFIG = DaiConfig(
     model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dualform import demo_mask, dual_form, relaxed_linear_attention, softmax_decomposition
+from dualform import dual_form, relaxed_linear_attention, softmax_decomposition
+from dualform.core.dual_form import demo_mask
 from dualform.probes import capture
 
 PROMPT = "Sentence: great fun Label: Positive\nSentence: dull Label: Negative\nSentence: lovely Label:"

@@ -1,8 +1,13 @@
-"""Each equation of dualform.equations against an independent float64 computation."""
+"""Each equation of dualform.core.equations against an independent float64 computation."""
 
 import torch
 
-from dualform.equations import linear_attention, linear_layer_dual, meta_gradient, softmax_split
+from dualform.core.equations import (
+    linear_attention,
+    linear_layer_dual,
+    meta_gradient,
+    softmax_split,
+)
 
 torch.manual_seed(0)
 

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from dualform import load_model
-from dualform.finetune import FinetuneDivergedError, finetune_kv, kv_parameters, next_token_loss
+from dualform.core.finetune import (
+    FinetuneDivergedError,
+    finetune_kv,
+    kv_parameters,
+    next_token_loss,
+)
 
 TEXTS = ["Sentence: a fine film Label: Positive", "Sentence: a dull film Label: Negative"]
 

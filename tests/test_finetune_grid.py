@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dualform import load_model
-from dualform.finetune import FinetuneDivergedError, finetune_kv, kv_parameters
-from dualform.finetune_grid import finetune_kv_grid
+from dualform.core.finetune import FinetuneDivergedError, finetune_kv, kv_parameters
+from dualform.core.finetune_grid import finetune_kv_grid
 
 TEXTS = ["Sentence: a fine film Label: Positive", "Sentence: a dull film Label: Negative",
          "Sentence: fine Label: Positive"]

@@ -17,7 +17,7 @@ return values):
 
 The random fixture (``tests/fixtures/metrics_fixture.npz``: inputs and the ports' outputs) is
 written by ``python tests/test_metrics.py``; the tests check that the ports still give the
-stored values and that ``dualform.metrics`` gives the same numbers.
+stored values and that ``dualform.core.metrics`` gives the same numbers.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-from dualform import metrics as M
+from dualform.core import metrics as M
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics_fixture.npz"
 

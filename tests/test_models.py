@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from dualform import ModelLoadError, load_model
-from dualform.models import byte_tokenizer, clone_model, embedded_model_dir
+from dualform import load_model
+from dualform.models import ModelLoadError
+from dualform.models.load import byte_tokenizer, clone_model, embedded_model_dir
 
 
 def test_unknown_model_names_the_alternatives():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dualform.models import load_model
-from dualform.momentum.attention import decay_matrix, momentum_attention, momentum_term
+from dualform.core.momentum import decay_matrix, momentum_attention, momentum_term
+from dualform.models.load import load_model
 from dualform.probes import capture, hooks
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dualform.models import load_model
-from dualform.momentum.attention import momentum_term
-from dualform.momentum.dual import momentum_dual_form, momentum_split
-from dualform.momentum.model import MomentumLM, MomentumLMConfig
+from dualform.core.momentum import momentum_term
+from dualform.core.momentum_dual import momentum_dual_form, momentum_split
+from dualform.experiments.momentum.model import MomentumLM, MomentumLMConfig
+from dualform.models.load import load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

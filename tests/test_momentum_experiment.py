@@ -7,18 +7,18 @@ import json
 import pytest
 import torch
 
-from dualform.models import load_model
-from dualform.momentum import data as data_mod
-from dualform.momentum.ablation import icl_accuracy_vs_eta, label_logits, left_pad
-from dualform.momentum.data import (
+from dualform.experiments.momentum import data as data_mod
+from dualform.experiments.momentum.ablation import icl_accuracy_vs_eta, label_logits, left_pad
+from dualform.experiments.momentum.data import (
     BOS,
     RecallSpec,
     make_source,
     recall_icl_prompts,
     recall_sequences,
 )
-from dualform.momentum.experiment import PAPER, MomentumConfig, jobs_for, run_momentum
-from dualform.momentum.report import tally, verdict
+from dualform.experiments.momentum.experiment import PAPER, MomentumConfig, jobs_for, run_momentum
+from dualform.experiments.momentum.summary import tally, verdict
+from dualform.models.load import load_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

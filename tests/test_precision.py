@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from dualform import finetune_kv, load_model, load_task, sample_demos
-from dualform.conditions import prompt_pair, record_all
-from dualform.finetune import kv_parameters
-from dualform.models import ModelLoadError, byte_tokenizer, resolve_dtype, tiny_hf_model
-from dualform.prefix import auto_batch_size
-from dualform.tasks import label_token_ids
+from dualform.core.finetune import kv_parameters
+from dualform.core.prefix import auto_batch_size
+from dualform.experiments.dai.conditions import prompt_pair, record_all
+from dualform.models.load import ModelLoadError, byte_tokenizer, resolve_dtype, tiny_hf_model
+from dualform.tasks.prompts import label_token_ids
 
 
 def test_dtype_names():

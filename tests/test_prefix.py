@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dualform import load_model, load_task, sample_demos
-from dualform.conditions import prompt_pair, record, record_batch
-from dualform.dual_form import score_hooks
-from dualform.prefix import PrefixRun
-from dualform.tasks import label_token_ids
+from dualform.core.dual_form import score_hooks
+from dualform.core.prefix import PrefixRun
+from dualform.experiments.dai.conditions import prompt_pair, record, record_batch
+from dualform.tasks.prompts import label_token_ids
 
 
 def _check(model, n_shots: int, atol: float, rtol: float) -> None:

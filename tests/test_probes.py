@@ -2,9 +2,8 @@ import pytest
 import torch
 from einops import einsum
 
-from dualform import ProbeError, attention_scale, capture
-from dualform.dual_form import score_hooks
-from dualform.probes import HOOK_ALIASES, hooks
+from dualform.core.dual_form import score_hooks
+from dualform.probes import HOOK_ALIASES, ProbeError, attention_scale, capture, hooks
 
 TEXT = "Sentence: a fine film Label: Positive"
 

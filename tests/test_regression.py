@@ -1,12 +1,12 @@
-"""Tests for dualform.regression: data, the LSA ≡ GD construction (float64), GD++, hooks."""
+"""Tests for dualform.experiments.vonoswald: data, the LSA ≡ GD construction (float64), GD++, hooks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dualform.regression.data import make_tokens, read_prediction, sample_tasks
-from dualform.regression.gd import (
+from dualform.experiments.vonoswald.data import make_tokens, read_prediction, sample_tasks
+from dualform.experiments.vonoswald.gd import (
     constructed_lsa,
     curvature_correction,
     gd_construction,
@@ -16,7 +16,7 @@ from dualform.regression.gd import (
     in_context_gradient,
     in_context_loss,
 )
-from dualform.regression.lsa import build_lsa
+from dualform.experiments.vonoswald.lsa import build_lsa
 
 F64 = torch.float64
 ATOL = 1e-12

@@ -1,4 +1,4 @@
-"""Tests for dualform.regression: baselines, metrics, training, dual-form bridge, experiment."""
+"""Tests for dualform.experiments.vonoswald: baselines, metrics, training, dual-form bridge, experiment."""
 
 from __future__ import annotations
 
@@ -7,22 +7,22 @@ import json
 import pytest
 import torch
 
-from dualform.equations import meta_gradient
-from dualform.regression.baselines import gd_loss, golden_section, tune_gd_eta, tune_gdpp
-from dualform.regression.data import sample_tasks
-from dualform.regression.dual import dual_form_bridge, layer_meta_gradient
-from dualform.regression.experiment import RegressionConfig, run_regression
-from dualform.regression.gd import constructed_lsa, gd_predict, in_context_gradient
-from dualform.regression.lsa import build_lsa
-from dualform.regression.metrics import (
+from dualform.core.equations import meta_gradient
+from dualform.experiments.vonoswald.baselines import gd_loss, golden_section, tune_gd_eta, tune_gdpp
+from dualform.experiments.vonoswald.data import sample_tasks
+from dualform.experiments.vonoswald.dual import dual_form_bridge, layer_meta_gradient
+from dualform.experiments.vonoswald.experiment import RegressionConfig, run_regression
+from dualform.experiments.vonoswald.gd import constructed_lsa, gd_predict, in_context_gradient
+from dualform.experiments.vonoswald.lsa import build_lsa
+from dualform.experiments.vonoswald.metrics import (
     compare_to_gd,
     gd_predictor,
     implied_linear_model,
     model_cosine,
     ood_losses,
 )
-from dualform.regression.plots import dual_figure, save_figure, weights_figure
-from dualform.regression.train import TrainConfig, train_lsa
+from dualform.experiments.vonoswald.train import TrainConfig, train_lsa
+from dualform.viz.vonoswald import dual_figure, save_figure, weights_figure
 
 F64 = torch.float64
 ATOL = 1e-12

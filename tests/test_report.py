@@ -11,11 +11,11 @@ import plotly.graph_objects as go
 import pytest
 from test_viz import fake_results
 
-from dualform.io import read_json, write_json_atomic
-from dualform.models import ModelLoadError
-from dualform.report import CACHE_NAME, find_chromium, write_report
-from dualform.tables import COLUMNS, dai_rows
-from dualform.viz import figures_from_results
+from dualform.infra.io import read_json, write_json_atomic
+from dualform.models.load import ModelLoadError
+from dualform.viz.figures import figures_from_results
+from dualform.viz.report import CACHE_NAME, find_chromium, write_report
+from dualform.viz.tables import COLUMNS, dai_rows
 
 INSTALL = "apt-get install -y chromium"
 CHROMIUM_FLAGS = (
@@ -122,7 +122,7 @@ def test_report_reuses_the_cached_attention_example(report, monkeypatch):
     def no_model(*args, **kwargs):
         raise ModelLoadError("offline")
 
-    monkeypatch.setattr("dualform.models.load_model", no_model)
+    monkeypatch.setattr("dualform.models.load.load_model", no_model)
     write_report(path.parent)
     assert path.read_text(encoding="utf-8").count("CircuitsVis.AttentionPatterns") == 3
 
@@ -134,7 +134,7 @@ def test_report_without_the_model_keeps_everything_else(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise ModelLoadError("model-is-offline")
 
-    monkeypatch.setattr("dualform.models.load_model", no_model)
+    monkeypatch.setattr("dualform.models.load.load_model", no_model)
     text = write_report(tmp_path / "dai").read_text(encoding="utf-8")
     assert "Attention example not available" in text and "model-is-offline" in text
     assert text.count('class="plotly-graph-div"') == len(figures_from_results(results))

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from dualform.dai import DaiConfig, run_dai
-from dualform.executors import LocalExecutor, get_executor
-from dualform.io import as_stored
-from dualform.sweep import Job, run_sweep
+from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.sweep import Job, run_sweep
+from dualform.infra.executors import LocalExecutor, get_executor
+from dualform.infra.io import as_stored
 
 CONFIG = DaiConfig(
     model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,

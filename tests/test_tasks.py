@@ -9,9 +9,8 @@ from collections import Counter
 
 import pytest
 
-from dualform.models import byte_tokenizer, load_model
-from dualform.task_sources import countries
-from dualform.tasks import (
+from dualform.models.load import byte_tokenizer, load_model
+from dualform.tasks.prompts import (
     HUB_TASKS,
     OFFLINE_TASKS,
     ContextLengthError,
@@ -30,6 +29,7 @@ from dualform.tasks import (
     prompt_tokens,
     sample_demos,
 )
+from dualform.tasks.sources import countries
 
 EXPECTED_LABELS = {
     "afinn-sentiment": ["Negative", "Positive"],
@@ -294,7 +294,7 @@ def test_prompt_layout_and_zero_shot(tiny):
 
 
 def test_prompt_tokens_feed_dual_form(tiny):
-    from dualform.dual_form import dual_form
+    from dualform.core.dual_form import dual_form
 
     task = load_task("country-region")
     prompt = build_prompt(task, sample_demos(task, 2, seed=0), task.test[0])

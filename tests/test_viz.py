@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dualform import dual_form, finetune_kv, load_model, load_task, prompt_tokens, sample_demos
-from dualform.conditions import demo_training_texts
-from dualform.tasks import build_prompt
-from dualform.viz import (
+from dualform.experiments.dai.conditions import demo_training_texts
+from dualform.tasks.prompts import build_prompt
+from dualform.viz.figures import (
     AttentionExample,
     attention_example,
     attention_views,

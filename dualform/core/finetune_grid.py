@@ -1,0 +1,133 @@
+"""Several learning rates of :func:`dualform.core.finetune.finetune_kv` in one batched run.
+
+An LR grid trains the same model on the same demonstrations in the same order; the runs differ
+only in their W_K/W_V. On a CPU (and for short demonstrations on a GPU) an SGD step is bound by
+reading the frozen weights, so the grid runs as one batch: row ``r`` holds the same tokens and
+sees the model with rate ``r``'s own W_K/W_V. Each row's loss depends only on its own weights,
+so the gradient of the summed losses gives every run exactly its own gradient, and every run is
+plain batch-size-1 SGD, as in :func:`finetune_kv` (the same numbers, up to float rounding).
+
+The K/V projections of a private copy of the model (sharing every frozen weight) are swapped for
+:class:`GridLinear` modules holding one weight per rate. A run whose loss turns NaN/inf or
+explodes is dropped from the batch at that step and reported as a :class:`FinetuneDivergedError`;
+the others go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import einsum
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dualform.core.finetune import (
+    FinetuneDivergedError,
+    FinetuneResult,
+    _batches,
+    _check_finite,
+    _check_loss,
+    _copy_for_finetuning,
+    _master_weights,
+    _sgd_step,
+    kv_parameters,
+    next_token_loss,
+)
+from dualform.probes import head_counts
+
+
+class GridLinear(nn.Module):
+    """``y[r] = x[r] W_r^T + b_r``: a linear layer with one weight per batch row (per rate)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)  # [rate, out, in]
+        self.bias = None if bias is None else nn.Parameter(bias)  # [rate, out]
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = einsum(x, self.weight, "rate pos d_in, rate d_out d_in -> rate pos d_out")
+        return out if self.bias is None else out + self.bias[:, None, :]
+
+
+def finetune_kv_grid(
+    model, texts: Sequence[str] | Sequence[Tensor], lrs: Sequence[float], *,
+    explode_factor: float = 4.0, progress: bool = False,
+) -> list[FinetuneResult | FinetuneDivergedError]:
+    """``[finetune_kv(model, texts, lr) for lr in lrs]`` in one batched run (batch size 1, one
+    epoch, in order, plain loss); a diverged rate gives its :class:`FinetuneDivergedError`."""
+    grid, params = _grid_model(model, len(lrs))
+    master = _master_weights(params)
+    before = {name: m.clone() for name, m in master.items()}
+    rates = torch.tensor(list(lrs), dtype=torch.float64)
+    losses: list[list[float]] = [[] for _ in lrs]
+    failed: dict[int, FinetuneDivergedError] = {}
+    for step, (tokens, mask) in enumerate(
+        tqdm(_batches(grid, texts, 1), desc="finetune W_K/W_V (LR grid)", disable=not progress)
+    ):
+        logits = grid(tokens.expand(len(lrs), -1))
+        row_losses = {r: next_token_loss(logits[r : r + 1], tokens, mask)
+                      for r in range(len(lrs)) if r not in failed}
+        for r in list(row_losses):
+            _drop_if_diverged(r, failed, row_losses, _check_loss, row_losses[r], losses[r], step,
+                              lrs[r], explode_factor)
+        if not row_losses:
+            break
+        grads = torch.autograd.grad(sum(row_losses.values()), list(params.values()))
+        for r in list(row_losses):
+            _drop_if_diverged(r, failed, row_losses, _check_finite, [g[r] for g in grads], params,
+                              step, lrs[r])
+        if not row_losses:
+            break
+        keep = torch.tensor([r in row_losses for r in range(len(lrs))])
+        step_size = torch.where(keep, rates, torch.zeros_like(rates))
+        with torch.no_grad():
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                m = master[name]
+                _sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
+        for r, loss in row_losses.items():
+            losses[r].append(loss.item())
+    return [failed.get(r) or _result(model, master, before, r, lrs[r], losses[r])
+            for r in range(len(lrs))]
+
+
+def _drop_if_diverged(r: int, failed: dict, live: dict, check, *args) -> None:
+    """Run ``check(*args)`` for rate ``r``; if it raises, ``r`` moves from ``live`` to ``failed``."""
+    try:
+        check(*args)
+    except FinetuneDivergedError as err:
+        failed[r] = err
+        del live[r]
+
+
+def _grid_model(model, n_rates: int):
+    """A copy of ``model`` (frozen weights shared) whose K/V projections hold ``n_rates``
+    weights each; returns it and ``{kv parameter name: grid parameter}``."""
+    grid = _copy_for_finetuning(model, None)
+    grid.eval()
+    params: dict[str, nn.Parameter] = {}
+    for name, linear in _kv_linears(grid).items():
+        inner = linear.original_component
+        bias = None if inner.bias is None else inner.bias.detach().repeat(n_rates, 1)
+        swapped = GridLinear(inner.weight.detach().repeat(n_rates, 1, 1), bias)
+        linear.set_original_component(swapped)
+        params[f"{name}.weight"] = swapped.weight
+        if bias is not None:
+            params[f"{name}.bias"] = swapped.bias
+    return grid, params
+
+
+def _kv_linears(model) -> dict[str, nn.Module]:
+    return {f"blocks.{layer}.attn.{proj}": getattr(model.blocks[layer].attn, proj)
+            for layer in range(model.cfg.n_layers) for proj in ("k", "v")}
+
+
+def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[float]) -> FinetuneResult:
+    """Rate ``r``'s run as a :class:`FinetuneResult` whose model shares the frozen weights."""
+    tuned = _copy_for_finetuning(model, None)
+    tuned.eval()
+    with torch.no_grad():
+        for name, p in kv_parameters(tuned).items():
+            p.copy_(master[name][r])
+    delta = {name: master[name][r] - before[name][r] for name in master}
+    return FinetuneResult(tuned, delta, losses, lr, False, head_counts(tuned)[1])

@@ -1,0 +1,6 @@
+"""Infrastructure: nothing here knows about attention.
+
+    io.py          atomic JSON writes, strict JSON, resume helpers
+    executors.py   local and Ray executors for sweeps
+    bench.py       ``dualform bench``: ratios against baselines timed in the same run
+"""

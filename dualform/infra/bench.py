@@ -1,0 +1,201 @@
+"""``dualform bench``: the performance targets of the issues as ratios measured in one run.
+
+Every number is a median over ``repeats`` runs after a warm-up, against a baseline timed in the
+same process on the same input:
+
+* capture of q, k, v, z, attn_out and scores (all layers, 512 tokens) vs a bare forward,
+  and a full ``run_with_cache`` for reference;
+* ``dual_form`` on a ~300-token 32-demonstration prompt vs a bare forward of that prompt;
+* one ``finetune_kv`` SGD step vs a plain forward+backward with gradients only on W_K/W_V;
+* per-query ICL cost with prefix reuse + batching vs one full forward per query (8/16/32 shots);
+* optionally (``--end-to-end``) the default ``reproduce dai`` with reuse+batching on vs off;
+* the second load of the embedded model (seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from dualform.core.dual_form import dual_form
+from dualform.core.finetune import (
+    _copy_for_finetuning,
+    _train_only_kv,
+    finetune_kv,
+    next_token_loss,
+)
+from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.models.load import DEFAULT_MODEL, load_model
+from dualform.probes import capture
+
+CAPTURE_HOOKS = ("q", "k", "v", "z", "attn_out", "scores")
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def paired(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int) -> dict:
+    """Time baseline and candidate back to back, alternating which runs first, ``repeats``
+    times; the ratio is the median of the per-pair ratios, so load from other processes on
+    the machine hits both sides alike."""
+    baseline(), candidate()  # warm-up
+    base, cand, ratios = [], [], []
+    for i in range(repeats):
+        order = [(base, baseline), (cand, candidate)]
+        for bucket, fn in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+        ratios.append(cand[-1] / base[-1])
+    return {"baseline_s": statistics.median(base), "candidate_s": statistics.median(cand),
+            "ratio": statistics.median(ratios)}
+
+
+def _tokens(model, n: int) -> torch.Tensor:
+    text = "In-context learning reads demonstrations and answers a query. " * (n // 8 + 8)
+    return model.to_tokens(text)[:, :n]
+
+
+def bench_load(name: str) -> float:
+    load_model(name)  # ensure the cache exists
+    start = time.perf_counter()
+    load_model(name)
+    return time.perf_counter() - start
+
+
+def bench_capture(model, repeats: int, n_tokens: int = 512) -> dict:
+    tokens = _tokens(model, n_tokens)
+    with torch.no_grad():
+        bare = lambda: model(tokens)  # noqa: E731
+        focused = paired(bare, lambda: capture(model, tokens, hooks=CAPTURE_HOOKS), repeats)
+        full = paired(bare, lambda: model.run_with_cache(tokens), max(2, repeats // 2))
+        cap = capture(model, tokens, hooks=CAPTURE_HOOKS)
+    captured_mb = sum(t.numel() * t.element_size() for t in cap.activations.values()) / 2**20
+    return {"tokens": n_tokens, "bare_forward_s": focused["baseline_s"],
+            "capture_s": focused["candidate_s"], "capture_ratio": focused["ratio"],
+            "run_with_cache_ratio": full["ratio"], "captured_MiB": captured_mb}
+
+
+def bench_dual_form(model, repeats: int, n_tokens: int = 300, n_query: int = 12) -> dict:
+    tokens = _tokens(model, n_tokens)
+    n_demo = n_tokens - n_query - 1
+    with torch.no_grad():
+        timing = paired(lambda: model(tokens),
+                        lambda: dual_form(model, tokens, n_demo, demo_start=1), repeats)
+        df = dual_form(model, tokens, n_demo, demo_start=1)
+    result_mb = (df.delta_w_icl.numel() + df.w_zsl.numel()) * df.w_zsl.element_size() / 2**20
+    return {"tokens": n_tokens, "bare_forward_s": timing["baseline_s"],
+            "dual_form_s": timing["candidate_s"], "dual_form_ratio": timing["ratio"],
+            "result_MiB": result_mb}
+
+
+def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 8) -> dict:
+    """``finetune_kv`` over ``n_steps`` texts (minus its one model copy) / ``n_steps`` plain
+    Hugging Face forward+backward passes with gradients only on W_K/W_V."""
+    tokens = _tokens(model, n_tokens)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    plain = load_model_copy(model)
+    params = list(_train_only_kv(plain).values())
+    hf = plain.original_model  # the Hugging Face model under the bridge
+
+    def fwd_bwd() -> None:
+        for _ in range(n_steps):
+            loss = next_token_loss(hf(tokens).logits, tokens, mask)
+            torch.autograd.grad(loss, params)
+
+    copy_s = median_time(lambda: _copy_for_finetuning(model, None), repeats)
+
+    def finetune() -> None:
+        finetune_kv(model, [tokens[0]] * n_steps, 0.01)
+
+    timing = paired(fwd_bwd, finetune, max(2, repeats // 2))
+    step = (timing["candidate_s"] - copy_s) / n_steps
+    base = timing["baseline_s"] / n_steps
+    return {"tokens": n_tokens, "forward_backward_s": base, "finetune_step_s": step,
+            "finetune_step_ratio": step / base,
+            "finetune_call_ratio_incl_copy": timing["ratio"], "model_copy_once_s": copy_s}
+
+
+def bench_prefix(model, shots: tuple[int, ...] = (8, 16, 32), n_queries: int = 16) -> dict:
+    """Per-query ICL record cost: one full forward per query vs prefix reuse + batching
+    (the prefix run is included, amortised over ``n_queries``)."""
+    from dualform.experiments.dai.conditions import prompt_pair, record_all
+    from dualform.tasks.prompts import label_token_ids, load_task, sample_demos
+
+    task = load_task("afinn-sentiment")
+    labels = label_token_ids(model, task)
+    out = {}
+    for k in shots:
+        demos = sample_demos(task, k, seed=1)
+        prompts = [prompt_pair(model, task, demos, ex).icl for ex in task.test[:n_queries]]
+        timing = paired(
+            lambda p=prompts: record_all(model, p, labels, dual=True, reuse_prefix=True),
+            lambda p=prompts: record_all(model, p, labels, dual=True, reuse_prefix=False),
+            2,
+        )
+        out[str(k)] = {"prompt_tokens": int(prompts[0].tokens.shape[-1]),
+                       "naive_per_query_s": timing["candidate_s"] / n_queries,
+                       "reuse_per_query_s": timing["baseline_s"] / n_queries,
+                       "speedup": timing["ratio"]}
+    return out
+
+
+def bench_end_to_end(name: str, device: str | None = None, dtype: str = "float32",
+                     config: DaiConfig | None = None) -> dict:
+    """The default ``reproduce dai`` (all default tasks, default grid, untrained baseline) with
+    reuse + batching on, then off (``reuse_prefix=False, batch_size=1``: one full forward per
+    query, one finetuning run per rate); wall time, CPU time and stage times of each."""
+    import tempfile
+
+    cfg = config or DaiConfig(model=name, device=device or "cpu", dtype=dtype)
+    times = {}
+    for label, changes in (("reuse", {}), ("naive", {"reuse_prefix": False, "batch_size": 1})):
+        with tempfile.TemporaryDirectory() as tmp:
+            start, cpu = time.perf_counter(), time.process_time()
+            res = run_dai(tmp, dataclasses.replace(cfg, **changes), progress=False)
+            times[label] = {"total_s": time.perf_counter() - start,
+                            "cpu_s": time.process_time() - cpu,
+                            "stages_s": _stage_totals(res)}
+    times["speedup"] = times["naive"]["total_s"] / times["reuse"]["total_s"]
+    return times
+
+
+def _stage_totals(results: dict) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for task in results["tasks"].values():
+        for stage, seconds in task["timing_s"].items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return totals
+
+
+def load_model_copy(model):
+    from dualform.models.load import clone_model
+
+    return clone_model(model)
+
+
+def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = None,
+              end_to_end: bool = False, dtype: str = "float32") -> dict:
+    model = load_model(name, device=device, dtype=dtype)
+    out = {"model": name, "device": str(next(model.parameters()).device), "dtype": dtype,
+           "threads": torch.get_num_threads(), "second_load_s": bench_load(name)}
+    out["capture"] = bench_capture(model, repeats)
+    out["dual_form"] = bench_dual_form(model, repeats)
+    out["finetune"] = bench_finetune_step(model, repeats)
+    out["prefix_reuse"] = bench_prefix(model)
+    if end_to_end:
+        out["end_to_end"] = bench_end_to_end(name, device, dtype)
+    out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out

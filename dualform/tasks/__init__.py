@@ -1,0 +1,28 @@
+"""Labelled tasks: packaged offline data, hub loaders, templates, prompts and label tokens.
+
+    prompts.py   Task, load_task / load_user_task, sample_demos, build_prompt, prompt_tokens
+    sources.py   where each task's examples come from (offline packages, Hugging Face hub)
+    splits.py    deterministic train / validation / test splits
+"""
+
+from dualform.tasks.prompts import (
+    OFFLINE_TASKS,
+    Task,
+    build_prompt,
+    label_token_ids,
+    load_task,
+    load_user_task,
+    prompt_tokens,
+    sample_demos,
+)
+
+__all__ = [
+    "OFFLINE_TASKS",
+    "Task",
+    "build_prompt",
+    "label_token_ids",
+    "load_task",
+    "load_user_task",
+    "prompt_tokens",
+    "sample_demos",
+]

@@ -1,0 +1,10 @@
+"""Views: figures, tables and the report. They read results; they do not run models.
+
+    maps.py        layer × head heatmaps
+    spectra.py     singular-value spectra of ΔW_ICL / ΔW_FT
+    attention.py   attention of the last token to the demonstrations
+    figures.py     every figure of a dai results directory
+    tables.py      paper-layout tables (terminal and markdown)
+    report.py      the self-contained report.html
+    vonoswald.py   figures of the regression experiment
+"""
