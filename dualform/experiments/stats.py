@@ -1,0 +1,127 @@
+"""Summary statistics shared by every experiment: means, spreads and bootstrap intervals.
+
+One home for "a number with its uncertainty". Every random draw goes through an explicit
+``numpy.random.Generator`` (never the global stream), so an interval is reproducible from its
+seed.
+
+* :func:`mean_std` — mean, sample standard deviation and count.
+* :func:`bootstrap_ci` — percentile bootstrap of the mean of grouped observations: groups (e.g.
+  seeds) are resampled, then observations (e.g. test examples) within each drawn group — the
+  two-level resampling that accounts for both sources of variation.
+* :func:`paired_difference` — the same for ``a − b`` on paired observations (same seeds, same
+  examples), e.g. trained vs untrained model.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+CONFIDENCE = 0.95
+N_BOOT = 2000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its confidence interval: ``mean [low, high]`` over ``n`` values."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """True when ``value`` lies outside the interval (the effect is distinguishable from it)."""
+        return not (self.low <= value <= self.high)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Interval:
+        return cls(**data)
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "std", "n"}`` with the sample standard deviation (0 for a single value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def _as_groups(values: Sequence[float] | Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """A flat sequence is one group; a sequence of sequences is one group per entry."""
+    if len(values) and not np.isscalar(values[0]):
+        groups = [np.asarray(g, dtype=np.float64) for g in values]
+    else:
+        groups = [np.asarray(values, dtype=np.float64)]
+    groups = [g[np.isfinite(g)] for g in groups]
+    groups = [g for g in groups if g.size]
+    if not groups:
+        raise ValueError("no finite values to summarise")
+    return groups
+
+
+def bootstrap_ci(
+    values: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    confidence: float = CONFIDENCE,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> Interval:
+    """Mean of ``values`` with a percentile-bootstrap confidence interval.
+
+    ``values`` is either flat (one group: observations are resampled) or grouped
+    (``[[x_11, x_12, …], [x_21, …], …]``, e.g. per seed then per test example): each bootstrap
+    draw resamples the groups with replacement, then the observations within each drawn group,
+    and takes the mean over all drawn observations. Non-finite values are dropped. The point
+    estimate is the plain mean over all observations.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    groups = _as_groups(values)
+    rng = np.random.default_rng(seed)
+    n = sum(g.size for g in groups)
+    mean = float(np.concatenate(groups).mean())
+    if n == 1:
+        return Interval(mean, mean, mean, 1)
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        picks = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else [0]
+        total, count = 0.0, 0
+        for g in (groups[i] for i in picks):
+            sample = g[rng.integers(0, g.size, g.size)]
+            total, count = total + sample.sum(), count + sample.size
+        means[b] = total / count
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(mean, float(low), float(high), n)
+
+
+def paired_difference(
+    a: Sequence[float] | Sequence[Sequence[float]],
+    b: Sequence[float] | Sequence[Sequence[float]],
+    **kwargs,
+) -> Interval:
+    """:func:`bootstrap_ci` of ``a − b`` for paired observations (same layout in ``a`` and ``b``)."""
+    a_groups, b_groups = _nested(a), _nested(b)
+    if [len(g) for g in a_groups] != [len(g) for g in b_groups]:
+        raise ValueError("paired_difference needs a and b with the same groups and lengths")
+    diff = [[x - y for x, y in zip(ga, gb, strict=True)] for ga, gb in zip(a_groups, b_groups,
+                                                                          strict=True)]
+    return bootstrap_ci(diff, **kwargs)
+
+
+def _nested(values) -> list[list[float]]:
+    if len(values) and not np.isscalar(values[0]):
+        return [[float(x) for x in g] for g in values]
+    return [[float(x) for x in values]]
+

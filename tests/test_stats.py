@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from dualform.experiments.stats import Interval, bootstrap_ci, mean_std, paired_difference
+
+
+def test_mean_std_uses_the_sample_deviation():
+    out = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert out == {"mean": 2.5, "std": pytest.approx(np.std([1, 2, 3, 4], ddof=1)), "n": 4}
+    assert mean_std([5.0])["std"] == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        mean_std([])
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_n():
+    rng = np.random.default_rng(1)
+    small = bootstrap_ci(rng.normal(1.0, 1.0, 20).tolist(), seed=3)
+    large = bootstrap_ci(rng.normal(1.0, 1.0, 2000).tolist(), seed=3)
+    assert small.low < small.mean < small.high and small.n == 20
+    assert (large.high - large.low) < (small.high - small.low) / 5
+    assert large.low < 1.0 < large.high  # the true mean
+    # normal-theory half-width 1.96·σ/√n, the percentile bootstrap is close to it
+    assert (large.high - large.low) / 2 == pytest.approx(1.96 / np.sqrt(2000), rel=0.15)
+
+
+def test_bootstrap_is_reproducible_and_drops_non_finite_values():
+    values = [0.1, 0.5, float("nan"), 0.3, 0.9]
+    assert bootstrap_ci(values, seed=7) == bootstrap_ci(values, seed=7)
+    assert bootstrap_ci(values, seed=7).n == 4
+    with pytest.raises(ValueError, match="no finite"):
+        bootstrap_ci([float("nan")])
+
+
+def test_grouped_bootstrap_sees_the_spread_between_groups():
+    # three seeds whose means differ a lot; within-seed noise is tiny
+    groups = [[0.0 + 1e-3 * i for i in range(50)], [1.0] * 50, [2.0] * 50]
+    grouped = bootstrap_ci(groups, seed=0)
+    flat = bootstrap_ci([x for g in groups for x in g], seed=0)
+    assert grouped.mean == pytest.approx(flat.mean)
+    assert (grouped.high - grouped.low) > 3 * (flat.high - flat.low)
+
+
+def test_paired_difference_and_interval_helpers():
+    a = [[1.0, 2.0, 3.0], [2.0, 3.0]]
+    b = [[0.5, 1.5, 2.5], [1.5, 2.5]]
+    diff = paired_difference(a, b, seed=0)
+    assert diff.mean == pytest.approx(0.5) and diff.low == pytest.approx(0.5)
+    assert diff.excludes(0.0) and not diff.excludes(0.5)
+    assert Interval.from_json(diff.to_json()) == diff
+    assert str(Interval(0.377, 0.331, 0.42, 10)) == "0.377 [0.331, 0.420]"
+    with pytest.raises(ValueError, match="same groups"):
+        paired_difference([1.0, 2.0], [1.0])
