@@ -59,6 +59,15 @@ def head_counts(model) -> tuple[int, int]:
     return n_heads, int(n_kv)
 
 
+def repeat_kv(t: Tensor, n_heads: int, *, dim: int) -> Tensor:
+    """Grouped-query attention: repeat each KV head along ``dim`` for the ``n_heads`` query heads
+    of the model, query head ``h`` getting KV head ``h // (n_heads / n_kv)`` (HF ``repeat_kv``)."""
+    n_kv = t.shape[dim]
+    if n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads cannot share {n_kv} KV heads evenly")
+    return t.repeat_interleave(n_heads // n_kv, dim=dim)
+
+
 def hook_name(name: str, layer: int | None = None) -> str:
     """Map a short name (``"q"``) and a layer to the full TL hook name; full names pass through."""
     if name in HOOK_ALIASES:
@@ -162,7 +171,7 @@ class Capture:
         Tensor, "batch pos head d_head"
     ]:
         """Repeat each KV head for the query heads of its group (HF ``repeat_kv`` order)."""
-        return t.repeat_interleave(self.n_heads // self.n_kv_heads, dim=2)
+        return repeat_kv(t, self.n_heads, dim=2)
 
     def queries(self, layer: int, *, rotated: bool = True) -> Float[Tensor, "batch pos head d_head"]:
         """Queries after the rotary embedding when captured (the vectors scores use), else raw."""

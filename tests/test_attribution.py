@@ -4,12 +4,12 @@ import numpy as np
 import torch
 
 from dualform import load_model
+from dualform.core.equations import label_margin
 from dualform.core.attribution import (
     compare_maps,
     ft_head_effects,
     icl_head_effects,
     icl_head_effects_exact,
-    label_margin,
 )
 from dualform.core.finetune import finetune_kv, kv_parameters
 
@@ -45,8 +45,8 @@ def test_ft_effects_sum_like_a_full_revert():
     group = model.cfg.n_heads // model.cfg.n_key_value_heads
     total = effects[:, ::group].sum()  # each KV head once
     with torch.no_grad():
-        m_ft = label_margin(result.model(tokens)[0, -1], label_ids, 1)
-        m_0 = label_margin(model(tokens)[0, -1], label_ids, 1)
+        m_ft = label_margin(result.model(tokens)[0, -1, label_ids], 1)
+        m_0 = label_margin(model(tokens)[0, -1, label_ids], 1)
     assert abs(float(total) - float(m_0 - m_ft)) < 0.05 * abs(float(m_0 - m_ft)) + 1e-6
     assert all(not p.requires_grad for p in kv_parameters(result.model).values())
 

@@ -3,6 +3,10 @@
 import torch
 
 from dualform.core.equations import (
+    delta_w_ft,
+    ft_patch_effect,
+    icl_patch_effect,
+    label_margin,
     linear_attention,
     linear_layer_dual,
     meta_gradient,
@@ -49,3 +53,38 @@ def test_linear_layer_trained_by_gd_is_attention_over_its_inputs():
     errors = -lr * (xs @ w0.T - ys)  # e_i = −η ∂L/∂y_i
     x = torch.randn(4, d_in, dtype=torch.float64)
     torch.testing.assert_close(linear_layer_dual(w0, errors, xs, x), x @ w_after.T, atol=1e-12, rtol=0)
+
+
+def test_label_margin_is_gold_minus_best_other():
+    logits = torch.tensor([[1.0, 3.5, -2.0], [4.0, 0.5, 0.25]], dtype=torch.float64)
+    torch.testing.assert_close(label_margin(logits, 1), torch.tensor([2.5, -3.5], dtype=torch.float64))
+    torch.testing.assert_close(label_margin(logits[1], 0), torch.tensor(3.5, dtype=torch.float64))
+    # positive exactly when the argmax over label words is the gold label
+    for gold in range(3):
+        assert ((label_margin(logits, gold) > 0) == (logits.argmax(-1) == gold)).all()
+
+
+def test_icl_patch_effect_is_the_first_order_taylor_term():
+    """For a margin that is linear in z the first-order term is the exact change."""
+    w = torch.randn(3, 4, dtype=torch.float64)  # m(z) = Σ w ⊙ z: gradient w
+    z, z_query = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    per_head = icl_patch_effect(w, z_query, z)
+    exact = ((w * z_query).sum(-1) - (w * z).sum(-1))  # m with head h switched to z_query
+    torch.testing.assert_close(per_head, exact, atol=1e-12, rtol=0)
+
+
+def test_ft_patch_effect_reverts_each_kv_head_to_first_order():
+    grad = torch.randn(2, 3, 5, dtype=torch.float64)
+    delta = torch.randn(2, 3, 5, dtype=torch.float64)
+    expected = torch.stack([-(grad[h] * delta[h]).sum() for h in range(2)])
+    torch.testing.assert_close(ft_patch_effect(grad, delta), expected, atol=1e-12, rtol=0)
+    bias_grad, bias_delta = grad[..., 0], delta[..., 0]  # a bias has no input axis
+    torch.testing.assert_close(ft_patch_effect(bias_grad, bias_delta),
+                               -(bias_grad * bias_delta).sum(-1), atol=1e-12, rtol=0)
+
+
+def test_delta_w_ft_is_after_minus_before():
+    before = torch.randn(4, 3, dtype=torch.float64)
+    step = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(delta_w_ft(before - 0.1 * step, before), -0.1 * step,
+                               atol=1e-15, rtol=0)

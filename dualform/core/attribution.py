@@ -22,21 +22,15 @@ from functools import partial
 import numpy as np
 import scipy.stats
 import torch
-from einops import einsum, rearrange
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from dualform.core.equations import softmax_split
+from dualform.core.dual_form import demo_mask
+from dualform.core.equations import ft_patch_effect, icl_patch_effect, label_margin, softmax_split
 from dualform.core.finetune import FinetuneResult, kv_parameters
 from dualform.core.prefix import pad_queries
-from dualform.probes import capture, head_counts, hook_name, hooks
-
-
-def label_margin(logits: Float[Tensor, " vocab"], label_ids: list[int], gold: int) -> Tensor:
-    """``m = logit(gold label) − max_{other labels} logit``."""
-    labels = logits[label_ids]
-    others = torch.cat([labels[:gold], labels[gold + 1 :]])
-    return labels[gold] - others.max()
+from dualform.probes import capture, head_counts, hook_name, hooks, repeat_kv
 
 
 def icl_head_effects(
@@ -52,7 +46,7 @@ def icl_head_effects(
     tokens = tokens.reshape(1, -1)
     with torch.enable_grad():
         cap = capture(model, tokens, hooks=("scores", "v", "z"), detach=False)
-        margin = label_margin(cap.logits[0, -1], label_ids, gold)
+        margin = label_margin(cap.logits[0, -1, label_ids], gold)
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
     last = tokens.shape[-1] - 1
     return _row_effects(cap, grads, row=0, last=last, prefix_values=None, demo=demo)
@@ -68,7 +62,7 @@ def icl_head_effects_batch(
     with torch.enable_grad():
         cap = prefix.run(batch, ("scores", "v", "z"), detach=False)
         lasts = batch.last.tolist()
-        margin = sum(label_margin(cap.logits[row, last], label_ids, gold)
+        margin = sum(label_margin(cap.logits[row, last, label_ids], gold)
                      for row, (last, gold) in enumerate(zip(lasts, golds, strict=True)))
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
     values = [prefix.capture.values(layer)[0] for layer in cap.layers]
@@ -80,8 +74,7 @@ def _row_effects(cap, grads, *, row: int, last: int, prefix_values: list[Tensor]
                  demo: slice) -> Float[Tensor, "layer head"]:
     """``∇_z m · (z_query − z)`` per layer and head for one batch row read at ``last``."""
     n_prefix = 0 if prefix_values is None else prefix_values[0].shape[0]
-    is_demo = torch.zeros(n_prefix + last + 1, dtype=torch.bool)
-    is_demo[demo] = True
+    is_demo = demo_mask(n_prefix + last + 1, demo.stop - demo.start, demo.start)
     effects = []
     for i, (layer, grad) in enumerate(zip(cap.layers, grads, strict=True)):
         scores = cap.get("scores", layer)[row, :, last, : n_prefix + last + 1].detach()
@@ -91,7 +84,7 @@ def _row_effects(cap, grads, *, row: int, last: int, prefix_values: list[Tensor]
         values = rearrange(values, "key head d -> head key d")
         _, _, z_query = softmax_split(scores.double(), values.double(), is_demo)
         z = cap.get("z", layer)[row, last].detach()
-        effects.append(einsum(grad[row, last].double(), z_query - z.double(), "h d, h d -> h"))
+        effects.append(icl_patch_effect(grad[row, last].double(), z_query, z.double()))
     return torch.stack(effects).float()
 
 
@@ -102,13 +95,13 @@ def icl_head_effects_exact(
     last query row zeroed and the row renormalised."""
     n_layers, (n_heads, _) = model.cfg.n_layers, head_counts(model)
     with torch.no_grad():
-        base = label_margin(model(tokens)[0, -1], label_ids, gold)
+        base = label_margin(model(tokens)[0, -1, label_ids], gold)
         out = torch.zeros(n_layers, n_heads)
         for layer in range(n_layers):
             for head in range(n_heads):
                 fn = partial(_drop_demo_columns, head=head, demo=demo)
                 with hooks(model, [(hook_name("pattern", layer), fn)]):
-                    out[layer, head] = label_margin(model(tokens)[0, -1], label_ids, gold) - base
+                    out[layer, head] = label_margin(model(tokens)[0, -1, label_ids], gold) - base
     return out
 
 
@@ -142,7 +135,7 @@ def ft_head_effects_mean(
             p.requires_grad_(True)
         try:
             logits = model(tokens)
-            margin = sum(label_margin(logits[row, last], label_ids, gold)
+            margin = sum(label_margin(logits[row, last, label_ids], gold)
                          for row, (last, gold) in enumerate(zip(batch.last.tolist(), golds, strict=True)))
             grads = torch.autograd.grad(margin / len(queries), list(params.values()))
         finally:
@@ -152,10 +145,10 @@ def ft_head_effects_mean(
     per_kv = torch.zeros(model.cfg.n_layers, n_kv, dtype=torch.float64)
     for name, grad in zip(params, grads, strict=True):
         layer = int(name.split(".")[1])
-        contrib = -(grad.double() * result.delta_w[name].double())  # −∇W m ⊙ ΔW
-        contrib = rearrange(contrib, "(kv d) ... -> kv (d ...)", kv=n_kv).sum(-1)
-        per_kv[layer] += contrib
-    return per_kv.repeat_interleave(n_heads // n_kv, dim=1).float()
+        grad, delta = (rearrange(t.double(), "(kv d) ... -> kv d ...", kv=n_kv)
+                       for t in (grad, result.delta_w[name]))
+        per_kv[layer] += ft_patch_effect(grad, delta)
+    return repeat_kv(per_kv, n_heads, dim=1).float()
 
 
 @dataclass

@@ -76,3 +76,46 @@ def linear_layer_dual(
     return einsum(x, w0, "... d_in, d_out d_in -> ... d_out") + einsum(
         attention, errors, "... n, n d_out -> ... d_out"
     )
+
+
+def label_margin(
+    label_logits: Float[Tensor, "*batch label"], gold: int
+) -> Float[Tensor, "*batch"]:
+    """The correct-label margin ``m = z_gold − max_{c ≠ gold} z_c`` over the label words' logits.
+
+    Positive exactly when the prediction (argmax over the label words) is correct.
+    """
+    others = torch.cat([label_logits[..., :gold], label_logits[..., gold + 1 :]], dim=-1)
+    return label_logits[..., gold] - others.max(dim=-1).values
+
+
+def icl_patch_effect(
+    grad_z: Float[Tensor, "*batch head d_head"],
+    z_query: Float[Tensor, "*batch head d_head"],
+    z: Float[Tensor, "*batch head d_head"],
+) -> Float[Tensor, "*batch head"]:
+    """First-order effect of removing a head's demonstrations: ``Δm ≈ ∇_z m · (z_query − z)``.
+
+    By the softmax split, without the demonstrations a head outputs ``z_query`` instead of ``z``;
+    attribution patching takes the first-order Taylor term of the margin ``m`` in that change.
+    """
+    return einsum(grad_z, z_query - z, "... head d, ... head d -> ... head")
+
+
+def ft_patch_effect(
+    grad_w: Float[Tensor, "kv_head ..."], delta_w: Float[Tensor, "kv_head ..."]
+) -> Float[Tensor, " kv_head"]:
+    """First-order effect of reverting a KV head's finetuning update: ``Δm ≈ −∇_W m · ΔW_head``.
+
+    ``W_FT − ΔW_head`` is the finetuned model with that head's rows of W_K or W_V (weight or
+    bias) set back; the margin changes by ``−Σ ∇_W m ⊙ ΔW`` over the head's entries, to first
+    order.
+    """
+    return -(grad_w * delta_w).flatten(1).sum(-1)
+
+
+def delta_w_ft(
+    w_after: Float[Tensor, "d_out d_in"], w_before: Float[Tensor, "d_out d_in"]
+) -> Float[Tensor, "d_out d_in"]:
+    """The explicit finetuning update ``ΔW_FT = W_after − W_before`` of one projection."""
+    return w_after - w_before

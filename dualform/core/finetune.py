@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dualform.core.equations import delta_w_ft
 from dualform.models.load import clone_model, resolve_device
 from dualform.probes import head_counts, hook_name, hooks, n_layers
 
@@ -117,7 +118,7 @@ def finetune_kv(
         losses.append(loss.item())
     for p in params.values():
         p.requires_grad_(False)
-    delta = {name: master[name] - before[name] for name in params}
+    delta = {name: delta_w_ft(master[name], before[name]) for name in params}
     _, n_kv = head_counts(tuned)
     return FinetuneResult(tuned, delta, losses, lr, layer_causal, n_kv)
 

@@ -22,6 +22,7 @@ from einops import einsum
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dualform.core.equations import delta_w_ft
 from dualform.core.finetune import (
     FinetuneDivergedError,
     FinetuneResult,
@@ -129,5 +130,5 @@ def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[f
     with torch.no_grad():
         for name, p in kv_parameters(tuned).items():
             p.copy_(master[name][r])
-    delta = {name: master[name][r] - before[name][r] for name in master}
+    delta = {name: delta_w_ft(master[name][r], before[name][r]) for name in master}
     return FinetuneResult(tuned, delta, losses, lr, False, head_counts(tuned)[1])

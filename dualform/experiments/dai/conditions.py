@@ -45,11 +45,6 @@ class Record:
     def prediction(self) -> int:
         return int(self.label_logits.argmax())
 
-    def margin(self, gold: int) -> float:
-        """Correct-label logit minus the best other label logit."""
-        others = torch.cat([self.label_logits[:gold], self.label_logits[gold + 1 :]])
-        return float(self.label_logits[gold] - others.max())
-
 
 @torch.no_grad()
 def record(model, tokens: Tensor, label_ids: list[int], *, demo: PromptTokens | None = None) -> Record:
