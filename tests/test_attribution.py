@@ -4,13 +4,13 @@ import numpy as np
 import torch
 
 from dualform import load_model
-from dualform.core.equations import label_margin
 from dualform.core.attribution import (
     compare_maps,
     ft_head_effects,
     icl_head_effects,
     icl_head_effects_exact,
 )
+from dualform.core.equations import label_margin
 from dualform.core.finetune import finetune_kv, kv_parameters
 
 PROMPT = "Word: good Sentiment: Positive\nWord: bad Sentiment: Negative\nWord: nice Sentiment:"

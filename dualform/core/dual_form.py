@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 from einops import rearrange
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dualform.core.equations import linear_attention, meta_gradient, softmax_split
-from dualform.probes import Capture, available_short_names, capture
+from dualform.probes import Capture, available_short_names, capture, repeat_kv
 
 
 @dataclass
@@ -33,7 +33,7 @@ class DualForm:
     delta_w_icl: Float[Tensor, "layer head d_head d_head"]
     w_zsl: Float[Tensor, "layer head d_head d_head"]
     q: Float[Tensor, "layer head d_head"]
-    z: Float[Tensor, "layer head d_head"]
+    z: Float[Tensor, "layer head d_head"] | None
     layers: tuple[int, ...]
     demo_slice: slice
 
@@ -92,41 +92,56 @@ def dual_form(
     ``demo_start=1`` to count a leading BOS token with the query (as in a zero-shot run).
     ``cap`` reuses an existing :class:`Capture` that holds q/k/v (and z) of ``layers``.
     """
-    tokens = _as_batch(model, tokens)
+    tokens = single_prompt(model, tokens)
     if cap is None:
         cap = capture(model, tokens, hooks=(*score_hooks(model), "z"), layers=layers)
     layer_ids = tuple(cap.layers if layers is None else layers)
-    is_demo = demo_mask(tokens.shape[-1], n_demo_tokens, demo_start)
-    dw, wz, qs, zs = [], [], [], []
-    for layer in layer_ids:
-        k = rearrange(cap.keys(layer, expand=False)[0], "pos kv_head d -> kv_head pos d")
-        v = rearrange(cap.values(layer, expand=False)[0], "pos kv_head d -> kv_head pos d")
-        delta_w_icl, w_zsl = split_meta_gradient(k, v, is_demo)
-        dw.append(_expand_heads(cap, delta_w_icl))
-        wz.append(_expand_heads(cap, w_zsl))
-        qs.append(cap.queries(layer)[0, -1])
-        zs.append(cap.get("z", layer)[0, -1])
-    demo = slice(demo_start, demo_start + n_demo_tokens)
-    return DualForm(
-        torch.stack(dw), torch.stack(wz), torch.stack(qs), torch.stack(zs), layer_ids, demo
+    return dual_form_from_vectors(
+        keys=torch.stack([cap.keys(layer, expand=False)[0] for layer in layer_ids]),
+        values=torch.stack([cap.values(layer, expand=False)[0] for layer in layer_ids]),
+        q=torch.stack([cap.queries(layer)[0, -1] for layer in layer_ids]),
+        z=torch.stack([cap.get("z", layer)[0, -1] for layer in layer_ids]),
+        is_demo=demo_mask(tokens.shape[-1], n_demo_tokens, demo_start),
+        layers=layer_ids,
     )
 
 
+def dual_form_from_vectors(
+    keys: Float[Tensor, "layer pos kv_head d_head"],
+    values: Float[Tensor, "layer pos kv_head d_head"],
+    q: Float[Tensor, "layer head d_head"],
+    z: Float[Tensor, "layer head d_head"] | None,
+    is_demo: Bool[Tensor, " pos"],
+    layers: tuple[int, ...],
+) -> DualForm:
+    """The dual form of one prompt from its keys and values at every position and its last query.
+
+    The one place ΔW_ICL and W_ZSL are assembled, whether the vectors come from one full forward
+    (:func:`dual_form`) or from a cached demonstration prefix plus a query batch row
+    (:mod:`dualform.experiments.dai.conditions`). Each query head gets its KV head's matrices.
+    """
+    k, v = (rearrange(t, "layer pos kv_head d -> layer kv_head pos d") for t in (keys, values))
+    delta_w_icl, w_zsl = split_meta_gradient(k, v, is_demo)
+    n_heads = q.shape[1]
+    demo = torch.nonzero(is_demo).flatten()
+    demo_slice = slice(int(demo[0]), int(demo[-1]) + 1) if demo.numel() else slice(0, 0)
+    return DualForm(repeat_kv(delta_w_icl, n_heads, dim=1), repeat_kv(w_zsl, n_heads, dim=1),
+                    q, z, layers, demo_slice)
+
+
 def split_meta_gradient(
-    keys: Float[Tensor, "head pos d_head"], values: Float[Tensor, "head pos d_head"], is_demo: Tensor
-) -> tuple[Float[Tensor, "head d_head d_head"], Float[Tensor, "head d_head d_head"]]:
+    keys: Float[Tensor, "*head pos d_head"],
+    values: Float[Tensor, "*head pos d_head"],
+    is_demo: Bool[Tensor, " pos"],
+) -> tuple[Float[Tensor, "*head d_head d_head"], Float[Tensor, "*head d_head d_head"]]:
     """``(ΔW_ICL, W_ZSL) = (Σ_{i ∈ demo} v_i ⊗ k_i, Σ_{j ∉ demo} v_j ⊗ k_j)`` over one prompt's
     positions; ``is_demo`` is a boolean mask over ``pos``."""
-    return (meta_gradient(values[:, is_demo], keys[:, is_demo]),
-            meta_gradient(values[:, ~is_demo], keys[:, ~is_demo]))
+    return (meta_gradient(values[..., is_demo, :], keys[..., is_demo, :]),
+            meta_gradient(values[..., ~is_demo, :], keys[..., ~is_demo, :]))
 
 
-def _expand_heads(cap: Capture, per_kv: Tensor) -> Tensor:
-    """``[kv_head, ...]`` → ``[head, ...]``: each query head gets its KV head's matrix."""
-    return per_kv.repeat_interleave(cap.n_heads // cap.n_kv_heads, dim=0)
-
-
-def _as_batch(model, tokens: Tensor | str) -> Tensor:
+def single_prompt(model, tokens: Tensor | str) -> Tensor:
+    """``tokens`` (a string, ``[pos]`` or ``[1, pos]``) as one ``[1, pos]`` prompt."""
     if isinstance(tokens, str):
         tokens = model.to_tokens(tokens)
     if tokens.ndim == 1:
@@ -161,7 +176,7 @@ def softmax_decomposition(
     layers: Sequence[int] | None = None,
 ) -> SoftmaxSplit:
     """Exact demo/query split of the model's real softmax attention output at ``position``."""
-    tokens = _as_batch(model, tokens)
+    tokens = single_prompt(model, tokens)
     cap = capture(model, tokens, hooks=("scores", "v", "z"), layers=layers)
     is_demo = demo_mask(tokens.shape[-1], n_demo_tokens, demo_start)
     parts = []

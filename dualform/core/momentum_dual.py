@@ -28,7 +28,7 @@ from einops import einsum
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from dualform.core.dual_form import DualForm, _as_batch, demo_mask, dual_form, score_hooks
+from dualform.core.dual_form import DualForm, demo_mask, dual_form, score_hooks, single_prompt
 from dualform.core.equations import linear_attention
 from dualform.core.momentum import eta_per_head, momentum_attention
 from dualform.core.relaxed import relaxed_linear_attention
@@ -104,7 +104,7 @@ def momentum_dual_form(
     relaxed linear attention, where ``output()`` equals the model's ``hook_z`` exactly; with
     ``relaxed=False`` the pieces describe the real softmax model only approximately.
     """
-    tokens = _as_batch(model, tokens)
+    tokens = single_prompt(model, tokens)
     n_layers_total = int(model.cfg.n_layers)
     layer_ids = tuple(range(n_layers_total) if layers is None else layers)
     with ExitStack() as stack:

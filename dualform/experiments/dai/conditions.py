@@ -15,12 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from dualform.core.dual_form import dual_form, score_hooks, split_meta_gradient
-from dualform.core.equations import linear_attention, meta_gradient
+from dualform.core.dual_form import (
+    DualForm,
+    demo_mask,
+    dual_form,
+    dual_form_from_vectors,
+    score_hooks,
+)
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
 from dualform.probes import capture
 from dualform.tasks.prompts import Example, Prompt, PromptTokens, Task, build_prompt, prompt_tokens
@@ -58,11 +62,8 @@ def record(model, tokens: Tensor, label_ids: list[int], *, demo: PromptTokens | 
     last = tokens.shape[-1] - 1
     rec = _record_at(cap, _stacked(cap), label_ids, row=0, last=last, n_keys=last + 1)
     if demo is not None:
-        df = dual_form(model, tokens, demo.n_demo_tokens, demo_start=demo.demo_start, cap=cap)
-        norms = df.norms()
-        rec.icl_update = df.icl_update().float().cpu()
-        rec.norm_delta_w_icl = norms["delta_w_icl"].float().cpu()
-        rec.norm_w_zsl = norms["w_zsl"].float().cpu()
+        _store_dual(rec, dual_form(model, tokens, demo.n_demo_tokens,
+                                   demo_start=demo.demo_start, cap=cap))
     return rec
 
 
@@ -122,12 +123,11 @@ def record_batch(
     batch = pad_queries(queries, pad_id=0)  # right padding is never attended to
     cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())))
     stacked = _stacked(cap)
-    dual = _prefix_dual(run, cap, demo) if demo is not None else None
     records = []
     for row, last in enumerate(batch.last.tolist()):
         rec = _record_at(cap, stacked, label_ids, row=row, last=last, n_keys=run.length + last + 1)
-        if dual is not None:
-            _attach_dual(rec, dual, cap, row, last)
+        if demo is not None:
+            _attach_dual(rec, run, cap, demo, row, last)
         records.append(rec)
     return records
 
@@ -149,31 +149,25 @@ def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: in
     )
 
 
-def _prefix_dual(run: PrefixRun, cap, demo: PromptTokens) -> dict:
-    """ΔW_ICL from the prefix's demo tokens and the prefix's non-demo (BOS) part of W_ZSL."""
-    is_demo = torch.zeros(run.length, dtype=torch.bool)
-    is_demo[demo.demo_start : demo.demo_start + demo.n_demo_tokens] = True
-    dw, wz_prefix = [], []
-    for layer in cap.layers:
-        k, v = (rearrange(t, "pos head d -> head pos d") for t in run.prefix_kv(layer))
-        delta_w_icl, w_zsl_prefix = split_meta_gradient(k, v, is_demo)
-        dw.append(delta_w_icl)
-        wz_prefix.append(w_zsl_prefix)
-    return {"delta_w_icl": torch.stack(dw), "w_zsl_prefix": torch.stack(wz_prefix)}
+def _attach_dual(rec: Record, run: PrefixRun, cap, demo: PromptTokens, row: int, last: int) -> None:
+    """The dual form of batch row ``row``: the prefix's keys/values followed by the row's own."""
+    prefix = run.capture
+    keys = torch.stack([torch.cat([prefix.keys(layer, expand=False)[0],
+                                   cap.keys(layer, expand=False)[row, : last + 1]])
+                        for layer in cap.layers])
+    values = torch.stack([torch.cat([prefix.values(layer, expand=False)[0],
+                                     cap.values(layer, expand=False)[row, : last + 1]])
+                          for layer in cap.layers])
+    q = torch.stack([cap.queries(layer)[row, last] for layer in cap.layers])
+    is_demo = demo_mask(keys.shape[1], demo.n_demo_tokens, demo.demo_start)
+    _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers))
 
 
-def _attach_dual(rec: Record, dual: dict, cap, row: int, last: int) -> None:
-    w_zsl = dual["w_zsl_prefix"].clone()
-    q = []
-    for i, layer in enumerate(cap.layers):
-        k = cap.keys(layer)[row, : last + 1].transpose(0, 1)  # [head, pos, d]
-        v = cap.values(layer)[row, : last + 1].transpose(0, 1)
-        w_zsl[i] += meta_gradient(v, k)
-        q.append(cap.queries(layer)[row, last])
-    q = torch.stack(q)
-    rec.icl_update = linear_attention(dual["delta_w_icl"], q).float().cpu()
-    rec.norm_delta_w_icl = torch.linalg.matrix_norm(dual["delta_w_icl"]).float().cpu()
-    rec.norm_w_zsl = torch.linalg.matrix_norm(w_zsl).float().cpu()
+def _store_dual(rec: Record, dual: DualForm) -> None:
+    norms = dual.norms()
+    rec.icl_update = dual.icl_update().float().cpu()
+    rec.norm_delta_w_icl = norms["delta_w_icl"].float().cpu()
+    rec.norm_w_zsl = norms["w_zsl"].float().cpu()
 
 
 def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual: bool = False,
@@ -186,15 +180,15 @@ def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual
     """
     if not reuse_prefix:
         return [record(model, p.tokens, label_ids, demo=p if dual else None) for p in prompts]
-    head = prompts[0]
-    n_prefix = head.demo_start + head.n_demo_tokens
+    first = prompts[0]
+    n_prefix = first.demo_start + first.n_demo_tokens
     if batch_size is None:
         longest = max(p.tokens.shape[-1] for p in prompts)
         batch_size = auto_batch_size(model, longest, longest - n_prefix)
-    run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
+    run = PrefixRun(model, first.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
     records: list[Record] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         queries = [p.tokens[0, n_prefix:] for p in chunk]
-        records.extend(record_batch(run, queries, label_ids, demo=head if dual else None))
+        records.extend(record_batch(run, queries, label_ids, demo=first if dual else None))
     return records
