@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+from jaxtyping import install_import_hook
 
-from dualform import load_model
+# Runtime shape/dtype checks of every jaxtyping annotation in the package (beartype), for the
+# whole session: installed before the first dualform module is imported.
+_JAXTYPING_HOOK = install_import_hook("dualform", "beartype.beartype")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dualform import load_model  # noqa: E402
 
 TINY = ["tiny-llama", "tiny-gpt2"]
 

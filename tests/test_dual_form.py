@@ -16,28 +16,28 @@ def _n_demo(model) -> int:
 
 
 def test_shapes(tiny64):
-    df = dual_form(tiny64, PROMPT, _n_demo(tiny64))
+    dual = dual_form(tiny64, PROMPT, _n_demo(tiny64))
     n_layers, n_heads, d_head = tiny64.cfg.n_layers, tiny64.cfg.n_heads, tiny64.cfg.d_head
-    assert df.delta_w_icl.shape == (n_layers, n_heads, d_head, d_head)
-    assert df.w_zsl.shape == df.delta_w_icl.shape
-    assert df.q.shape == (n_layers, n_heads, d_head)
+    assert dual.delta_w_icl.shape == (n_layers, n_heads, d_head, d_head)
+    assert dual.w_zsl.shape == dual.delta_w_icl.shape
+    assert dual.q.shape == (n_layers, n_heads, d_head)
 
 
 def test_relaxed_attention_output_is_the_dual_form(tiny64):
     """With relaxed linear attention, hook_z at the last position = (W_ZSL + ΔW_ICL) q."""
     n_demo = _n_demo(tiny64)
     with relaxed_linear_attention(tiny64):
-        df = dual_form(tiny64, PROMPT, n_demo)
-    torch.testing.assert_close(df.z, df.linear_attention_output(), atol=1e-10, rtol=0)
-    assert df.icl_update().abs().max() > 1e-3  # the demonstrations contribute
+        dual = dual_form(tiny64, PROMPT, n_demo)
+    torch.testing.assert_close(dual.z, dual.linear_attention_output(), atol=1e-10, rtol=0)
+    assert dual.icl_update().abs().max() > 1e-3  # the demonstrations contribute
 
 
 def test_only_demo_columns_give_the_icl_update(tiny64):
     tokens = tiny64.to_tokens(PROMPT)
     n_demo = _n_demo(tiny64)
     with relaxed_linear_attention(tiny64, key_mask=demo_mask(tokens.shape[-1], n_demo)):
-        df = dual_form(tiny64, tokens, n_demo)
-    torch.testing.assert_close(df.z, df.icl_update(), atol=1e-10, rtol=0)
+        dual = dual_form(tiny64, tokens, n_demo)
+    torch.testing.assert_close(dual.z, dual.icl_update(), atol=1e-10, rtol=0)
 
 
 def test_demo_start_moves_bos_to_the_query_side(tiny64):
@@ -53,10 +53,10 @@ def test_gqa_heads_share_their_kv_head_update():
     from dualform import load_model
 
     model = load_model("tiny-llama", dtype=torch.float64)
-    df = dual_form(model, PROMPT, _n_demo(model))
+    dual = dual_form(model, PROMPT, _n_demo(model))
     group = model.cfg.n_heads // model.cfg.n_key_value_heads
-    torch.testing.assert_close(df.delta_w_icl[:, 0], df.delta_w_icl[:, group - 1])
-    assert not torch.allclose(df.delta_w_icl[:, 0], df.delta_w_icl[:, group])
+    torch.testing.assert_close(dual.delta_w_icl[:, 0], dual.delta_w_icl[:, group - 1])
+    assert not torch.allclose(dual.delta_w_icl[:, 0], dual.delta_w_icl[:, group])
 
 
 def test_hooks_are_removed_after_relaxing(tiny64):
@@ -95,11 +95,11 @@ def test_identities_on_the_embedded_model_float64(smol64):
     tokens = smol64.to_tokens(PROMPT)
     n_demo = _n_demo(smol64)
     with relaxed_linear_attention(smol64):
-        df = dual_form(smol64, tokens, n_demo, demo_start=1)
-    scale = df.z.abs().max()
-    torch.testing.assert_close(df.z / scale, df.linear_attention_output() / scale, atol=1e-10, rtol=0)
+        dual = dual_form(smol64, tokens, n_demo, demo_start=1)
+    scale = dual.z.abs().max()
+    torch.testing.assert_close(dual.z / scale, dual.linear_attention_output() / scale, atol=1e-10, rtol=0)
     mask = demo_mask(tokens.shape[-1], n_demo, 1)
     with relaxed_linear_attention(smol64, key_mask=mask):
-        df = dual_form(smol64, tokens, n_demo, demo_start=1)
-    scale = df.z.abs().max()
-    torch.testing.assert_close(df.z / scale, df.icl_update() / scale, atol=1e-10, rtol=0)
+        dual = dual_form(smol64, tokens, n_demo, demo_start=1)
+    scale = dual.z.abs().max()
+    torch.testing.assert_close(dual.z / scale, dual.icl_update() / scale, atol=1e-10, rtol=0)

@@ -115,7 +115,8 @@ def ft_patch_effect(
 
 
 def delta_w_ft(
-    w_after: Float[Tensor, "d_out d_in"], w_before: Float[Tensor, "d_out d_in"]
-) -> Float[Tensor, "d_out d_in"]:
-    """The explicit finetuning update ``ΔW_FT = W_after − W_before`` of one projection."""
+    w_after: Float[Tensor, "*param"], w_before: Float[Tensor, "*param"]
+) -> Float[Tensor, "*param"]:
+    """The explicit finetuning update ``ΔW_FT = W_after − W_before`` of one projection's
+    weight ``[d_out, d_in]`` or bias ``[d_out]``."""
     return w_after - w_before

@@ -34,7 +34,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from dualform.probes import head_counts, hook_name, hooks, n_layers
+from dualform.probes import head_counts, hook_name, hooks, n_layers, repeat_kv
 
 Eta = float | Float[Tensor, " head"]
 
@@ -98,13 +98,12 @@ def head_momentum(
     """
     if key_mask is not None:  # where, not multiply: padded values may be NaN
         values = torch.where(key_mask[:, :, None, None], values, torch.zeros_like(values))
-    n_rep = eta.shape[0] // values.shape[2]
+    n_heads = eta.shape[0]
     per_kv = rearrange(values, "batch pos kv d -> batch kv pos d")
     if not eta.requires_grad and bool((eta == eta[0]).all()):
-        m = momentum_term(per_kv, eta[0])
-        m = m.repeat_interleave(n_rep, dim=1)
+        m = repeat_kv(momentum_term(per_kv, eta[0]), n_heads, dim=1)
     else:
-        m = momentum_term(per_kv.repeat_interleave(n_rep, dim=1), eta)
+        m = momentum_term(repeat_kv(per_kv, n_heads, dim=1), eta)
     return rearrange(m, "batch head pos d -> batch pos head d")
 
 

@@ -92,10 +92,10 @@ def _identity_errors(model, prompt: WalkthroughPrompt) -> dict[str, torch.Tensor
     out = {}
     for key, key_mask in (("full", None), ("demo", mask)):
         with relaxed_linear_attention(model, key_mask=key_mask):
-            df = dual_form(model, prompt.icl, prompt.n_demo_tokens, demo_start=1)
-        target = df.linear_attention_output() if key == "full" else df.icl_update()
-        scale = df.z.abs().amax(dim=(-1, -2)).clamp_min(1e-30)
-        out[key] = (df.z - target).abs().amax(dim=(-1, -2)) / scale
+            dual = dual_form(model, prompt.icl, prompt.n_demo_tokens, demo_start=1)
+        target = dual.linear_attention_output() if key == "full" else dual.icl_update()
+        scale = dual.z.abs().amax(dim=(-1, -2)).clamp_min(1e-30)
+        out[key] = (dual.z - target).abs().amax(dim=(-1, -2)) / scale
     return out
 
 

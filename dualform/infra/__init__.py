@@ -3,4 +3,5 @@
     io.py          atomic JSON writes, strict JSON, resume helpers
     executors.py   local and Ray executors for sweeps
     bench.py       ``dualform bench``: ratios against baselines timed in the same run
+    rng.py         seeded construction that leaves the caller's random state untouched
 """

@@ -94,8 +94,8 @@ def bench_dual_form(model, repeats: int, n_tokens: int = 300, n_query: int = 12)
     with torch.no_grad():
         timing = paired(lambda: model(tokens),
                         lambda: dual_form(model, tokens, n_demo, demo_start=1), repeats)
-        df = dual_form(model, tokens, n_demo, demo_start=1)
-    result_mb = (df.delta_w_icl.numel() + df.w_zsl.numel()) * df.w_zsl.element_size() / 2**20
+        dual = dual_form(model, tokens, n_demo, demo_start=1)
+    result_mb = (dual.delta_w_icl.numel() + dual.w_zsl.numel()) * dual.w_zsl.element_size() / 2**20
     return {"tokens": n_tokens, "bare_forward_s": timing["baseline_s"],
             "dual_form_s": timing["candidate_s"], "dual_form_ratio": timing["ratio"],
             "result_MiB": result_mb}

@@ -13,13 +13,14 @@ lost worker costs one job. Two implementations:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
 Outcome = tuple[Any, Any, BaseException | None]
 
 
+@runtime_checkable
 class Executor(Protocol):
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Outcome]: ...
 

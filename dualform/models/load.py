@@ -27,6 +27,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
+from dualform.infra.rng import seeded
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -157,8 +159,8 @@ def _from_pretrained(path: str | Path, *, seed: int, untrained: bool,
         tokenizer = AutoTokenizer.from_pretrained(path)
         if untrained:
             config = AutoConfig.from_pretrained(path)
-            torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            with seeded(seed):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
             if device_map is not None:
                 from accelerate import dispatch_model, infer_auto_device_map
 
@@ -250,8 +252,8 @@ def tiny_hf_model(name: str, *, seed: int = 0, n_layers: int = 2):
     config.architectures = [
         "LlamaForCausalLM" if name == "tiny-llama" else "GPT2LMHeadModel"
     ]
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with seeded(seed):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def byte_tokenizer():

@@ -6,6 +6,14 @@
 * :func:`run_momentum` — vanilla vs momentum twins from scratch (:class:`MomentumConfig`).
 * :func:`momentum_dual_form` — the dual form with the momentum meta-gradient pieces.
 * :func:`icl_accuracy_vs_eta` / :func:`run_eta_ablation` — inference-time η on a pretrained model.
+
+    functional.py   the trainable model's attention pieces, one equation each (rotary, EMA, …)
+    model.py        MomentumLM: a TransformerLens-native LM with (learnable) momentum
+    data.py         offline training and in-context recall data
+    train.py        training loop and evaluation (perplexity by context, ICL accuracy)
+    experiment.py   run_momentum: vanilla vs momentum twins over seeds, resumable
+    summary.py      aggregation, verdict and figures of a momentum run
+    ablation.py     inference-time η on a pretrained model (ICL accuracy vs η)
 """
 
 from dualform.core.momentum import (

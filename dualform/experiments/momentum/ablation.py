@@ -22,7 +22,7 @@ DEFAULT_ETAS = tuple(round(0.1 * i, 1) for i in range(10))
 
 
 def left_pad(
-    prompts: Sequence[Int[Tensor, " pos"]], pad_id: int
+    prompts: Sequence[Int[Tensor, " _pos"]], pad_id: int
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Left-pad 1-D token tensors to one batch; returns (tokens, attention_mask)."""
     width = max(int(p.shape[-1]) for p in prompts)
@@ -38,7 +38,7 @@ def left_pad(
 @torch.no_grad()
 def label_logits(
     model,
-    prompts: Sequence[Int[Tensor, " pos"]],
+    prompts: Sequence[Int[Tensor, " _pos"]],
     label_ids: Sequence[int],
     *,
     eta: float = 0.0,
@@ -79,7 +79,7 @@ def _finite_padding(model, mask: Tensor):
 
 def predictions_vs_eta(
     model,
-    prompts_tokens: Sequence[Int[Tensor, " pos"]],
+    prompts_tokens: Sequence[Int[Tensor, " _pos"]],
     label_ids: Sequence[int],
     etas: Sequence[float] = DEFAULT_ETAS,
     *,
@@ -98,7 +98,7 @@ def predictions_vs_eta(
 
 def icl_accuracy_vs_eta(
     model,
-    prompts_tokens: Sequence[Int[Tensor, " pos"]],
+    prompts_tokens: Sequence[Int[Tensor, " _pos"]],
     label_ids: Sequence[int],
     gold: Sequence[int],
     etas: Sequence[float] = DEFAULT_ETAS,

@@ -50,6 +50,7 @@ from dualform.experiments.momentum.functional import (
     rotary_tables,
     softmax_pattern,
 )
+from dualform.probes import repeat_kv
 
 
 @dataclass
@@ -134,8 +135,7 @@ class MomentumAttention(nn.Module):
             cos, sin = rotary_tables(x.shape[1], self.cfg.d_head, self.cfg.rotary_base, x.device)
             q = self.hook_rot_q(apply_rotary(q, cos, sin))
             k = self.hook_rot_k(apply_rotary(k, cos, sin))
-        n_rep = self.cfg.n_heads // self.cfg.n_key_value_heads
-        k_rep, v_rep = k.repeat_interleave(n_rep, dim=2), v.repeat_interleave(n_rep, dim=2)
+        k_rep, v_rep = (repeat_kv(t, self.cfg.n_heads, dim=2) for t in (k, v))
         if self._pattern_hooked():
             scores = self.hook_attn_scores(causal_scores(q, k_rep, key_mask))
             pattern = self.hook_pattern(softmax_pattern(scores, key_mask is not None))

@@ -3,6 +3,16 @@
 Linear self-attention (LSA) on in-context linear regression tokens, the exact GD construction,
 tuned GD / GD++ baselines, training, comparison metrics, and the bridge to Dai et al.'s dual
 form (``dualform.core.equations.meta_gradient``). Entry point: :func:`run_regression`.
+
+    data.py         in-context linear regression tasks, tokens (x, y), the prediction read-out
+    lsa.py          the linear self-attention Transformer (a TransformerLens module)
+    gd.py           GD on the in-context loss, its exact LSA construction, GD++
+    baselines.py    tuned K-step GD (line-searched η) and GD++
+    train.py        training LSA Transformers on fresh tasks
+    metrics.py      trained Transformer vs GD: losses, implied models, cosines, OOD
+    dual.py         the bridge to Dai et al.: the LSA update is the dual form's ΔW_ICL q
+    experiment.py   run_regression: the whole reproduction, resumable
+    summary.py      paper numbers, summary table, targets, output files
 """
 
 from dualform.experiments.vonoswald.baselines import (

@@ -19,7 +19,8 @@ from einops import einsum, rearrange
 from jaxtyping import Float
 from torch import Tensor
 
-from dualform.core.equations import linear_attention, meta_gradient
+from dualform.core.dual_form import demo_mask, split_meta_gradient
+from dualform.core.equations import linear_attention
 from dualform.experiments.vonoswald.data import RegressionBatch
 from dualform.experiments.vonoswald.gd import gd_predict, in_context_gradient
 from dualform.experiments.vonoswald.lsa import LSATransformer
@@ -38,10 +39,11 @@ HOOKS = (
 def layer_meta_gradient(
     k: Float[Tensor, "batch pos head d_head"], v: Float[Tensor, "batch pos head d_head"]
 ) -> Float[Tensor, "batch head d_head d_head"]:
-    """``ΔW_ICL^h = Σ_{j ≤ N} v_j^h ⊗ k_j^h`` over the context positions (all but the query)."""
-    keys = rearrange(k[:, :-1], "b p h d -> b h p d")
-    values = rearrange(v[:, :-1], "b p h d -> b h p d")
-    return meta_gradient(values, keys)
+    """``ΔW_ICL^h = Σ_{j ≤ N} v_j^h ⊗ k_j^h`` over the context positions (all but the query):
+    the context pairs are the demonstrations of :func:`~dualform.core.dual_form.split_meta_gradient`."""
+    keys, values = (rearrange(t, "b p h d -> b h p d") for t in (k, v))
+    is_context = demo_mask(k.shape[1], k.shape[1] - 1)
+    return split_meta_gradient(keys, values, is_context)[0]
 
 
 def dual_query_update(

@@ -144,14 +144,3 @@ def constructed_lsa(
         model.set_paper_weights(layer, weights["W_K"], weights["W_Q"], weights["W_V"], weights["P"])
     return model
 
-
-def gd_model_after_steps(
-    x: Float[Tensor, "batch n d"],
-    y: Float[Tensor, "batch n"],
-    eta: float,
-    steps: int,
-    w0: Tensor | None,
-) -> Float[Tensor, "batch d"]:
-    """Weights ``W_K`` after K GD steps (the implied linear model of K-step GD)."""
-    x_dummy = torch.zeros_like(x[:, 0])
-    return gd_predict(x, y, x_dummy, eta, steps, w0)[1]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dualform.experiments.vonoswald.data import half_mse, sample_tasks
 from dualform.experiments.vonoswald.lsa import LSATransformer, build_lsa
+from dualform.infra.rng import seeded
 
 
 @dataclass
@@ -57,15 +58,15 @@ class TrainResult:
 
 def make_model(cfg: TrainConfig) -> LSATransformer:
     """Seeded LSA Transformer for ``cfg`` on ``cfg.device``."""
-    torch.manual_seed(cfg.seed)
-    model = build_lsa(
-        cfg.d,
-        cfg.n_layers,
-        n_heads=cfg.n_heads,
-        attn=cfg.attn,
-        mlp=cfg.mlp,
-        clip=cfg.activation_clip,
-    )
+    with seeded(cfg.seed):
+        model = build_lsa(
+            cfg.d,
+            cfg.n_layers,
+            n_heads=cfg.n_heads,
+            attn=cfg.attn,
+            mlp=cfg.mlp,
+            clip=cfg.activation_clip,
+        )
     return model.to(device=cfg.device, dtype=cfg.dtype)
 
 
