@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualform.core.momentum import momentum_attention
+from dualform.experiments.stats import mean_std
 from dualform.probes import hook_name, hooks, n_layers
 
 DEFAULT_ETAS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -171,7 +172,7 @@ def run_eta_ablation(
         zero = predictions_vs_eta(model, zsl, label_ids, (0.0,), batch_size=batch_size,
                                   pad_id=pad_id, progress=False)[0.0]
         results["tasks"][name] = {
-            "icl_accuracy": {e: _mean_std([s[e] for s in per_seed]) for e in per_seed[0]},
+            "icl_accuracy": {e: mean_std([s[e] for s in per_seed]) for e in per_seed[0]},
             "icl_accuracy_per_seed": per_seed,
             "predicted_label_share_per_seed": shares,
             "zsl_accuracy_eta0": accuracy(zero, gold),
@@ -185,8 +186,3 @@ def run_eta_ablation(
 def _label_shares(preds: Tensor, n_labels: int) -> list[float]:
     return (torch.bincount(preds, minlength=n_labels).double() / max(len(preds), 1)).tolist()
 
-
-def _mean_std(values: list[float]) -> dict[str, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": var**0.5}
