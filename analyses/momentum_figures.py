@@ -1,8 +1,9 @@
 """Momentum-attention figures: the trained twins and the inference-time η ablation.
 
-    python analyses/momentum_figures.py --results runs/momentum   # figures from results.json
+    python analyses/momentum_figures.py --results runs/momentum   # figures + README table
     python analyses/momentum_figures.py --ablation runs/momentum  # + SmolLM2 ICL accuracy vs η
 
+* the README's markdown table (:func:`dualform.viz.momentum.markdown_table`) and the verdict;
 * every figure of :func:`dualform.viz.momentum.write_figures` (loss curves, η sweep,
   perplexity vs context with 95 % intervals, paired momentum − vanilla differences);
 * ``icl_vs_eta_smollm2`` — ICL accuracy of the embedded pretrained SmolLM2-135M with the
@@ -18,7 +19,7 @@ import json
 from pathlib import Path
 
 from dualform.infra.io import read_json, write_json_atomic
-from dualform.viz.momentum import ablation_figure, write_figures
+from dualform.viz.momentum import ablation_figure, markdown_table, write_figures
 from dualform.viz.vonoswald import save_figure
 
 
@@ -45,7 +46,9 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.results:
-        print("wrote", write_figures(args.results, read_json(args.results / "results.json")))
+        results = read_json(args.results / "results.json")
+        print(markdown_table(results), "", results["verdict"]["text"], "", sep="\n")
+        print("wrote", write_figures(args.results, results))
     if args.ablation:
         args.ablation.mkdir(parents=True, exist_ok=True)
         ablation = run_ablation(args.ablation, args.n_queries, args.k)

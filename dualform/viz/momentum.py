@@ -81,16 +81,22 @@ def perplexity_figure(results: dict) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=paper["context_lengths"], y=paper["perplexity"][variant],
             name=f"paper {variant}", line={"dash": dash}, mode="lines+markers"), row=1, col=2)
-    fig.update_xaxes(title_text="context length", type="log")
+    fig.update_xaxes(title_text="context length", type="log", tickvals=[int(c) for c in ctxs],
+                     row=1, col=1)
+    fig.update_xaxes(title_text="context length", type="log",
+                     tickvals=results["paper"]["context_lengths"], row=1, col=2)
     fig.update_yaxes(title_text="perplexity")
+    fig.update_layout(width=1000, height=450,
+                      title="Perplexity per context length (mean and 95 % interval over seeds)")
     return fig
 
 
 def paired_figure(results: dict) -> go.Figure:
     """``momentum − vanilla`` (same seed) with 95 % intervals: perplexity per context, ICL."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("perplexity (lower = momentum better)",
-                                                        "ICL accuracy (higher = momentum better)"))
-    for subset, name in (("all_seeds", "all seeds"), ("both_learned", "both learned")):
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Δ perplexity (< 0: momentum better)",
+                                                        "Δ ICL accuracy (> 0: momentum better)"))
+    for subset, name, color in (("all_seeds", "all seeds", "#1f77b4"),
+                                ("both_learned", "both learned", "#d62728")):
         deltas = results["paired"][subset]
         if not deltas["seeds"]:
             continue
@@ -102,12 +108,13 @@ def paired_figure(results: dict) -> go.Figure:
         ):
             fig.add_trace(go.Scatter(
                 x=xs, y=[s["mean"] for s in stats], mode="markers", name=label,
-                legendgroup=subset, showlegend=col == 1,
+                legendgroup=subset, showlegend=col == 1, marker={"color": color},
                 error_y=_error_bars([{"mean": s["mean"], "ci": s} for s in stats]),
             ), row=1, col=col)
     fig.add_hline(y=0.0, line_dash="dash", line_color="grey")
     fig.update_xaxes(title_text="context length", type="category", row=1, col=1)
-    fig.update_layout(title="Momentum − vanilla, paired by seed (95 % bootstrap intervals)")
+    fig.update_layout(title="Momentum − vanilla, paired by seed (95 % bootstrap intervals)",
+                      width=1000, height=450)
     return fig
 
 
