@@ -89,8 +89,8 @@ class MomentumConfig:
     def gpu(cls, device: str = "cuda") -> MomentumConfig:
         """A bigger run for one GPU: TinyStories (if reachable), context 1024, 8×512 model.
 
-        Perplexity at 256/512/1024 as in the paper; 10 runs, several hours on one modern GPU
-        (not run here: this machine has no GPU).
+        Perplexity at 256/512/1024 as in the paper; 8 seeds × 2 twins + 4 extra sweep η + the
+        learned-η twin = 21 runs, many hours on one modern GPU (not run here: no GPU).
         """
         return cls(
             corpus="tinystories", steps=20_000, batch_size=32, seq_len=1024,
