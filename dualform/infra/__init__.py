@@ -1,7 +1,7 @@
 """Infrastructure: nothing here knows about attention.
 
     io.py          atomic JSON writes, strict JSON, resume helpers
-    executors.py   local and Ray executors for sweeps
+    executors.py   local (in-process or worker processes) and Ray executors for sweeps
     bench.py       ``dualform bench``: ratios against baselines timed in the same run
     rng.py         seeded construction that leaves the caller's random state untouched
 """
