@@ -7,7 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from dualform.experiments.momentum.experiment import PAPER, MomentumConfig, run_momentum
+from dualform.experiments.momentum import experiment
+from dualform.experiments.momentum.experiment import (
+    PAPER,
+    Job,
+    MomentumConfig,
+    load_run,
+    run_momentum,
+)
 from dualform.experiments.momentum.summary import (
     direction,
     failure_rate,
@@ -79,6 +86,14 @@ def test_saved_runs_are_reused_only_with_the_same_settings(tiny_run, tmp_path):
     assert after == pytest.approx(before + 1.0)  # +3 on one of 3 seeds
     retrained = run_momentum(resumed, config=replace(config, lr=config.lr / 2), progress=False)
     assert retrained["summary"]["vanilla"]["perplexity"]["16"]["mean"] != pytest.approx(after)
+
+
+def test_saved_runs_of_other_code_are_not_reused(tiny_run, monkeypatch):
+    out, config, _ = tiny_run
+    job = Job("vanilla", 0.0, seed=0)
+    assert load_run(config, job, str(out)) is not None
+    monkeypatch.setattr(experiment, "code_fingerprint", lambda: "edited code")
+    assert load_run(config, job, str(out)) is None
 
 
 def run(seed: int, variant: str, icl: float, ppl: float = 4.0) -> dict:

@@ -14,6 +14,7 @@ from an explicit ``torch.Generator``: initial weights from ``seed``, training ba
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -265,7 +266,7 @@ def run_jobs(config: MomentumConfig, jobs: list[Job], out_dir: str, progress: bo
     """Run the jobs through a :class:`LocalExecutor` (``config.workers`` processes); job order kept.
 
     Each finished run is saved to ``out_dir/runs/`` at once and reused by a rerun with the same
-    settings (a killed experiment resumes). A failed run stops the experiment (a pair without
+    settings and code (:func:`code_fingerprint`), so a killed experiment resumes. A failed run stops the experiment (a pair without
     its twin would bias the comparison).
     """
     done = {job: record for job in jobs if (record := load_run(config, job, out_dir)) is not None}
@@ -287,10 +288,28 @@ def run_path(job: Job, out_dir: str | Path) -> Path:
     return Path(out_dir) / "runs" / f"eta{job.eta:g}{learn}-seed{job.seed}.json"
 
 
+RUN_CODE = ("core/momentum.py", "experiments/momentum/model.py", "experiments/momentum/functional.py",
+            "experiments/momentum/data.py", "experiments/momentum/train.py",
+            "experiments/momentum/experiment.py")
+
+
+def code_fingerprint() -> str:
+    """SHA-256 of the sources that decide a run's numbers, and the torch version.
+
+    A saved run is reused only when this matches, so code edits never mix old and new runs.
+    """
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in RUN_CODE:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
+
+
 def run_settings(config: MomentumConfig) -> dict:
-    """The settings a saved run depends on (not seeds, sweep, workers or output options)."""
+    """What a saved run depends on: the config (not seeds, sweep, workers, output) and the code."""
     skip = {"seeds", "eta", "eta_sweep", "learned_eta", "workers", "save_models", "write_png"}
-    return as_stored({k: v for k, v in asdict(config).items() if k not in skip})
+    settings = {k: v for k, v in asdict(config).items() if k not in skip}
+    return as_stored({**settings, "code": code_fingerprint()})
 
 
 def load_run(config: MomentumConfig, job: Job, out_dir: str) -> dict | None:
