@@ -54,9 +54,10 @@ class MomentumConfig:
     models sit on a loss plateau until an induction circuit forms (vanilla: between ≈ 1300 and
     3500 steps here, seed-dependent); fewer steps compare two untrained models.
 
-    Cost: one run (4000 steps, batch 32 × 64 tokens, evaluation included) ≈ 75–100 CPU-s on
-    one core, so a seed (both twins) ≈ 150–200 CPU-s. 8 seeds + 3 extra sweep twins = 19 runs ≈
-    1,700 CPU-s ≈ 15 min on 2 free cores. :meth:`gpu` is a bigger setting.
+    Cost (``python analyses/bench_momentum.py --per-seed``): one run (4000 steps of 32 × 64
+    tokens, evaluation < 1 CPU-s) ≈ 67 CPU-s vanilla, 81 CPU-s momentum on one core (≈ 80 on a
+    loaded machine), so ≈ 150 CPU-s per seed; 8 seeds + 3 extra sweep twins = 19 runs ≈ 1,400–
+    1,600 CPU-s ≈ 12–13 min on 2 free cores. :meth:`gpu` is a bigger setting.
     """
 
     corpus: str = "auto"  # auto | recall | tinystories | wikitext103 | path/to/text.txt
@@ -266,8 +267,8 @@ def run_jobs(config: MomentumConfig, jobs: list[Job], out_dir: str, progress: bo
     """Run the jobs through a :class:`LocalExecutor` (``config.workers`` processes); job order kept.
 
     Each finished run is saved to ``out_dir/runs/`` at once and reused by a rerun with the same
-    settings and code (:func:`code_fingerprint`), so a killed experiment resumes. A failed run stops the experiment (a pair without
-    its twin would bias the comparison).
+    settings and code (:func:`code_fingerprint`), so a killed experiment resumes. A failed run
+    stops the experiment (a pair without its twin would bias the comparison).
     """
     done = {job: record for job in jobs if (record := load_run(config, job, out_dir)) is not None}
     todo = [job for job in jobs if job not in done]
