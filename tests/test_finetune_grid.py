@@ -5,7 +5,7 @@ import torch
 
 from dualform import load_model
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv, kv_parameters
-from dualform.core.finetune_grid import finetune_kv_grid
+from dualform.core.finetune_grid import finetune_kv_grid, finetune_kv_rows
 
 TEXTS = ["Sentence: a fine film Label: Positive", "Sentence: a dull film Label: Negative",
          "Sentence: fine Label: Positive"]
@@ -53,3 +53,17 @@ def test_grid_on_the_embedded_model_matches_in_float32(smol):
         w = want.delta_w["blocks.5.attn.v.weight"]
         rel = float((got.delta_w["blocks.5.attn.v.weight"] - w).norm() / w.norm())
         assert rel < 1e-3  # float32: ΔW is resolved only to the ulp of W (≈1e-8 here)
+
+
+def test_rows_with_their_own_texts_equal_one_run_each(tiny64):
+    """Seeds × rates: each row its own (differently long) texts and rate, padded per step."""
+    other = ["Sentence: an utterly dull and tedious film Label: Negative", "Sentence: good Label: Positive",
+             "Sentence: the finest film of the year Label: Positive"]
+    rows = [(TEXTS, 0.1), (other, 0.1), (other, 0.03)]
+    for (texts, lr), got in zip(rows, finetune_kv_rows(tiny64, rows), strict=True):
+        want = finetune_kv(tiny64, texts, lr)
+        torch.testing.assert_close(torch.tensor(got.losses), torch.tensor(want.losses), atol=1e-12, rtol=1e-10)
+        for name, delta in want.delta_w.items():
+            torch.testing.assert_close(got.delta_w[name], delta, atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="same number of texts"):
+        finetune_kv_rows(tiny64, [(TEXTS, 0.1), (TEXTS[:2], 0.1)])

@@ -1,8 +1,10 @@
-"""Several learning rates of :func:`dualform.core.finetune.finetune_kv` in one batched run.
+"""Several runs of :func:`dualform.core.finetune.finetune_kv` in one batched run.
 
 An LR grid trains the same model on the same demonstrations in the same order; the runs differ
-only in their W_K/W_V. On a CPU (and for short demonstrations on a GPU) an SGD step is bound by
-reading the frozen weights, so the grid runs as one batch: row ``r`` holds the same tokens and
+only in their W_K/W_V (:func:`finetune_kv_grid`). Independent demonstration sets (seeds) × rates
+differ in their texts too (:func:`finetune_kv_rows`): step ``t`` feeds every row its own
+``t``-th text, right-padded to one width. On a CPU (and for short demonstrations on a GPU) an SGD step is bound by
+reading the frozen weights, so the grid runs as one batch: row ``r`` holds its tokens and
 sees the model with rate ``r``'s own W_K/W_V. Each row's loss depends only on its own weights,
 so the gradient of the summed losses gives every run exactly its own gradient, and every run is
 plain batch-size-1 SGD, as in :func:`finetune_kv` (the same numbers, up to float rounding).
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -57,18 +60,35 @@ def finetune_kv_grid(
 ) -> list[FinetuneResult | FinetuneDivergedError]:
     """``[finetune_kv(model, texts, lr) for lr in lrs]`` in one batched run (batch size 1, one
     epoch, in order, plain loss); a diverged rate gives its :class:`FinetuneDivergedError`."""
-    grid, params = _grid_model(model, len(lrs))
+    return finetune_kv_rows(model, [(texts, lr) for lr in lrs], explode_factor=explode_factor,
+                            progress=progress)
+
+
+def finetune_kv_rows(
+    model, rows: Sequence[tuple[Sequence[str] | Sequence[Tensor], float]], *,
+    explode_factor: float = 4.0, progress: bool = False,
+) -> list[FinetuneResult | FinetuneDivergedError]:
+    """``[finetune_kv(model, texts, lr) for texts, lr in rows]`` in one batched run: row ``r``
+    has its own W_K/W_V, its own rate and its own texts (e.g. every demonstration seed × every
+    rate). Step ``t`` trains each row on its ``t``-th text; the texts of one step are
+    right-padded to one width (a causal model never attends to the padding on the right, and the
+    loss skips it), so each row is plain batch-size-1 SGD as in :func:`finetune_kv`."""
+    n_steps = {len(texts) for texts, _ in rows}
+    if len(n_steps) != 1:
+        raise ValueError(f"finetune_kv_rows needs the same number of texts in every row, got {n_steps}")
+    lrs = [lr for _, lr in rows]
+    grid, params = _grid_model(model, len(rows))
     master = _master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
-    rates = torch.tensor(list(lrs), dtype=torch.float64)
-    losses: list[list[float]] = [[] for _ in lrs]
+    rates = torch.tensor(lrs, dtype=torch.float64)
+    losses: list[list[float]] = [[] for _ in rows]
     failed: dict[int, FinetuneDivergedError] = {}
-    for step, (tokens, mask) in enumerate(
-        tqdm(_batches(grid, texts, 1), desc="finetune W_K/W_V (LR grid)", disable=not progress)
-    ):
-        logits = grid(tokens.expand(len(lrs), -1))
-        row_losses = {r: next_token_loss(logits[r : r + 1], tokens, mask)
-                      for r in range(len(lrs)) if r not in failed}
+    steps = _row_steps(grid, [texts for texts, _ in rows])
+    desc = "finetune W_K/W_V (batched rows)"
+    for step, (tokens, mask) in enumerate(tqdm(steps, desc=desc, disable=not progress)):
+        logits = grid(tokens)
+        row_losses = {r: next_token_loss(logits[r : r + 1], tokens[r : r + 1], mask[r : r + 1])
+                      for r in range(len(rows)) if r not in failed}
         for r in list(row_losses):
             _drop_if_diverged(r, failed, row_losses, _check_loss, row_losses[r], losses[r], step,
                               lrs[r], explode_factor)
@@ -80,7 +100,7 @@ def finetune_kv_grid(
                               step, lrs[r])
         if not row_losses:
             break
-        keep = torch.tensor([r in row_losses for r in range(len(lrs))])
+        keep = torch.tensor([r in row_losses for r in range(len(rows))])
         step_size = torch.where(keep, rates, torch.zeros_like(rates))
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
@@ -89,7 +109,19 @@ def finetune_kv_grid(
         for r, loss in row_losses.items():
             losses[r].append(loss.item())
     return [failed.get(r) or _result(model, master, before, r, lrs[r], losses[r])
-            for r in range(len(lrs))]
+            for r in range(len(rows))]
+
+
+def _row_steps(model, texts_per_row: Sequence[Sequence]) -> list[tuple[Tensor, Tensor]]:
+    """Step ``t``: every row's ``t``-th text, right-padded to one width, and the real-token mask."""
+    per_row = [_batches(model, texts, 1) for texts in texts_per_row]
+    steps = []
+    for step in zip(*per_row, strict=True):
+        width = max(tokens.shape[-1] for tokens, _ in step)
+        tokens = torch.stack([F.pad(t[0], (0, width - t.shape[-1])) for t, _ in step])
+        mask = torch.stack([F.pad(m[0], (0, width - m.shape[-1])) for _, m in step])
+        steps.append((tokens, mask))
+    return steps
 
 
 def _drop_if_diverged(r: int, failed: dict, live: dict, check, *args) -> None:

@@ -8,6 +8,7 @@ seed.
 * :func:`bootstrap_ci` — percentile bootstrap of the mean of grouped observations: groups (e.g.
   seeds) are resampled, then observations (e.g. test examples) within each drawn group — the
   two-level resampling that accounts for both sources of variation.
+* :func:`bootstrap_columns` — :func:`bootstrap_ci` of many columns (layers, heads) at once.
 * :func:`paired_difference` — the same for ``a − b`` on paired observations (same seeds, same
   examples), e.g. trained vs untrained model.
 * :func:`proportion_ci` — a rate ``k / n`` with its Wilson score interval (e.g. the share of
@@ -143,3 +144,46 @@ def proportion_ci(k: int, n: int, *, confidence: float = CONFIDENCE) -> Interval
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def bootstrap_columns(
+    groups: Sequence[np.ndarray],
+    *,
+    confidence: float = CONFIDENCE,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> list[Interval]:
+    """:func:`bootstrap_ci` of many columns at once (e.g. every layer, or every layer×head).
+
+    ``groups`` are ``[observation, column]`` arrays (e.g. one per seed, rows = test examples);
+    each draw resamples groups, then rows within each drawn group — the same rows for every
+    column — and takes each column's mean over its finite drawn values. Returns one
+    :class:`Interval` per column (``nan`` where a column has no finite value).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    groups = [np.asarray(g, dtype=np.float64).reshape(len(g), -1) for g in groups if len(g)]
+    if not groups:
+        raise ValueError("no values to summarise")
+    finite = [np.isfinite(g) for g in groups]
+    values = [np.where(f, g, 0.0) for g, f in zip(groups, finite, strict=True)]
+    rng = np.random.default_rng(seed)
+    means = np.empty((n_boot, groups[0].shape[1]))
+    for b in range(n_boot):
+        picks = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else [0]
+        total, count = 0.0, 0.0
+        for i in picks:
+            rows = rng.integers(0, len(groups[i]), len(groups[i]))
+            total, count = total + values[i][rows].sum(0), count + finite[i][rows].sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[b] = total / count
+    alpha = (1 - confidence) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = sum(v.sum(0) for v in values) / sum(f.sum(0) for f in finite)
+    n = sum(f.sum(0) for f in finite)
+    out = []
+    for c in range(means.shape[1]):
+        column = means[:, c][np.isfinite(means[:, c])]
+        low, high = np.quantile(column, [alpha, 1 - alpha]) if column.size else (np.nan, np.nan)
+        out.append(Interval(float(point[c]), float(low), float(high), int(n[c])))
+    return out

@@ -1,11 +1,20 @@
 """``dualform reproduce dai``: ICL vs explicit finetuning (Dai et al. 2023), task by task.
 
-Per task: choose the demonstration seed (ICL) and the learning rate (FT) on the validation
-split, then on the test split record ZSL / ICL / FT at the last token and compute accuracy,
-Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ,
-Kendall, per layer and per head, the head-by-head attribution maps, and the same similarity
-metrics on an untrained (random-weights) copy of the model. ``results.json`` is rewritten
-atomically after every task; a rerun skips the tasks it already holds.
+Per task and for each of ``seeds`` independent replicates (its own demonstration set, hence its
+own finetuning order): choose the demonstration seed (ICL) and the learning rate (FT) on the
+validation split, then on the test split record ICL / FT at the last token (ZSL once: it does
+not depend on the demonstrations) and compute accuracy, Rec2FTP, SimAOU (normalised,
+unnormalised, random baseline), SimAM before/after, SimAM_Δ, Kendall, per layer and per head,
+the head-by-head attribution maps, and the same metrics on an untrained (random-weights) copy of
+the model; then every metric's 95 % interval over seeds and test examples
+(:mod:`dualform.experiments.dai.pooling`). All replicates × rates finetune in one batched run.
+
+The protocol is a sequence of stage functions — :func:`task_context`, :func:`select`
+(:func:`seed_val_accuracy`, :func:`finetune_runs`, :func:`ft_val_accuracy`), then
+:func:`evaluate_task` — that :func:`run_dai` calls in one process and
+:mod:`dualform.experiments.dai.sweep` calls as jobs. ``results.json``
+(:class:`~dualform.experiments.dai.results.DaiResults`) is rewritten atomically after every
+task; a rerun skips the tasks it already holds.
 """
 
 from __future__ import annotations
@@ -21,23 +30,44 @@ from tqdm.auto import tqdm
 
 from dualform.core.attribution import (
     compare_maps,
-    ft_head_effects,
     ft_head_effects_mean,
     icl_head_effects,
     icl_head_effects_batch,
 )
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
-from dualform.core.finetune_grid import finetune_kv_grid
+from dualform.core.finetune_grid import finetune_kv_rows
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
 from dualform.experiments.dai.conditions import Record, demo_training_texts, prompt_pair, record_all
+from dualform.experiments.dai.pooling import (
+    differences,
+    overall_intervals,
+    pool_task,
+    pooled_attribution,
+)
+from dualform.experiments.dai.results import (
+    Attribution,
+    DaiResults,
+    Intervals,
+    SeedResult,
+    Selection,
+    TaskResult,
+    metric_set,
+)
 from dualform.experiments.dai.scoring import similarity_metrics
-from dualform.infra.io import as_stored, read_json, write_json_atomic
+from dualform.infra.io import as_stored
 from dualform.models.load import DEFAULT_MODEL, load_model
-from dualform.tasks.prompts import Example, Task, label_token_ids, load_task, sample_demos
+from dualform.tasks.prompts import (
+    OFFLINE_TASKS,
+    Example,
+    Task,
+    label_token_ids,
+    load_task,
+    sample_demos,
+)
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
 DEFAULT_LR_GRID = (0.01, 0.005, 0.001, 0.0005)  # a slice of Dai's grid; larger rates collapse SmolLM2-135M
-DEFAULT_TASKS = ("afinn-sentiment", "vader-valence", "country-region")
+DEFAULT_TASKS = OFFLINE_TASKS  # every packaged task
 
 
 @dataclass
@@ -48,9 +78,11 @@ class DaiConfig:
     tasks: tuple[str, ...] = DEFAULT_TASKS
     shots: int = 32
     n_validation: int = 12
-    n_test: int = 24
-    demo_seeds: tuple[int, ...] = (1, 2)
+    n_test: int = 200  # at most: all of a smaller test split
+    seeds: int = 3  # independent replicates: demonstration sets (and finetuning orders)
+    demo_seeds: tuple[int, ...] = (1, 2)  # each replicate chooses among its own offsets of these
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
+    n_attribution: int | None = 48  # head attribution on the first N test examples (None: all)
     layer_causal: bool = False
     reuse_prefix: bool = True  # run the demonstrations once per task (KV cache)
     batch_size: int | None = None  # None: from free memory (auto_batch_size); 1: no batching
@@ -64,6 +96,19 @@ class DaiConfig:
     def with_full_grid(self) -> DaiConfig:
         return dataclasses.replace(self, lr_grid=FULL_LR_GRID)
 
+    def candidate_seeds(self, replicate: int) -> list[int]:
+        """The demonstration seeds replicate ``replicate`` chooses from (replicate 0: exactly
+        ``demo_seeds``; replicate r: ``demo_seeds`` + 1000·r, disjoint draws)."""
+        return [s + REPLICATE_STRIDE * replicate for s in self.demo_seeds]
+
+    @property
+    def batched(self) -> bool:
+        """Whether finetuning runs share one batched run (off: batch size 1 or layer-causal)."""
+        return self.batch_size != 1 and not self.layer_causal
+
+
+REPLICATE_STRIDE = 1000
+
 
 @dataclass
 class Timer:
@@ -73,25 +118,46 @@ class Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True) -> dict:
-    """Run (or resume) the experiment; returns the results dict also written to disk."""
+@dataclass
+class TaskContext:
+    """A task as the protocol uses it: its splits, label token ids and the run's config."""
+
+    task: Task
+    label_ids: list[int]
+    config: DaiConfig
+
+    @property
+    def test_gold(self) -> list[int]:
+        return [example.label for example in self.task.test]
+
+
+def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True) -> DaiResults:
+    """Run (or resume) the experiment; returns the results also written to ``results.json``."""
     config = config or DaiConfig()
     path = Path(out_dir) / "results.json"
-    results = read_json(path) or {}
-    if results.get("config") and results["config"] != as_stored(_config_dict(config)):
-        results = {}  # a different configuration: start over rather than mix runs
-    results.update({"config": _config_dict(config), "versions": _versions()})
-    results.setdefault("tasks", {})
+    results = DaiResults.load(path)
+    if results is None or results.config != as_stored(config_dict(config)):
+        results = DaiResults(config_dict(config))  # a different configuration: start over
+    results.versions = versions()
     model = untrained = None
     for name in config.tasks:
-        if name in results["tasks"]:
+        if name in results.tasks:
             continue  # resume: finished tasks are kept
         model = model or _load(config)
         if config.untrained_baseline:
             untrained = untrained or _load(config, untrained=True)
-        results["tasks"][name] = run_task(model, untrained, name, config, progress=progress)
-        write_json_atomic(path, results)
-    write_json_atomic(path, results)
+        results.tasks[name] = run_task(model, untrained, name, config, progress=progress)
+        results.save(path)
+    pool_tasks(results)
+    results.save(path)
+    return results
+
+
+def pool_tasks(results: DaiResults) -> DaiResults:
+    """Intervals pooled over every task × seed, and the pooled paired differences."""
+    tasks = list(results.tasks.values())
+    results.pooled = Intervals(overall_intervals([t.seeds for t in tasks]))
+    results.pooled_differences = differences([t.seeds for t in tasks], [t.untrained for t in tasks])
     return results
 
 
@@ -100,56 +166,69 @@ def _load(config: DaiConfig, untrained: bool = False):
                       device_map=config.device_map)
 
 
-def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool = True) -> dict:
-    """One task, in the protocol's order: demo seed on validation (ICL), learning rate on
-    validation (FT, with that seed's demonstrations), then everything on the test split."""
+def task_context(model, name: str, config: DaiConfig) -> TaskContext:
+    """Load ``name`` with ``config.n_test`` test examples, or all of a smaller test split
+    (rounded down to whole classes, as the balanced splits draw them)."""
+    full = load_task(name, seed=config.seed, n_validation=config.n_validation)
+    unit = full.n_classes
+    n_test = min(config.n_test, len(full.test)) // unit * unit
+    task = load_task(name, seed=config.seed, n_validation=config.n_validation, n_test=n_test)
+    return TaskContext(task, label_token_ids(model, task), config)
+
+
+def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool = True) -> TaskResult:
+    """One task, in the protocol's order, for every replicate: demo seed on validation (ICL),
+    learning rate on validation (FT, with that seed's demonstrations), then the test split."""
     timer = Timer()
-    task = load_task(name, seed=config.seed, n_validation=config.n_validation, n_test=config.n_test)
-    label_ids = label_token_ids(model, task)
+    ctx = task_context(model, name, config)
+    selections, tuned = select(model, ctx, timer, progress=progress)
+    return evaluate_task(model, untrained, ctx, selections, timer, tuned=tuned, progress=progress)
+
+
+def select(model, ctx: TaskContext, timer: Timer, *, progress: bool = False
+           ) -> tuple[list[Selection], list]:
+    """Validation choices of every replicate, and the chosen rates' finetuned models (every
+    replicate × rate trains in one batched run)."""
+    config = ctx.config
     start = time.perf_counter()
-    seed_acc = {s: seed_val_accuracy(model, task, s, label_ids, config)
-                for s in tqdm(config.demo_seeds, desc=f"{name}: demo seeds", disable=not progress)}
-    demo_seed = choose_demo_seed(seed_acc)
-    demos = sample_demos(task, config.shots, demo_seed)
+    seed_accs = [{s: seed_val_accuracy(model, ctx, s) for s in config.candidate_seeds(r)}
+                 for r in tqdm(range(config.seeds), desc=f"{ctx.task.name}: demo seeds",
+                               disable=not progress)]
+    demo_seeds = [choose_demo_seed(acc) for acc in seed_accs]
     timer.add("select_demo_seed", start)
     start = time.perf_counter()
-    lr_acc, tuned = lr_val_accuracies(model, task, demos, label_ids, config, progress)
-    lr = choose_lr(lr_acc)
-    timer.add("select_lr", start)  # the chosen rate's finetuned model is reused for the test
-    selection = {"demo_seed": demo_seed, "lr": lr, "demo_seed_val_acc": seed_acc, "lr_val_acc": lr_acc}
-    return evaluate_on_test(model, untrained, task, selection, label_ids, config, timer,
-                            ft=tuned.get(str(lr)), progress=progress)
+    rows = [(sample_demos(ctx.task, config.shots, s), lr) for s in demo_seeds for lr in config.lr_grid]
+    runs = finetune_runs(model, ctx, rows, progress=progress)
+    n = len(config.lr_grid)
+    selections, tuned = [], []
+    for r, demo_seed in enumerate(demo_seeds):
+        mine = runs[r * n : (r + 1) * n]
+        lr_acc = {str(lr): ft_val_accuracy(ctx, run) for lr, run in zip(config.lr_grid, mine, strict=True)}
+        lr = choose_lr(lr_acc)
+        selections.append(Selection(demo_seed, lr, seed_accs[r], lr_acc))
+        tuned.append(None if lr is None else mine[config.lr_grid.index(lr)])
+    timer.add("select_lr", start)  # the chosen rates' finetuned models are reused for the test
+    return selections, tuned
 
 
-def lr_val_accuracies(model, task: Task, demos: list[Example], label_ids: list[int],
-                      config: DaiConfig, progress: bool = False) -> tuple[dict, dict]:
-    """FT validation accuracy of every rate of ``config.lr_grid`` and the finetuned models
-    (each shares the frozen weights with ``model``). With batching on, the whole grid trains
-    in one batched run (:func:`finetune_kv_grid`); otherwise one run per rate."""
-    if config.batch_size == 1 or config.layer_causal or len(config.lr_grid) == 1:
-        runs = [_finetune_or_error(model, task, demos, lr, config)
-                for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress)]
-    else:
-        texts = demo_training_texts(model, task, demos)
-        runs = finetune_kv_grid(model, texts, config.lr_grid, progress=progress)
-    acc = {str(lr): _ft_val_accuracy(model, task, demos, run, label_ids, config)
-           for lr, run in zip(config.lr_grid, runs, strict=True)}
-    tuned = {str(lr): run for lr, run in zip(config.lr_grid, runs, strict=True)
-             if not isinstance(run, FinetuneDivergedError)}
-    return acc, tuned
+def finetune_runs(model, ctx: TaskContext, rows: list[tuple[list[Example], float]], *,
+                  progress: bool = False) -> list:
+    """One finetuning run per ``(demonstrations, rate)`` row (a diverged run gives its
+    :class:`FinetuneDivergedError`): all rows in one batched run (:func:`finetune_kv_rows`)
+    unless batching is off, the finetuning is layer-causal, or there is a single row."""
+    config = ctx.config
+    if not config.batched or len(rows) == 1:
+        return [_finetune_or_error(model, ctx.task, demos, lr, config)
+                for demos, lr in tqdm(rows, desc=f"{ctx.task.name}: finetuning", disable=not progress)]
+    texts = [demo_training_texts(model, ctx.task, demos) for demos, _ in rows]
+    return finetune_kv_rows(model, [(t, lr) for t, (_, lr) in zip(texts, rows, strict=True)],
+                            progress=progress)
 
 
-def seed_val_accuracy(model, task: Task, demo_seed: int, label_ids: list[int], config: DaiConfig) -> float:
+def seed_val_accuracy(model, ctx: TaskContext, demo_seed: int) -> float:
     """ICL validation accuracy with the demonstrations of ``demo_seed``."""
-    demos = sample_demos(task, config.shots, demo_seed)
-    return _val_accuracy(model, task, demos, label_ids, config)
-
-
-def lr_val_accuracy(model, task: Task, demos: list[Example], lr: float, label_ids: list[int],
-                    config: DaiConfig) -> float | str:
-    """FT validation accuracy at ``lr`` (``"diverged: …"`` when the loss diverged)."""
-    run = _finetune_or_error(model, task, demos, lr, config)
-    return _ft_val_accuracy(model, task, demos, run, label_ids, config)
+    demos = sample_demos(ctx.task, ctx.config.shots, demo_seed)
+    return _val_accuracy(model, ctx, demos)
 
 
 def _finetune_or_error(model, task: Task, demos: list[Example], lr: float, config: DaiConfig):
@@ -159,12 +238,11 @@ def _finetune_or_error(model, task: Task, demos: list[Example], lr: float, confi
         return err
 
 
-def _ft_val_accuracy(model, task: Task, demos: list[Example], run, label_ids: list[int],
-                     config: DaiConfig) -> float | str:
+def ft_val_accuracy(ctx: TaskContext, run) -> float | str:
     """Validation accuracy of a finetuning run, or ``"diverged: …"`` for its error."""
     if isinstance(run, FinetuneDivergedError):
         return f"diverged: {run}"
-    return _val_accuracy(model, task, demos, label_ids, config, ft_model=run.model)
+    return _val_accuracy(run.model, ctx, None)
 
 
 def choose_demo_seed(seed_acc: dict) -> int:
@@ -179,84 +257,143 @@ def choose_lr(lr_acc: dict[str, float | str]) -> float | None:
     return -max(scored)[1] if scored else None
 
 
-def evaluate_on_test(model, untrained, task: Task, selection: dict, label_ids: list[int],
-                     config: DaiConfig, timer: Timer, *, ft=None, progress: bool = True) -> dict:
-    """Everything on the test split with the selected seed and rate (``ft`` reuses a finetuned
-    model of that rate), plus the untrained baseline; the task's entry of ``results.json``."""
-    demos = sample_demos(task, config.shots, selection["demo_seed"])
-    lr = selection["lr"]
-    out = {"task": task.name, "template": task.template, "label_words": task.label_words,
-           "shots": config.shots, "n_test": len(task.test), "selection": selection}
-    out.update(evaluate(model, task, demos, lr, label_ids, config, timer, progress=progress, ft=ft))
+def evaluate_task(model, untrained, ctx: TaskContext, selections: list[Selection], timer: Timer,
+                  *, tuned: list | None = None, progress: bool = True) -> TaskResult:
+    """Every replicate on the test split with its selected seed and rate (``tuned`` reuses
+    finetuned models of those rates), the untrained baseline, and the intervals over seeds;
+    ZSL runs once per model (it does not depend on the demonstrations)."""
+    config, task = ctx.config, ctx.task
+    demos = [sample_demos(task, config.shots, s.demo_seed) for s in selections]
+    start = time.perf_counter()
+    tuned = tuned if tuned is not None else _finetune_chosen(model, ctx, demos, selections)
+    timer.add("finetune", start)
+    seeds, icl_effects, ft_effects = [], [], []
+    zsl = _zsl_records(model, ctx, demos[0], timer)
+    for r, (sel, ds, ft) in enumerate(zip(selections, demos, tuned, strict=True)):
+        out = evaluate_seed(model, ctx, r, sel, ds, ft, zsl, timer,
+                            attribution=config.attribution, progress=progress)
+        seeds.append(out.seed)
+        if out.icl_effects is not None:
+            icl_effects.append(out.icl_effects)
+            ft_effects.append(out.ft_effects)
+    result = TaskResult(task.name, task.template, list(task.label_words), config.shots,
+                        len(task.test), n_attribution(ctx) if icl_effects else 0, seeds)
     if untrained is not None:
         start = time.perf_counter()
-        out["untrained"] = evaluate(untrained, task, demos, lr, label_ids,
-                                    dataclasses.replace(config, attribution=False), Timer(),
-                                    progress=progress)
+        ft_u = _finetune_chosen(untrained, ctx, demos, selections)
+        zsl_u = _zsl_records(untrained, ctx, demos[0], Timer())
+        result.untrained = [evaluate_seed(untrained, ctx, r, sel, ds, ft, zsl_u, Timer(),
+                                          attribution=False, progress=progress).seed
+                            for r, (sel, ds, ft) in enumerate(zip(selections, demos, ft_u, strict=True))]
         timer.add("untrained_baseline", start)
-    out["timing_s"] = timer.seconds
-    return out
+    start = time.perf_counter()
+    if icl_effects:
+        result.attribution = pooled_attribution(icl_effects, ft_effects)
+    pool_task(result)
+    timer.add("intervals", start)
+    result.timing_s = timer.seconds
+    return result
 
 
-def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_ids: list[int],
-             config: DaiConfig, timer: Timer, *, progress: bool = True, ft=None) -> dict:
-    """ZSL/ICL/FT on the test split, then every metric; ``lr`` may be ``None`` (FT diverged)."""
+def _finetune_chosen(model, ctx: TaskContext, demos: list[list[Example]],
+                     selections: list[Selection]) -> list:
+    """Each replicate's run at its chosen rate (``None`` where every rate diverged)."""
+    rows = [(ds, s.lr) for ds, s in zip(demos, selections, strict=True) if s.lr is not None]
+    runs = iter(finetune_runs(model, ctx, rows))
+    out = [None if s.lr is None else next(runs) for s in selections]
+    return [None if isinstance(r, FinetuneDivergedError) else r for r in out]
+
+
+def n_attribution(ctx: TaskContext) -> int:
+    n = ctx.config.n_attribution
+    return len(ctx.task.test) if n is None else min(n, len(ctx.task.test))
+
+
+@dataclass
+class SeedOutcome:
+    """A replicate's stored result and its per-example attribution effects (in memory)."""
+
+    seed: SeedResult
+    icl_effects: np.ndarray | None = None  # [example, layer, head]
+    ft_effects: np.ndarray | None = None  # [attribution batch, layer, head]
+
+
+def _zsl_records(model, ctx: TaskContext, demos: list[Example], timer: Timer) -> list[Record]:
+    """ZSL records of the test split (the query alone: the same for every replicate)."""
     start = time.perf_counter()
-    ft = ft if ft is not None else _finetune(model, task, demos, lr, config)
-    timer.add("finetune", start)
-    pairs = [prompt_pair(model, task, demos, example) for example in task.test]
-    gold = [example.label for example in task.test]
-    start = time.perf_counter()
-    recs = _records(model, ft.model if ft else model, pairs, label_ids, config)
+    pairs = [prompt_pair(model, ctx.task, demos, example) for example in ctx.task.test]
+    recs = record_all(model, [p.zsl for p in pairs], ctx.label_ids,
+                      reuse_prefix=ctx.config.reuse_prefix, batch_size=ctx.config.batch_size)
     timer.add("record_conditions", start)
-    attribution = None
-    if config.attribution and ft is not None:
+    return recs
+
+
+def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
+                  demos: list[Example], ft, zsl: list[Record], timer: Timer, *,
+                  attribution: bool = True, progress: bool = True) -> SeedOutcome:
+    """ICL and FT on the test split for one replicate (ZSL given), then every metric; ``ft``
+    is ``None`` when every rate diverged (FT is then the untouched model)."""
+    config = ctx.config
+    pairs = [prompt_pair(model, ctx.task, demos, example) for example in ctx.task.test]
+    gold = ctx.test_gold
+    start = time.perf_counter()
+    kw = {"reuse_prefix": config.reuse_prefix, "batch_size": config.batch_size}
+    recs = {"zsl": zsl,
+            "icl": record_all(model, [p.icl for p in pairs], ctx.label_ids, dual=True, **kw),
+            "ft": record_all(ft.model if ft else model, [p.zsl for p in pairs], ctx.label_ids, **kw)}
+    timer.add("record_conditions", start)
+    effects = (None, None)
+    if attribution and ft is not None:
         start = time.perf_counter()
-        attribution = _attribution(model, ft, pairs, gold, label_ids, config,
-                                   desc=f"{task.name}: attribution", progress=progress)
+        n = n_attribution(ctx)
+        effects = _attribution(model, ft, pairs[:n], gold[:n], ctx.label_ids, config,
+                               desc=f"{ctx.task.name}: attribution", progress=progress)
         timer.add("attribution", start)
     start = time.perf_counter()
-    train_q = _training_queries(model, task, demos, batched=config.batch_size != 1)
-    out = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed)
-    out["ft_diverged"] = ft is None
-    if attribution is not None:
-        out["attribution"] = attribution
+    train_q = _training_queries(model, ctx.task, demos, batched=config.batch_size != 1)
+    scored = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed + replicate)
+    dual = scored.get("dual_form", {})
+    seed = SeedResult(replicate, selection, metric_set(scored), scored["n_f2t"], ft is None,
+                      dual.get("norm_delta_w_icl"), dual.get("norm_w_zsl"))
+    if effects[0] is not None:
+        icl_mean, ft_mean = effects[0].mean(0), effects[1].mean(0)
+        cmp = compare_maps(icl_mean, ft_mean)
+        seed.attribution = Attribution(cmp.icl.tolist(), cmp.ft.tolist(), cmp.spearman,
+                                       cmp.kendall, len(effects[0]))
     timer.add("metrics", start)
-    return out
+    return SeedOutcome(seed, *effects)
+
+
+#: Test examples per FT attribution pass: each pass gives one observation of the FT effects.
+FT_ATTRIBUTION_CHUNK = 8
 
 
 def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config: DaiConfig,
-                 *, desc: str, progress: bool) -> dict:
-    """Mean head-attribution maps of ICL and FT over the test queries and their agreement: on
-    the shared demonstration prefix in batches, or one full run per query (reuse off)."""
+                 *, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Head-attribution effects on the test queries: ICL per example ``[example, layer, head]``
+    (on the shared demonstration prefix in batches, or one full run per query with reuse off),
+    FT per pass of :data:`FT_ATTRIBUTION_CHUNK` examples (the mean effect of the pass)."""
     head = pairs[0].icl
     n_prefix = head.demo_start + head.n_demo_tokens
+    items = list(zip(pairs, gold, strict=True))
     if not config.reuse_prefix:
         icl = [icl_head_effects(model, p.icl.tokens, p.demo_slice, label_ids, g)
-               for p, g in tqdm(list(zip(pairs, gold, strict=True)), desc=desc, disable=not progress)]
-        ft_maps = [ft_head_effects(ft, p.zsl.tokens, label_ids, g) for p, g in zip(pairs, gold, strict=True)]
-        return compare_maps(np.mean(icl, 0), np.mean(ft_maps, 0)).to_dict()
-    run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
-    longest = max(p.icl.tokens.shape[-1] for p in pairs)
-    size = config.batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True)
-    icl_sum, ft_sum = 0.0, 0.0
-    for start in tqdm(range(0, len(pairs), size), desc=desc, disable=not progress):
-        chunk, golds = pairs[start : start + size], gold[start : start + size]
-        queries = [p.icl.tokens[0, n_prefix:] for p in chunk]
-        icl_sum = icl_sum + icl_head_effects_batch(run, queries, pairs[0].demo_slice, label_ids, golds).sum(0)
-        ft_sum = ft_sum + len(chunk) * ft_head_effects_mean(ft, [p.zsl.tokens[0] for p in chunk],
-                                                           label_ids, golds)
-    return compare_maps((icl_sum / len(pairs)).numpy(), (ft_sum / len(pairs)).numpy()).to_dict()
-
-
-def _records(model, ft_model, pairs, label_ids: list[int], config: DaiConfig) -> dict[str, list[Record]]:
-    """ZSL, ICL and FT records of every test query (prefix reuse + batching unless disabled)."""
-    kw = {"reuse_prefix": config.reuse_prefix, "batch_size": config.batch_size}
-    return {
-        "zsl": record_all(model, [p.zsl for p in pairs], label_ids, **kw),
-        "icl": record_all(model, [p.icl for p in pairs], label_ids, dual=True, **kw),
-        "ft": record_all(ft_model, [p.zsl for p in pairs], label_ids, **kw),
-    }
+               for p, g in tqdm(items, desc=desc, disable=not progress)]
+    else:
+        run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
+        longest = max(p.icl.tokens.shape[-1] for p in pairs)
+        size = config.batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True)
+        icl = []
+        for start in tqdm(range(0, len(pairs), size), desc=desc, disable=not progress):
+            chunk = items[start : start + size]
+            queries = [p.icl.tokens[0, n_prefix:] for p, _ in chunk]
+            icl.extend(icl_head_effects_batch(run, queries, pairs[0].demo_slice, label_ids,
+                                              [g for _, g in chunk]))
+    ft_maps = [ft_head_effects_mean(ft, [p.zsl.tokens[0] for p, _ in chunk], label_ids,
+                                    [g for _, g in chunk])
+               for chunk in (items[i : i + FT_ATTRIBUTION_CHUNK]
+                             for i in range(0, len(items), FT_ATTRIBUTION_CHUNK))]
+    return torch.stack(icl).double().numpy(), torch.stack(ft_maps).double().numpy()
 
 
 def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
@@ -267,15 +404,13 @@ def _finetune(model, task: Task, demos: list[Example], lr: float | None, config:
     return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
 
 
-def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
-                  config: DaiConfig, ft_model=None) -> float:
-    """Validation accuracy of ICL (``ft_model=None``) or of the finetuned model (zero-shot)."""
-    pairs = [prompt_pair(model, task, demos, ex) for ex in task.validation]
-    if ft_model is None:
-        runner, prompts = model, [p.icl for p in pairs]
-    else:
-        runner, prompts = ft_model, [p.zsl for p in pairs]
-    recs = record_all(runner, prompts, label_ids, reuse_prefix=config.reuse_prefix,
+def _val_accuracy(model, ctx: TaskContext, demos: list[Example] | None) -> float:
+    """Validation accuracy of ICL with ``demos``, or zero-shot (``demos=None``: the query
+    alone, e.g. on a finetuned model)."""
+    task, config = ctx.task, ctx.config
+    pairs = [prompt_pair(model, task, demos or [], ex) for ex in task.validation]
+    prompts = [p.icl for p in pairs] if demos is not None else [p.zsl for p in pairs]
+    recs = record_all(model, prompts, ctx.label_ids, reuse_prefix=config.reuse_prefix,
                       batch_size=config.batch_size)
     correct = sum(int(r.prediction == ex.label) for r, ex in zip(recs, task.validation, strict=True))
     return 100.0 * correct / max(len(recs), 1)
@@ -299,12 +434,12 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
     return torch.cat(rows, dim=1).float().cpu()
 
 
-def _config_dict(config: DaiConfig) -> dict:
+def config_dict(config: DaiConfig) -> dict:
     d = dataclasses.asdict(config)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import transformer_lens
     import transformers
 

@@ -14,15 +14,20 @@ from einops import einsum, rearrange
 
 from dualform.core import metrics as M
 from dualform.experiments.dai.conditions import PromptPair, Record
+from dualform.experiments.dai.results import Summary
 
 
 def similarity_metrics(recs: dict[str, list[Record]], gold: np.ndarray, pairs: list[PromptPair],
                        train_q: torch.Tensor, *, seed: int = 0) -> dict:
-    """Every metric of one task; ``train_q`` is ``[layer, n_demo_tokens, head·d_head]``."""
+    """Every metric of one task, each a :class:`Summary` (with its per-example values, what
+    the intervals resample); ``train_q`` is ``[layer, n_demo_tokens, head·d_head]``."""
     correct = {c: np.array([r.prediction for r in rs]) == gold for c, rs in recs.items()}
+    fixed_by_ft = correct["ft"] & ~correct["zsl"]  # Rec2FTP's denominator
     out: dict = {
-        "accuracy": {c: M.accuracy([r.prediction for r in rs], gold) for c, rs in recs.items()},
-        "rec2ftp": M.rec2ftp(correct["zsl"], correct["icl"], correct["ft"]),
+        "accuracy": {c: Summary.scalar(M.accuracy([r.prediction for r in rs], gold), 100.0 * correct[c])
+                     for c, rs in recs.items()},
+        "rec2ftp": Summary.scalar(M.rec2ftp(correct["zsl"], correct["icl"], correct["ft"]),
+                                  100.0 * correct["icl"][fixed_by_ft]),
         "n_f2t": int(M.f2t_mask(correct["zsl"], correct["icl"], correct["ft"]).sum()),
     }
     out["simaou"] = _simaou(recs, seed)
@@ -49,12 +54,9 @@ def _stack(recs: list[Record], attr: str) -> np.ndarray:
     return torch.stack([getattr(r, attr) for r in recs]).double().numpy()
 
 
-def _summary(values: np.ndarray) -> dict:
-    """Headline number, per layer, and (for per-head inputs) the layer×head map."""
-    out = {"mean": M.overall(values), "per_layer": M.layer_mean(values).tolist()}
-    if values.ndim == 3:
-        out["per_head"] = M.head_mean(values).tolist()
-    return out
+def _summary(values: np.ndarray) -> Summary:
+    """Headline number, per layer, per example and (for per-head inputs) the layer×head map."""
+    return Summary.of(values)
 
 
 def _simaou(recs: dict[str, list[Record]], seed: int) -> dict:

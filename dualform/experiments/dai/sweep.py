@@ -1,10 +1,15 @@
 """Sweeps of ``reproduce dai`` over models × tasks × demo seeds × learning rates, on an executor.
 
-The protocol is :func:`dualform.experiments.dai.protocol.run_task`'s, cut into independent jobs in three waves:
+The protocol is :mod:`dualform.experiments.dai.protocol`'s — the same stage functions, cut
+into independent jobs in three waves:
 
-1. ``seed`` jobs — ICL validation accuracy of every (model, task, demo seed);
-2. ``lr`` jobs — FT validation accuracy of every learning rate, with the chosen seed;
-3. ``test`` jobs — everything on the test split with the chosen seed and rate.
+1. ``seed`` jobs — ICL validation accuracy of every (model, task, replicate, candidate demo seed)
+   (:func:`~dualform.experiments.dai.protocol.seed_val_accuracy`);
+2. ``lr`` jobs — FT validation accuracy of every learning rate, with the replicate's chosen seed
+   (:func:`~dualform.experiments.dai.protocol.finetune_runs`, ``ft_val_accuracy``);
+3. ``test`` jobs — one per (model, task): every replicate on the test split with its chosen
+   seed and rate, the untrained baseline and the intervals
+   (:func:`~dualform.experiments.dai.protocol.evaluate_task`).
 
 Every job returns its result to the driver, which writes it to ``OUT/jobs/<job key>.json``
 atomically; a rerun skips the jobs whose file exists, so a lost worker or a killed driver costs
@@ -26,18 +31,22 @@ from pathlib import Path
 from dualform.experiments.dai.protocol import (
     DaiConfig,
     Timer,
-    _config_dict,
-    _versions,
     choose_demo_seed,
     choose_lr,
-    evaluate_on_test,
-    lr_val_accuracy,
+    config_dict,
+    evaluate_task,
+    finetune_runs,
+    ft_val_accuracy,
+    pool_tasks,
     seed_val_accuracy,
+    task_context,
+    versions,
 )
+from dualform.experiments.dai.results import DaiResults, Selection, TaskResult
 from dualform.infra.executors import Executor, LocalExecutor
 from dualform.infra.io import read_json, write_json_atomic
 from dualform.models.load import load_model
-from dualform.tasks.prompts import label_token_ids, load_task, sample_demos
+from dualform.tasks.prompts import sample_demos
 
 
 @dataclass(frozen=True)
@@ -47,13 +56,16 @@ class Job:
     stage: str  # "seed" | "lr" | "test"
     config: DaiConfig
     task: str
-    demo_seed: int
+    replicate: int = 0
+    demo_seed: int | None = None
     lr: float | None = None
-    selection: dict | None = None  # test jobs: the choices made on validation
+    selections: tuple[dict, ...] | None = None  # test jobs: every replicate's validation choices
 
     @property
     def key(self) -> str:
-        parts = [self.stage, model_slug(self.config.model), self.task, f"seed{self.demo_seed}"]
+        parts = [self.stage, model_slug(self.config.model), self.task]
+        if self.stage != "test":
+            parts += [f"rep{self.replicate}", f"seed{self.demo_seed}"]
         if self.stage == "lr":
             parts.append(f"lr{self.lr:g}")
         return "__".join(parts)
@@ -76,19 +88,20 @@ def _model(config: DaiConfig, untrained: bool = False):
 
 
 def run_job(job: Job) -> dict:
-    """Run one job (in whatever process the executor chose) and return its JSON-able result."""
+    """Run one job (in whatever process the executor chose) with the protocol's own stage
+    functions, and return its JSON-able result."""
     cfg = job.config
     model = _model(cfg)
-    task = load_task(job.task, seed=cfg.seed, n_validation=cfg.n_validation, n_test=cfg.n_test)
-    label_ids = label_token_ids(model, task)
+    ctx = task_context(model, job.task, cfg)
     if job.stage == "seed":
-        return {"val_acc": seed_val_accuracy(model, task, job.demo_seed, label_ids, cfg)}
+        return {"val_acc": seed_val_accuracy(model, ctx, job.demo_seed)}
     if job.stage == "lr":
-        demos = sample_demos(task, cfg.shots, job.demo_seed)
-        return {"val_acc": lr_val_accuracy(model, task, demos, job.lr, label_ids, cfg)}
+        demos = sample_demos(ctx.task, cfg.shots, job.demo_seed)
+        (run,) = finetune_runs(model, ctx, [(demos, job.lr)])
+        return {"val_acc": ft_val_accuracy(ctx, run)}
     untrained = _model(cfg, untrained=True) if cfg.untrained_baseline else None
-    return evaluate_on_test(model, untrained, task, job.selection, label_ids, cfg, Timer(),
-                      progress=False)
+    selections = [Selection.from_json(s) for s in job.selections]
+    return evaluate_task(model, untrained, ctx, selections, Timer(), progress=False).to_json()
 
 
 @dataclass
@@ -98,44 +111,46 @@ class SweepFailure:
 
 
 def run_sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | None = None,
-              executor: Executor | None = None) -> dict[str, dict]:
+              executor: Executor | None = None) -> dict[str, DaiResults]:
     """Run (or resume) the sweep; returns ``{model: results}`` (also written per model).
 
-    ``config.lr_grid``, ``config.demo_seeds`` and ``config.tasks`` span the grid; ``models``
-    defaults to ``[config.model]``. Failed jobs are listed under ``"failed_jobs"`` and the
-    tasks that depend on them are left out; rerunning retries them.
+    ``config.lr_grid``, ``config.seeds``, ``config.demo_seeds`` and ``config.tasks`` span the
+    grid; ``models`` defaults to ``[config.model]``. Failed jobs are listed under
+    ``"failed_jobs"`` and the tasks that depend on them are left out; rerunning retries them.
     """
     out = Path(out_dir)
     executor = executor or LocalExecutor()
     configs = [dataclasses.replace(config, model=m) for m in (models or [config.model])]
     failures: list[SweepFailure] = []
+    units = [(c, t, r) for c in configs for t in c.tasks for r in range(c.seeds)]
 
-    seed_jobs = [Job("seed", c, t, s) for c in configs for t in c.tasks for s in c.demo_seeds]
+    seed_jobs = [Job("seed", c, t, r, s) for c, t, r in units for s in c.candidate_seeds(r)]
     seed_res = _run_wave(out, seed_jobs, executor, failures)
-    chosen = {}
-    for c in configs:
-        for t in c.tasks:
-            accs = {s: seed_res.get(Job("seed", c, t, s).key) for s in c.demo_seeds}
-            if all(a is not None for a in accs.values()):
-                chosen[(c.model, t)] = {s: a["val_acc"] for s, a in accs.items()}
+    seed_acc = {}
+    for c, t, r in units:
+        accs = {s: seed_res.get(Job("seed", c, t, r, s).key) for s in c.candidate_seeds(r)}
+        if all(a is not None for a in accs.values()):
+            seed_acc[(c.model, t, r)] = {s: a["val_acc"] for s, a in accs.items()}
 
-    lr_jobs = [Job("lr", c, t, choose_demo_seed(chosen[(c.model, t)]), lr)
-               for c in configs for t in c.tasks if (c.model, t) in chosen for lr in c.lr_grid]
-    lr_res = _run_wave(out, lr_jobs, executor, failures)
+    def lr_job(c, t, r, lr):
+        return Job("lr", c, t, r, choose_demo_seed(seed_acc[(c.model, t, r)]), lr)
 
-    test_jobs = []
-    for c in configs:
-        for t in c.tasks:
-            if (c.model, t) not in chosen:
-                continue
-            seed = choose_demo_seed(chosen[(c.model, t)])
-            lr_acc = {str(lr): lr_res.get(Job("lr", c, t, seed, lr).key) for lr in c.lr_grid}
-            if any(v is None for v in lr_acc.values()):
-                continue
-            lr_acc = {k: v["val_acc"] for k, v in lr_acc.items()}
-            selection = {"demo_seed": seed, "lr": choose_lr(lr_acc),
-                         "demo_seed_val_acc": chosen[(c.model, t)], "lr_val_acc": lr_acc}
-            test_jobs.append(Job("test", c, t, seed, selection=selection))
+    chosen = [u for u in units if (u[0].model, u[1], u[2]) in seed_acc]
+    lr_res = _run_wave(out, [lr_job(c, t, r, lr) for c, t, r in chosen for lr in c.lr_grid],
+                       executor, failures)
+    selections: dict[tuple, list] = {}
+    for c, t, r in chosen:
+        lr_acc = {str(lr): lr_res.get(lr_job(c, t, r, lr).key) for lr in c.lr_grid}
+        if any(v is None for v in lr_acc.values()):
+            continue
+        lr_acc = {k: v["val_acc"] for k, v in lr_acc.items()}
+        acc = seed_acc[(c.model, t, r)]
+        sel = Selection(choose_demo_seed(acc), choose_lr(lr_acc), acc, lr_acc)
+        selections.setdefault((c.model, t), []).append(sel.to_json())
+
+    test_jobs = [Job("test", c, t, selections=tuple(selections[(c.model, t)]))
+                 for c in configs for t in c.tasks
+                 if len(selections.get((c.model, t), [])) == c.seeds]
     test_res = _run_wave(out, test_jobs, executor, failures)
     return _collect(out, configs, test_res, failures)
 
@@ -161,17 +176,16 @@ def _run_wave(out: Path, jobs: list[Job], executor: Executor,
 
 
 def _collect(out: Path, configs: list[DaiConfig], test_res: dict[str, dict],
-             failures: list[SweepFailure]) -> dict[str, dict]:
+             failures: list[SweepFailure]) -> dict[str, DaiResults]:
     collected = {}
     for c in configs:
-        tasks = {}
+        results = DaiResults(config_dict(c), versions(), failed_jobs=[
+            dataclasses.asdict(f) for f in failures if f"__{model_slug(c.model)}__" in f.job])
         for t in c.tasks:
-            key = next((k for k in test_res if k.startswith(f"test__{model_slug(c.model)}__{t}__")), None)
-            if key is not None:
-                tasks[t] = test_res[key]
-        results = {"config": _config_dict(c), "versions": _versions(), "tasks": tasks,
-                   "failed_jobs": [dataclasses.asdict(f) for f in failures
-                                   if f"__{model_slug(c.model)}__" in f.job]}
-        write_json_atomic(out / model_slug(c.model) / "results.json", results)
+            stored = test_res.get(Job("test", c, t).key)
+            if stored is not None:
+                results.tasks[t] = TaskResult.from_json(stored)
+        pool_tasks(results)
+        results.save(out / model_slug(c.model) / "results.json")
         collected[c.model] = results
     return collected

@@ -1,0 +1,137 @@
+"""Seeds → intervals: every metric of a task pooled over its independent seeds, and over tasks.
+
+Intervals come from :mod:`dualform.experiments.stats` (percentile bootstrap, 95 %): groups are
+the seeds (pooled over tasks: every task × seed), observations the test examples within a
+group. The trained model is compared with the untrained one and with the random baselines as
+paired differences (same seeds, same examples).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dualform.core.attribution import compare_maps
+from dualform.experiments.dai.results import (
+    RANDOM_BASELINES,
+    Attribution,
+    Intervals,
+    SeedResult,
+    TaskResult,
+)
+from dualform.experiments.stats import Interval, bootstrap_ci, bootstrap_columns, paired_difference
+
+#: Bootstrap draws of the per-layer bands and per-head marks (one draw serves every column).
+N_BOOT_COLUMNS = 1000
+
+
+def _groups(seeds: list[SeedResult], name: str) -> list[list] | None:
+    rows = [s.metrics[name].per_example for s in seeds if name in s.metrics]
+    rows = [[np.nan if v is None else v for v in r] for r in rows if r]
+    finite = any(np.isfinite(v) for r in rows for v in r)
+    return rows if rows and finite else None
+
+
+def _names(seeds: list[SeedResult]) -> list[str]:
+    return list(dict.fromkeys(n for s in seeds for n in s.metrics))
+
+
+def overall_intervals(seed_lists: list[list[SeedResult]]) -> dict[str, Interval]:
+    """Each metric's mean with its interval; ``seed_lists`` holds one list of seeds per task
+    (one list: a task; several: pooled over tasks, every task × seed a group)."""
+    out = {}
+    for name in _names([s for seeds in seed_lists for s in seeds]):
+        groups = [g for seeds in seed_lists for g in (_groups(seeds, name) or [])]
+        if groups:
+            out[name] = bootstrap_ci(groups)
+    return out
+
+
+def column_intervals(seeds: list[SeedResult]) -> tuple[dict, dict]:
+    """Per-layer intervals of every metric and, for per-head metrics, whether each head's
+    interval excludes 0 — from the in-memory unreduced values, all columns in one bootstrap."""
+    blocks: dict[str, tuple[tuple[int, ...], list[np.ndarray]]] = {}
+    for name in _names(seeds):
+        values = [s.metrics[name].values for s in seeds if name in s.metrics]
+        if not values or any(v is None or v.ndim < 2 for v in values):
+            continue
+        with np.errstate(all="ignore"):
+            layers = [np.nanmean(v, axis=2) if v.ndim == 3 else v for v in values]
+        blocks[f"{name}|layer"] = (layers[0].shape[1:], layers)
+        if values[0].ndim == 3:
+            blocks[f"{name}|head"] = (values[0].shape[1:], [v.reshape(len(v), -1) for v in values])
+    if not blocks:
+        return {}, {}
+    widths = [int(np.prod(shape)) for shape, _ in blocks.values()]
+    stacked = [np.concatenate([b[1][i].reshape(len(b[1][i]), -1) for b in blocks.values()], 1)
+               for i in range(len(seeds))]
+    intervals = bootstrap_columns(stacked, n_boot=N_BOOT_COLUMNS)
+    per_layer, heads, start = {}, {}, 0
+    for (key, (shape, _)), width in zip(blocks.items(), widths, strict=True):
+        name, kind = key.split("|")
+        chunk = intervals[start : start + width]
+        start += width
+        if kind == "layer":
+            per_layer[name] = chunk
+        else:
+            heads[name] = np.array([i.excludes(0.0) for i in chunk]).reshape(shape).tolist()
+    return per_layer, heads
+
+
+def task_intervals(seeds: list[SeedResult], *, columns: bool = True) -> Intervals:
+    per_layer, heads = column_intervals(seeds) if columns else ({}, {})
+    return Intervals(overall_intervals([seeds]), per_layer, heads)
+
+
+def differences(trained: list[list[SeedResult]], untrained: list[list[SeedResult]]) -> dict[str, Interval]:
+    """Paired differences ``trained − untrained`` (every metric both hold, same examples) and
+    ``metric − its random baseline``; one list of seeds per task (several: pooled)."""
+    out = {}
+    flat = [s for seeds in trained for s in seeds]
+    for name, random in RANDOM_BASELINES.items():
+        pair = _paired(trained, trained, name, random)
+        if pair is not None:
+            out[f"{name} − {random}"] = pair
+    if any(untrained):
+        for name in (n for n in _names(flat) if n not in RANDOM_BASELINES.values()):
+            pair = _paired(trained, untrained, name, name)
+            if pair is not None:
+                out[f"trained − untrained: {name}"] = pair
+    return out
+
+
+def _paired(a_lists, b_lists, a_name: str, b_name: str) -> Interval | None:
+    a = [g for seeds in a_lists for g in (_groups(seeds, a_name) or [])]
+    b = [g for seeds in b_lists for g in (_groups(seeds, b_name) or [])]
+    if not a or [len(g) for g in a] != [len(g) for g in b]:
+        return None  # not paired (e.g. Rec2FTP's denominators differ)
+    try:
+        return paired_difference(a, b)
+    except ValueError:
+        return None  # no finite pair
+
+
+def pooled_attribution(icl: list[np.ndarray], ft: list[np.ndarray]) -> Attribution:
+    """Attribution maps pooled over seeds: ``icl`` holds each seed's per-example ICL effects
+    ``[example, layer, head]``, ``ft`` each seed's FT effects per attribution batch (mean over
+    the batch's examples); a head is marked when its interval over seeds and examples (FT:
+    batches) excludes 0."""
+    icl_mean = np.mean([x.mean(0) for x in icl], 0)
+    ft_mean = np.mean([x.mean(0) for x in ft], 0)
+    cmp = compare_maps(icl_mean, ft_mean)
+    shape = icl_mean.shape
+
+    def distinct(groups):
+        cols = bootstrap_columns([g.reshape(len(g), -1) for g in groups], n_boot=N_BOOT_COLUMNS)
+        return np.array([c.excludes(0.0) for c in cols]).reshape(shape).tolist()
+
+    return Attribution(cmp.icl.tolist(), cmp.ft.tolist(), cmp.spearman, cmp.kendall,
+                       sum(len(x) for x in icl), distinct(icl), distinct(ft))
+
+
+def pool_task(result: TaskResult) -> TaskResult:
+    """Fill a task's intervals and paired differences from its seeds (in place; returned)."""
+    result.intervals = task_intervals(result.seeds)
+    if result.untrained:
+        result.untrained_intervals = task_intervals(result.untrained, columns=False)
+    result.differences = differences([result.seeds], [result.untrained])
+    return result
