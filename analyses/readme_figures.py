@@ -23,7 +23,7 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from dualform.infra.io import read_json
+from dualform.experiments.dai.results import DaiResults
 from dualform.viz.figures import (
     AttentionExample,
     demo_attention_figure,
@@ -45,17 +45,17 @@ README_FIGURES = {
 }
 
 
-def readme_figures(results: dict, task: str | None = None) -> dict[str, go.Figure]:
+def readme_figures(results: DaiResults, task: str | None = None) -> dict[str, go.Figure]:
     """The README's result figures (those the results hold) for ``task`` (default: the first)."""
-    task = task or next(iter(results["tasks"]))
-    if task not in results["tasks"]:
-        raise SystemExit(f"task {task!r} not in the results: {', '.join(results['tasks'])}")
+    task = task or next(iter(results.tasks))
+    if task not in results.tasks:
+        raise SystemExit(f"task {task!r} not in the results: {', '.join(results.tasks)}")
     figs = figures_from_results(results)
     wanted = {name: key.format(task=task) for name, key in README_FIGURES.items()}
     return {name: figs[key] for name, key in wanted.items() if key in figs}
 
 
-def attention_figures(results: dict, results_dir: Path) -> dict[str, go.Figure]:
+def attention_figures(results: DaiResults, results_dir: Path) -> dict[str, go.Figure]:
     """Last-token attention (ICL/ZSL/FT) and ΔW spectra, from the report's cached example."""
     cached = attention_cache(results, results_dir, max_demos=8)
     if cached is None:
@@ -98,7 +98,7 @@ def main() -> None:
                         help="skip the attention example (it loads the model once, then cached)")
     parser.add_argument("--scale", type=float, default=2.0, help="PNG pixel scale")
     args = parser.parse_args()
-    results = read_json(args.results_dir / "results.json")
+    results = DaiResults.load(args.results_dir)
     if results is None:
         sys.exit(f"no results.json in {args.results_dir}; run `dualform reproduce dai` first")
     browser = ensure_browser()

@@ -83,9 +83,10 @@ def _default_tasks() -> tuple[str, ...]:
 # Options shared by `reproduce dai` and `sweep` (one definition, same meaning in both).
 TASKS = typer.Option(",".join(_default_tasks()), help="Comma-separated task names.")
 SHOTS = typer.Option(32, help="Demonstrations per prompt.")
-N_TEST = typer.Option(24, help="Test examples per task.")
+N_TEST = typer.Option(200, help="Test examples per task (at most; all of a smaller test split).")
+SEEDS = typer.Option(3, help="Independent demonstration sets (and finetuning orders); intervals over them.")
 N_VALIDATION = typer.Option(12, help="Validation examples per task (LR/seed choice).")
-DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds to choose from.")
+DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds each replicate chooses from (replicate r adds 1000·r).")
 FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
 LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
 DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
@@ -99,6 +100,7 @@ def reproduce_dai(
     out: Path = typer.Option(Path("results/dai"), help="Output directory (resumable)."),
     n_test: int = N_TEST,
     n_validation: int = N_VALIDATION,
+    seeds: int = SEEDS,
     demo_seeds: str = DEMO_SEEDS,
     full_grid: bool = FULL_GRID,
     lr_grid: str = LR_GRID,
@@ -117,7 +119,7 @@ def reproduce_dai(
     from dualform.viz.tables import print_dai_table
 
     config = _dai_config(model, tasks, shots, n_test, n_validation, demo_seeds, full_grid, lr_grid,
-                         layer_causal=layer_causal, untrained_baseline=untrained,
+                         seeds=seeds, layer_causal=layer_causal, untrained_baseline=untrained,
                          attribution=attribution, batch_size=batch_size or None,
                          reuse_prefix=reuse_prefix, device=device, dtype=dtype,
                          device_map=device_map or None)
@@ -158,6 +160,7 @@ def sweep(
     out: Path = typer.Option(Path("results/sweep"), help="Output directory (one file per job)."),
     n_test: int = N_TEST,
     n_validation: int = N_VALIDATION,
+    seeds: int = SEEDS,
     demo_seeds: str = DEMO_SEEDS,
     full_grid: bool = FULL_GRID,
     lr_grid: str = LR_GRID,
@@ -178,7 +181,7 @@ def sweep(
     from dualform.viz.tables import print_dai_table
 
     config = _dai_config(models.split(",")[0], tasks, shots, n_test, n_validation, demo_seeds,
-                         full_grid, lr_grid, device=device, dtype=dtype,
+                         full_grid, lr_grid, seeds=seeds, device=device, dtype=dtype,
                          device_map=device_map or None)
     kwargs = {"cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job} if executor == "ray" else {}
     try:
@@ -188,7 +191,7 @@ def sweep(
         _fail(str(err))
     for name, result in results.items():
         print_dai_table(result, console)
-        for failure in result["failed_jobs"]:
+        for failure in result.failed_jobs:
             console.print(f"[red]failed job[/] {failure['job']}: {failure['error']} (rerun to retry)")
         console.print(f"wrote {out / model_slug(name) / 'results.json'}")
 
@@ -245,11 +248,15 @@ def reproduce_momentum(
 @app.command()
 def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A results directory.")) -> None:
     """Write RESULTS_DIR/report.html: one self-contained page with tables and every figure."""
+    from dualform.experiments.dai.results import SchemaVersionError
     from dualform.viz.report import write_report
 
     if not (results_dir / "results.json").exists():
         _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
-    console.print(f"wrote {write_report(results_dir)}")
+    try:
+        console.print(f"wrote {write_report(results_dir)}")
+    except SchemaVersionError as err:
+        _fail(str(err))
 
 
 @app.command()

@@ -2,15 +2,27 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.results import (
+    ACCURACY,
+    COS_ICL_FT,
+    KENDALL,
+    SCHEMA_VERSION,
+    SIMAM_DELTA,
+    SIMAOU,
+    SIMAOU_RANDOM,
+    DaiResults,
+    SchemaVersionError,
+)
 from dualform.infra.io import ResultWriteError, write_json_atomic
 from dualform.viz.tables import dai_markdown
 
 CONFIG = DaiConfig(
     model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,
-    demo_seeds=(1,), lr_grid=(0.1, float("inf")),
+    seeds=2, demo_seeds=(1,), lr_grid=(0.1, float("inf")),
 )
 
 
@@ -21,31 +33,59 @@ def run(tmp_path_factory):
 
 
 def test_results_are_complete_and_strict_json(run):
-    out, results = run
-    on_disk = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
-    task = on_disk["tasks"]["afinn-sentiment"]
-    assert set(task["accuracy"]) == {"zsl", "icl", "ft"}
-    assert task["selection"]["lr"] == 0.1  # the absurd rate diverged and was recorded
-    assert task["selection"]["lr_val_acc"]["inf"].startswith("diverged")
+    out, _ = run
+    json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    results = DaiResults.load(out)
+    assert results.schema_version == SCHEMA_VERSION
+    task = results.tasks["afinn-sentiment"]
+    assert [s.replicate for s in task.seeds] == [0, 1]
+    assert [s.selection.demo_seed for s in task.seeds] == [1, 1001]  # independent demo sets
+    for seed in task.seeds:
+        assert seed.selection.lr == 0.1  # the absurd rate diverged and was recorded
+        assert seed.selection.lr_val_acc["inf"].startswith("diverged")
+        assert {ACCURACY[c] for c in ("zsl", "icl", "ft")} <= set(seed.metrics)
+        assert len(seed.metrics[SIMAOU].per_example) == 4  # test examples
     n_layers = 2
-    assert len(task["simaou"]["normalized"]["per_layer"]) == n_layers
-    assert len(task["simam"]["delta"]["per_head"][0]) == 4  # heads
-    assert len(task["attribution"]["icl"]) == n_layers
-    assert "untrained" in task and "simaou" in task["untrained"]
-    assert task["untrained"]["simaou"] != task["simaou"]  # another random draw of weights
-    assert len(task["dual_form"]["norm_delta_w_icl"]) == n_layers
-    assert len(task["dual_form"]["cos_icl_update_ft"]["per_head"][0]) == 4
-    assert on_disk["config"]["tasks"] == ["afinn-sentiment"]
-    assert "afinn-sentiment (tiny-llama)" in dai_markdown(on_disk)
+    assert len(task.intervals.per_layer[SIMAOU]) == n_layers
+    assert len(task.intervals.head_distinct[SIMAM_DELTA][0]) == 4  # heads
+    simaou = task.intervals.get(SIMAOU)
+    assert simaou.low <= simaou.mean <= simaou.high and simaou.n == 8  # 2 seeds × 4 examples
+    assert np.mean([s.metrics[SIMAOU].mean for s in task.seeds]) == pytest.approx(simaou.mean)
+    assert len(task.attribution.icl) == n_layers and task.n_attribution == 4
+    assert len(task.untrained) == 2 and task.untrained_intervals.get(SIMAOU) != simaou
+    assert f"trained − untrained: {SIMAOU}" in task.differences
+    assert f"{SIMAOU} − {SIMAOU_RANDOM}" in task.differences
+    assert len(task.seeds[0].norm_delta_w_icl) == n_layers
+    assert len(task.seeds[0].metrics[COS_ICL_FT].per_head[0]) == 4
+    assert results.config["tasks"] == ["afinn-sentiment"]
+    assert SIMAOU in results.pooled.overall
+    assert "afinn-sentiment (tiny-llama)" in dai_markdown(results)
+
+
+def test_seeds_share_zero_shot_and_differ_in_demonstrations(run):
+    task = run[1].tasks["afinn-sentiment"]
+    zsl = [s.metrics[ACCURACY["zsl"]].per_example for s in task.seeds]
+    assert zsl[0] == zsl[1]  # ZSL does not depend on the demonstrations: run once
+    icl = [s.metrics[SIMAOU].per_example for s in task.seeds]
+    assert icl[0] != icl[1]
 
 
 def test_resume_keeps_finished_tasks(run, tmp_path):
     out, _ = run
     results = json.loads((out / "results.json").read_text())
-    results["tasks"]["afinn-sentiment"]["sentinel"] = "kept"
+    results["tasks"]["afinn-sentiment"]["timing_s"]["sentinel"] = -1.0
     write_json_atomic(out / "results.json", results)
     resumed = run_dai(out, CONFIG, progress=False)
-    assert resumed["tasks"]["afinn-sentiment"]["sentinel"] == "kept"
+    assert resumed.tasks["afinn-sentiment"].timing_s["sentinel"] == -1.0
+
+
+def test_results_of_another_schema_version_are_refused(run, tmp_path):
+    out, _ = run
+    data = json.loads((out / "results.json").read_text())
+    data["schema_version"] = 1
+    write_json_atomic(tmp_path / "results.json", data)
+    with pytest.raises(SchemaVersionError, match="schema version 1"):
+        run_dai(tmp_path, CONFIG, progress=False)
 
 
 def test_full_disk_keeps_the_previous_results(tmp_path):
@@ -71,10 +111,10 @@ def test_prefix_reuse_and_batching_do_not_change_the_results(run, tmp_path):
     import dataclasses
 
     _, reused = run
-    naive = run_dai(tmp_path, dataclasses.replace(CONFIG, reuse_prefix=False, untrained_baseline=False,
-                                                  attribution=False), progress=False)
-    a, b = reused["tasks"]["afinn-sentiment"], naive["tasks"]["afinn-sentiment"]
-    assert a["accuracy"] == b["accuracy"]
-    for metric in (("simaou", "normalized"), ("simam", "delta"), ("kendall", "value")):
-        x, y = a[metric[0]][metric[1]]["mean"], b[metric[0]][metric[1]]["mean"]
-        assert abs(x - y) < 1e-4, metric
+    naive = run_dai(tmp_path, dataclasses.replace(CONFIG, reuse_prefix=False,
+                                                  untrained_baseline=False, attribution=False),
+                    progress=False)
+    for a, b in zip(reused.tasks["afinn-sentiment"].seeds, naive.tasks["afinn-sentiment"].seeds,
+                    strict=True):
+        for name in (*ACCURACY.values(), SIMAOU, SIMAM_DELTA, KENDALL):
+            assert abs(a.metrics[name].mean - b.metrics[name].mean) < 1e-4, name

@@ -44,7 +44,7 @@ def _extra_dirs(root):
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     results = fake_results(("afinn-sentiment", "vader-valence"))
-    write_json_atomic(root / "dai" / "results.json", results)
+    results.save(root / "dai" / "results.json")
     _extra_dirs(root)
     path = write_report(root / "dai")
     return path, results
@@ -129,7 +129,7 @@ def test_report_reuses_the_cached_attention_example(report, monkeypatch):
 
 def test_report_without_the_model_keeps_everything_else(tmp_path, monkeypatch):
     results = fake_results()
-    write_json_atomic(tmp_path / "dai" / "results.json", results)
+    results.save(tmp_path / "dai" / "results.json")
 
     def no_model(*args, **kwargs):
         raise ModelLoadError("model-is-offline")

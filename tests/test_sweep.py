@@ -10,19 +10,20 @@ import json
 import pytest
 
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.results import DaiResults, TaskResult
 from dualform.experiments.dai.sweep import Job, run_sweep
 from dualform.infra.executors import LocalExecutor, get_executor
 from dualform.infra.io import as_stored
 
 CONFIG = DaiConfig(
     model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,
-    demo_seeds=(1, 2), lr_grid=(0.1, 0.01, float("inf")), batch_size=4,
+    seeds=2, demo_seeds=(1, 2), lr_grid=(0.1, 0.01, float("inf")), batch_size=4,
 )
-SAME = ("accuracy", "rec2ftp", "simaou", "simam", "kendall", "selection", "attribution", "untrained")
+SAME = ("seeds", "untrained", "intervals", "untrained_intervals", "differences", "attribution")
 
 
-def _same_numbers(a: dict, b: dict) -> None:
-    a, b = as_stored(a), as_stored(b)  # as written to results.json (NaN → null, int keys → str)
+def _same_numbers(a: TaskResult, b: TaskResult) -> None:
+    a, b = as_stored(a.to_json()), as_stored(b.to_json())  # as written to results.json
     for key in SAME:
         assert json.dumps(a[key], sort_keys=True) == json.dumps(b[key], sort_keys=True), key
 
@@ -30,7 +31,7 @@ def _same_numbers(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, single_thread):
     out = tmp_path_factory.mktemp("dai")
-    return run_dai(out, CONFIG, progress=False)["tasks"]["afinn-sentiment"]
+    return run_dai(out, CONFIG, progress=False).tasks["afinn-sentiment"]
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +42,20 @@ def local_sweep(tmp_path_factory, single_thread):
 
 def test_local_sweep_equals_run_dai(reference, local_sweep):
     out, results = local_sweep
-    sweep_task = results["tiny-llama"]["tasks"]["afinn-sentiment"]
+    sweep_task = results["tiny-llama"].tasks["afinn-sentiment"]
     _same_numbers(sweep_task, reference)
-    on_disk = json.loads((out / "tiny-llama" / "results.json").read_text())
-    assert on_disk["tasks"]["afinn-sentiment"]["selection"]["lr"] == reference["selection"]["lr"]
-    assert on_disk["failed_jobs"] == []
+    on_disk = DaiResults.load(out / "tiny-llama")
+    assert ([s.selection.lr for s in on_disk.tasks["afinn-sentiment"].seeds]
+            == [s.selection.lr for s in reference.seeds])
+    assert on_disk.failed_jobs == []
 
 
 def test_each_job_has_its_own_file_and_a_rerun_runs_nothing(local_sweep):
     out, _ = local_sweep
     names = sorted(p.name for p in (out / "jobs").iterdir())
-    # 2 seed jobs, 3 lr jobs (the chosen seed), 1 test job
-    assert sum(n.startswith("seed__") for n in names) == 2
-    assert sum(n.startswith("lr__") for n in names) == 3
+    # per replicate 2 seed jobs and 3 lr jobs (the chosen seed); 1 test job for the task
+    assert sum(n.startswith("seed__") for n in names) == 4
+    assert sum(n.startswith("lr__") for n in names) == 6
     assert sum(n.startswith("test__") for n in names) == 1
     diverged = json.loads((out / "jobs" / next(n for n in names if "lrinf" in n)).read_text())
     assert diverged["val_acc"].startswith("diverged")
@@ -64,7 +66,7 @@ def test_each_job_has_its_own_file_and_a_rerun_runs_nothing(local_sweep):
             return iter(())
 
     again = run_sweep(out, CONFIG, executor=Refuse(progress=False))
-    assert again["tiny-llama"]["tasks"]["afinn-sentiment"]["accuracy"]
+    assert again["tiny-llama"].tasks["afinn-sentiment"].seeds
 
 
 def test_a_lost_job_costs_one_job_and_is_retried(tmp_path, single_thread):
@@ -80,17 +82,17 @@ def test_a_lost_job_costs_one_job_and_is_retried(tmp_path, single_thread):
                     yield item, fn(item), None
 
     broken = run_sweep(tmp_path, cfg, executor=LoseLr(progress=False))["tiny-llama"]
-    assert broken["tasks"] == {}
-    assert broken["failed_jobs"][0]["error"] == "RuntimeError: worker died"
-    assert (tmp_path / "jobs" / "seed__tiny-llama__afinn-sentiment__seed1.json").exists()
+    assert broken.tasks == {}
+    assert broken.failed_jobs[0]["error"] == "RuntimeError: worker died"
+    assert (tmp_path / "jobs" / "seed__tiny-llama__afinn-sentiment__rep0__seed1.json").exists()
     fixed = run_sweep(tmp_path, cfg, executor=LocalExecutor(progress=False))["tiny-llama"]
-    assert fixed["failed_jobs"] == [] and "afinn-sentiment" in fixed["tasks"]
+    assert fixed.failed_jobs == [] and "afinn-sentiment" in fixed.tasks
 
 
 def test_job_keys_are_distinct_and_file_safe():
-    keys = {Job("lr", dataclasses.replace(CONFIG, model="org/model"), "t", 1, lr).key
-            for lr in (0.1, 0.01)}
-    assert len(keys) == 2 and all("/" not in k for k in keys)
+    config = dataclasses.replace(CONFIG, model="org/model")
+    keys = {Job("lr", config, "t", r, 1 + 1000 * r, lr).key for lr in (0.1, 0.01) for r in (0, 1)}
+    assert len(keys) == 4 and all("/" not in k for k in keys)
 
 
 def test_unknown_executor_is_a_clear_error():
@@ -106,6 +108,6 @@ def test_ray_sweep_on_a_local_ray_equals_the_local_one(tmp_path, local_sweep):
         results = run_sweep(tmp_path, CONFIG, executor=executor)
     finally:
         executor.shutdown()
-    _same_numbers(results["tiny-llama"]["tasks"]["afinn-sentiment"],
-                  local["tiny-llama"]["tasks"]["afinn-sentiment"])
-    assert len(list((tmp_path / "jobs").iterdir())) == 6
+    _same_numbers(results["tiny-llama"].tasks["afinn-sentiment"],
+                  local["tiny-llama"].tasks["afinn-sentiment"])
+    assert len(list((tmp_path / "jobs").iterdir())) == 11

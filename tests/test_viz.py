@@ -11,6 +11,25 @@ import torch
 
 from dualform import dual_form, finetune_kv, load_model, load_task, prompt_tokens, sample_demos
 from dualform.experiments.dai.conditions import demo_training_texts
+from dualform.experiments.dai.pooling import pool_task, pooled_attribution
+from dualform.experiments.dai.protocol import pool_tasks
+from dualform.experiments.dai.results import (
+    ACCURACY,
+    COS_ICL_FT,
+    KENDALL,
+    REC2FTP,
+    SCHEMA_VERSION,
+    SIMAM_DELTA,
+    SIMAOU,
+    DaiResults,
+    SchemaVersionError,
+    SeedResult,
+    Selection,
+    Summary,
+    TaskResult,
+    metric_set,
+)
+from dualform.infra.io import as_stored
 from dualform.tasks.prompts import build_prompt
 from dualform.viz.figures import (
     AttentionExample,
@@ -22,99 +41,119 @@ from dualform.viz.figures import (
     figures_from_results,
     spectrum_figure,
 )
+from dualform.viz.tables import dai_markdown, dai_rows
 
-N_LAYERS, N_HEADS = 2, 4
+N_LAYERS, N_HEADS, N_EXAMPLES, N_SEEDS = 2, 4, 6, 2
 PER_TASK = {"simaou_layers", "simam_layers", "simam_delta_layers", "kendall_layers", "cos_layers",
             "heads_simaou_z", "heads_simam", "heads_attribution", "heads_norms", "heads_cos"}
 
 
-def _summary(rng, heads: bool = True, signed: bool = True) -> dict:
-    per_head = rng.uniform(-1 if signed else 0, 1, (N_LAYERS, N_HEADS))
-    out = {"mean": float(per_head.mean()), "per_layer": per_head.mean(1).tolist()}
-    if heads:
-        out["per_head"] = per_head.tolist()
-    return out
+def _metrics(rng, shift: float = 0.0) -> dict:
+    """Scoring's output for one seed, from random unreduced values (the real Summary path)."""
+    def layers():
+        return Summary.of(rng.uniform(-1, 1, (N_EXAMPLES, N_LAYERS)) + shift)
 
+    def heads():
+        return Summary.of(rng.uniform(-1, 1, (N_EXAMPLES, N_LAYERS, N_HEADS)) + shift)
 
-def _metrics(rng, attribution: bool = True) -> dict:
-    out = {
-        "accuracy": {"zsl": 50.0, "icl": 75.0, "ft": 62.5}, "rec2ftp": 80.0, "n_f2t": 2,
-        "simaou": {"normalized": _summary(rng, False), "unnormalized": _summary(rng, False),
-                   "random": _summary(rng, False), "per_head_z": _summary(rng)},
-        "simam": {k: _summary(rng) for k in ("before", "after", "delta")},
-        "kendall": {"value": _summary(rng, False), "random": _summary(rng, False)},
+    correct = {c: rng.random(N_EXAMPLES) < p for c, p in (("zsl", 0.5), ("icl", 0.75), ("ft", 0.6))}
+    fixed = correct["ft"] & ~correct["zsl"]
+    return {
+        "accuracy": {c: Summary.scalar(100.0 * v.mean(), 100.0 * v) for c, v in correct.items()},
+        "rec2ftp": Summary.scalar(100.0 * correct["icl"][fixed].mean() if fixed.any() else float("nan"),
+                                  100.0 * correct["icl"][fixed]),
+        "n_f2t": int(fixed.sum()),
+        "simaou": {"normalized": layers(), "unnormalized": layers(), "random": layers(),
+                   "per_head_z": heads()},
+        "simam": {k: heads() for k in ("before", "after", "delta")},
+        "kendall": {"value": layers(), "random": layers()},
         "dual_form": {"norm_delta_w_icl": rng.uniform(1, 2, (N_LAYERS, N_HEADS)).tolist(),
                       "norm_w_zsl": rng.uniform(1, 2, (N_LAYERS, N_HEADS)).tolist(),
-                      "cos_icl_update_ft": _summary(rng)},
-        "ft_diverged": False,
+                      "cos_icl_update_ft": heads()},
     }
-    if attribution:
-        out["attribution"] = {"icl": rng.normal(size=(N_LAYERS, N_HEADS)).tolist(),
-                              "ft": rng.normal(size=(N_LAYERS, N_HEADS)).tolist(),
-                              "spearman": 0.4, "kendall": 0.3}
-    return out
 
 
-def fake_results(tasks=("afinn-sentiment",), model: str = "tiny-llama", seed: int = 0) -> dict:
-    """A ``results.json`` of ``reproduce dai`` with random numbers, in the real schema."""
+def _seed(rng, replicate: int, shift: float = 0.0) -> SeedResult:
+    scored = _metrics(rng, shift)
+    selection = Selection(1 + 1000 * replicate, 0.1, {"1": 50.0}, {"0.1": 50.0})
+    return SeedResult(replicate, selection, metric_set(scored), scored["n_f2t"], False,
+                      scored["dual_form"]["norm_delta_w_icl"], scored["dual_form"]["norm_w_zsl"])
+
+
+def fake_results(tasks=("afinn-sentiment",), model: str = "tiny-llama", seed: int = 0) -> DaiResults:
+    """Results of ``reproduce dai`` with random numbers, built and pooled by the real schema and
+    pooling code, then read back from its JSON (as every reader sees it)."""
     rng = np.random.default_rng(seed)
     config = {"model": model, "tasks": list(tasks), "shots": 4, "n_validation": 4, "n_test": 4,
-              "demo_seeds": [1], "lr_grid": [0.1], "layer_causal": False,
+              "seeds": N_SEEDS, "demo_seeds": [1], "lr_grid": [0.1], "layer_causal": False,
               "untrained_baseline": True, "attribution": True, "device": "cpu", "seed": 0}
-    out = {"config": config, "versions": {"dualform": "0.1.0"}, "tasks": {}}
+    results = DaiResults(config, {"dualform": "0.1.0"})
     for name in tasks:
-        task = {"task": name, "template": "Word: {x} Sentiment: {y}", "shots": 4, "n_test": 4,
-                "selection": {"demo_seed": 1, "lr": 0.1, "demo_seed_val_acc": {"1": 50.0},
-                              "lr_val_acc": {"0.1": 50.0}},
-                **_metrics(rng), "untrained": _metrics(rng, attribution=False),
-                "timing_s": {"finetune": 1.0}}
-        task["simam"]["delta"]["per_head"][0][1] = None  # not finite → null in strict JSON
-        out["tasks"][name] = task
-    return out
+        task = TaskResult(name, "Word: {x} Sentiment: {y}", ["Negative", "Positive"], 4, N_EXAMPLES,
+                          N_EXAMPLES, [_seed(rng, r, 0.2) for r in range(N_SEEDS)],
+                          [_seed(rng, r) for r in range(N_SEEDS)], timing_s={"finetune": 1.0})
+        task.seeds[0].metrics[SIMAM_DELTA].values[:, 0, 1] = np.nan  # not finite → null in JSON
+        task.seeds[0].metrics[SIMAM_DELTA].per_head[0][1] = None
+        effects = [rng.normal(0.3, 1.0, (N_EXAMPLES, N_LAYERS, N_HEADS)) for _ in range(N_SEEDS)]
+        task.attribution = pooled_attribution(effects, [e[:3] for e in effects])
+        results.tasks[name] = pool_task(task)
+    pool_tasks(results)
+    return DaiResults.from_json(as_stored(results.to_json()))
 
 
 def test_figures_from_results_has_every_figure():
     results = fake_results(("afinn-sentiment", "vader-valence"))
     figs = figures_from_results(results)
-    expected = {"accuracy", "overview"} | {f"{t}/{k}" for t in results["tasks"] for k in PER_TASK}
+    expected = {"accuracy", "overview"} | {f"{t}/{k}" for t in results.tasks for k in PER_TASK}
     assert set(figs) == expected
     assert all(isinstance(f, go.Figure) and f.data for f in figs.values())
-    accuracy = {tr.name: list(tr.y) for tr in figs["accuracy"].data}
-    assert accuracy == {"ZSL": [50.0, 50.0], "ICL": [75.0, 75.0], "FT": [62.5, 62.5]}
+    accuracy = {tr.name: tr for tr in figs["accuracy"].data}
+    assert set(accuracy) == {"ZSL", "ICL", "FT"}
+    icl = results.tasks["vader-valence"].intervals.get(ACCURACY["icl"])
+    assert accuracy["ICL"].y[1] == pytest.approx(icl.mean)  # error bars = the interval
+    assert accuracy["ICL"].error_y.array[1] == pytest.approx(icl.high - icl.mean)
+    assert accuracy["ICL"].error_y.arrayminus[1] == pytest.approx(icl.mean - icl.low)
 
 
-def test_heatmaps_hold_the_values_and_name_layer_head_value():
+def test_heatmaps_hold_the_values_and_mark_distinct_heads():
     results = fake_results()
-    t = results["tasks"]["afinn-sentiment"]
+    t = results.tasks["afinn-sentiment"]
     figs = figures_from_results(results)
     heat = figs["afinn-sentiment/heads_cos"].data[0]
-    np.testing.assert_allclose(heat.z, t["dual_form"]["cos_icl_update_ft"]["per_head"])
+    np.testing.assert_allclose(heat.z, t.per_head_mean(COS_ICL_FT))
     assert heat.z.shape == (N_LAYERS, N_HEADS)
     for key in (k for k in figs if "/heads_" in k):
         for trace in figs[key].data:
-            assert all(w in trace.hovertemplate for w in ("layer %{y}", "head %{x}", "value %{z"))
+            if trace.type == "heatmap":
+                assert all(w in trace.hovertemplate for w in ("layer %{y}", "head %{x}", "value %{z"))
     simam = figs["afinn-sentiment/heads_simam"]
-    assert [tr.name for tr in simam.data] == ["before", "after", "Δ"]
-    assert np.isnan(simam.data[2].z[0, 1])  # the null entry is a gap, not a crash
+    assert [tr.name for tr in simam.data if tr.type == "heatmap"] == ["before", "after", "Δ"]
     attr = figs["afinn-sentiment/heads_attribution"]
-    assert attr.data[0].coloraxis != attr.data[1].coloraxis  # ICL and FT on their own scales
-    assert "0.40" in attr.layout.title.text  # Spearman ρ in the title
+    maps = [tr for tr in attr.data if tr.type == "heatmap"]
+    assert maps[0].coloraxis != maps[1].coloraxis  # ICL and FT on their own scales
+    assert f"{t.attribution.spearman:.2f}" in attr.layout.title.text  # Spearman ρ in the title
+    marks = [tr for tr in attr.data if tr.type == "scatter"]
+    distinct = np.array(t.attribution.icl_distinct)
+    assert distinct.any()  # effects drawn around 0.3 ± 1 over 12 examples
+    layers, heads = np.nonzero(distinct)
+    assert sorted(zip(marks[0].y, marks[0].x, strict=True)) == sorted(zip(layers, heads, strict=True))
 
 
-def test_layer_lines_have_baselines_and_head_bands():
+def test_layer_lines_have_baselines_and_interval_bands():
     results = fake_results()
-    t = results["tasks"]["afinn-sentiment"]
+    t = results.tasks["afinn-sentiment"]
     fig = figures_from_results(results)["afinn-sentiment/simam_delta_layers"]
     by_name = {tr.name: tr for tr in fig.data}
     assert by_name["SimAM_Δ"].line.dash == "solid"
-    np.testing.assert_allclose(by_name["SimAM_Δ"].y, t["simam"]["delta"]["per_layer"])
+    layer_intervals = t.intervals.per_layer[SIMAM_DELTA]
+    np.testing.assert_allclose(by_name["SimAM_Δ"].y, [i.mean for i in layer_intervals])
     untrained = by_name["untrained: SimAM_Δ"]
     assert untrained.line.dash == "dash" and untrained.line.color == by_name["SimAM_Δ"].line.color
-    np.testing.assert_allclose(untrained.y, t["untrained"]["simam"]["delta"]["per_layer"])
-    band = by_name["SimAM_Δ: range over heads"]
-    per_head = np.array(t["simam"]["delta"]["per_head"], dtype=float)
-    high, low = np.nanmax(per_head, 1), np.nanmin(per_head, 1)
+    np.testing.assert_allclose(untrained.y, t.per_layer_mean(SIMAM_DELTA, untrained=True))
+    band = by_name["SimAM_Δ: 95 % interval"]
+    low, high = [i.low for i in layer_intervals], [i.high for i in layer_intervals]
     np.testing.assert_allclose(band.y, np.concatenate([high, low[::-1]]))
+    assert all(i.low <= i.mean <= i.high for i in layer_intervals)
     kendall = figures_from_results(results)["afinn-sentiment/kendall_layers"]
     assert {tr.name: tr.line.dash for tr in kendall.data}["random"] == "dot"
     assert "layer %{x}" in by_name["SimAM_Δ"].hovertemplate
@@ -122,13 +161,45 @@ def test_layer_lines_have_baselines_and_head_bands():
 
 def test_missing_parts_are_left_out():
     results = fake_results()
-    t = results["tasks"]["afinn-sentiment"]
-    del t["attribution"], t["untrained"], t["kendall"]
+    t = results.tasks["afinn-sentiment"]
+    t.attribution, t.untrained = None, []
+    for s in t.seeds:
+        del s.metrics[KENDALL]
+    t.intervals.per_layer.pop(KENDALL)
     figs = figures_from_results(results)
     assert "afinn-sentiment/heads_attribution" not in figs
     assert "afinn-sentiment/kendall_layers" not in figs
     names = [tr.name for tr in figs["afinn-sentiment/simam_layers"].data]
     assert not any(n.startswith("untrained") for n in names)
+
+
+def test_results_round_trip_and_refuse_another_schema_version(tmp_path):
+    results = fake_results()
+    path = results.save(tmp_path / "results.json")
+    again = DaiResults.load(tmp_path)
+    assert as_stored(again.to_json()) == as_stored(results.to_json())
+    data = json.loads(path.read_text())
+    data["schema_version"] = 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchemaVersionError) as err:
+        DaiResults.load(path)
+    message = str(err.value)
+    assert str(path) in message and "version 1" in message and f"version {SCHEMA_VERSION}" in message
+    assert "Rerun" in message
+
+
+def test_table_cells_are_intervals_and_small_ratios_are_flagged():
+    results = fake_results(("afinn-sentiment", "vader-valence"))
+    rows = dict(dai_rows(results))
+    t = results.tasks["afinn-sentiment"]
+    simaou = t.intervals.get(SIMAOU)
+    cell = rows["afinn-sentiment (tiny-llama)"][SIMAOU]
+    assert cell == f"{simaou.mean:.3f} [{simaou.low:.3f}, {simaou.high:.3f}]"
+    rec = rows["afinn-sentiment (tiny-llama)"][REC2FTP]
+    assert rec == "–" or rec.endswith(f"⚠ n={t.intervals.get(REC2FTP).n}")  # 2 × 6 examples < 20
+    assert "all tasks, pooled (tiny-llama)" in rows
+    markdown = dai_markdown(results)
+    assert "SimAOU − random" in markdown and "bootstrap over seeds" in markdown
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from dualform.core.finetune import (
     next_token_loss,
 )
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.results import DaiResults
 from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.probes import capture
 
@@ -172,10 +173,10 @@ def bench_end_to_end(name: str, device: str | None = None, dtype: str = "float32
     return times
 
 
-def _stage_totals(results: dict) -> dict[str, float]:
+def _stage_totals(results: DaiResults) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for task in results["tasks"].values():
-        for stage, seconds in task["timing_s"].items():
+    for task in results.tasks.values():
+        for stage, seconds in task.timing_s.items():
             totals[stage] = totals.get(stage, 0.0) + seconds
     return totals
 

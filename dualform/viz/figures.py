@@ -1,9 +1,10 @@
 """Plotly figures for dualform results; every function returns a ``plotly.graph_objects.Figure``.
 
 * :func:`head_heatmap` / :func:`head_heatmaps` — layer×head maps of any per-head metric
-  (SimAOU of z, SimAM, attribution effects, ‖ΔW_ICL‖, cos(ΔW_ICL q, Δz_FT), …);
+  (SimAOU of z, SimAM, attribution effects, ‖ΔW_ICL‖, cos(ΔW_ICL q, Δz_FT), …), heads whose
+  interval excludes 0 marked;
 * :func:`layer_lines` — per-layer curves with random / untrained baselines dashed and the
-  spread over heads as a band;
+  95 % interval (over seeds and test examples) as a band;
 * :func:`spectrum_figure` — singular values of ΔW_ICL vs ΔW_V / ΔW_K of finetuning for one head
   (see :mod:`dualform.viz.spectra` for exactly what is compared);
 * :func:`demo_attention_figure` — last-token attention under ICL vs ZSL vs FT, and
@@ -18,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import plotly.graph_objects as go
 
+from dualform.experiments.dai import results as R
 from dualform.viz.attention import (
     AttentionExample,
     OfflineHTML,
@@ -67,131 +69,106 @@ __all__ = [
 ]
 
 
-def get(data: dict | None, *path: str):
-    """``data[path[0]][path[1]]…`` or ``None`` when any key is missing."""
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
-def accuracy_figure(results: dict) -> go.Figure:
-    """Accuracy of ZSL / ICL / FT per task."""
+def accuracy_figure(results: R.DaiResults) -> go.Figure:
+    """Accuracy of ZSL / ICL / FT per task, with 95 % intervals over seeds and examples."""
     names = {"zsl": "ZSL", "icl": "ICL", "ft": "FT"}
-    groups = {task: {names[c]: t["accuracy"].get(c) for c in names}
-              for task, t in results["tasks"].items() if "accuracy" in t}
+    groups = {task: {names[c]: t.intervals.get(R.ACCURACY[c]) for c in names}
+              for task, t in results.tasks.items()}
     colors = {names[c]: color for c, color in CONDITION_COLORS.items()}
-    return grouped_bars(groups, f"Accuracy ({results['config']['model']})", y_title="accuracy %",
+    return grouped_bars(groups, f"Accuracy ({results.model})", y_title="accuracy %",
                         colors=colors)
 
 
-#: Headline numbers of a task: label → path of the ``mean`` in a task's results.
+#: Headline metrics of the overview: label → metric name.
 HEADLINE = {
-    "SimAOU": ("simaou", "normalized", "mean"),
-    "SimAOU (z, per head)": ("simaou", "per_head_z", "mean"),
-    "SimAM before": ("simam", "before", "mean"),
-    "SimAM after": ("simam", "after", "mean"),
-    "SimAM_Δ": ("simam", "delta", "mean"),
-    "Kendall": ("kendall", "value", "mean"),
-    "cos(ΔW_ICL q, Δz_FT)": ("dual_form", "cos_icl_update_ft", "mean"),
+    "SimAOU": R.SIMAOU, "SimAOU (z, per head)": R.SIMAOU_Z, "SimAM before": R.SIMAM_BEFORE,
+    "SimAM after": R.SIMAM_AFTER, "SimAM_Δ": R.SIMAM_DELTA, "Kendall": R.KENDALL,
+    "cos(ΔW_ICL q, Δz_FT)": R.COS_ICL_FT,
 }
-RANDOM = {"SimAOU": ("simaou", "random", "mean"), "Kendall": ("kendall", "random", "mean")}
 
 
-def overview_figure(results: dict) -> go.Figure:
-    """Headline metrics per task, with the untrained model and random baselines (task means)."""
-    groups: dict[str, dict[str, float | None]] = {label: {} for label in HEADLINE}
-    tasks = results["tasks"]
-    for label, path in HEADLINE.items():
-        for task, t in tasks.items():
-            groups[label][task] = get(t, *path)
-        groups[label]["untrained (task mean)"] = _mean(get(t.get("untrained"), *path)
-                                                       for t in tasks.values())
-        if label in RANDOM:
-            groups[label]["random (task mean)"] = _mean(get(t, *RANDOM[label]) for t in tasks.values())
-    return grouped_bars(groups, f"Headline metrics ({results['config']['model']})")
+def overview_figure(results: R.DaiResults) -> go.Figure:
+    """Headline metrics per task, pooled untrained model and random baselines, with intervals."""
+    groups: dict[str, dict] = {label: {} for label in HEADLINE}
+    for label, name in HEADLINE.items():
+        for task, t in results.tasks.items():
+            groups[label][task] = t.intervals.get(name)
+        groups[label]["untrained (pooled)"] = results.pooled_untrained.get(name)
+        if name in R.RANDOM_BASELINES:
+            groups[label]["random (pooled)"] = results.pooled.get(R.RANDOM_BASELINES[name])
+    return grouped_bars(groups, f"Headline metrics ({results.model}), 95 % intervals")
 
 
-def _mean(values) -> float | None:
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def _summary_line(name: str, summary: dict | None, series: dict, bands: dict) -> None:
-    if summary is None:
-        return
-    series[name] = summary["per_layer"]
-    if "per_head" in summary:
-        bands[name] = spread_band(summary["per_head"])
-
-
-def _lines(t: dict, title: str, parts: dict[str, tuple], baselines: dict[str, tuple],
+def _lines(t: R.TaskResult, title: str, parts: dict[str, str], baselines: dict[str, str],
            y_title: str) -> go.Figure | None:
-    series: dict = {}
-    bands: dict = {}
-    for name, path in parts.items():
-        _summary_line(name, get(t, *path), series, bands)
+    series = {n: [i.mean for i in t.intervals.per_layer[m]] for n, m in parts.items()
+              if m in t.intervals.per_layer}
     if not series:
         return None
-    base = {name: get(t, *path, "per_layer") for name, path in baselines.items()}
-    base.update({f"untrained: {n}": get(t.get("untrained"), *p, "per_layer")
-                 for n, p in parts.items()})
+    bands = {n: ([i.low for i in t.intervals.per_layer[m]], [i.high for i in t.intervals.per_layer[m]])
+             for n, m in parts.items() if m in t.intervals.per_layer}
+    base = {n: t.per_layer_mean(m) for n, m in baselines.items()}
+    base.update({f"untrained: {n}": t.per_layer_mean(m, untrained=True) for n, m in parts.items()})
     base = {n: v for n, v in base.items() if v is not None}
-    return layer_lines(series, title, baselines=base, bands=bands, y_title=y_title)
+    return layer_lines(series, title, baselines=base, bands=bands, y_title=y_title,
+                       band_label="95 % interval")
 
 
-LINE_FIGURES: dict[str, tuple[str, dict[str, tuple], dict[str, tuple], str]] = {
+LINE_FIGURES: dict[str, tuple[str, dict[str, str], dict[str, str], str]] = {
     "simaou_layers": ("SimAOU per layer", {
-        "SimAOU": ("simaou", "normalized"), "SimAOU unnorm.": ("simaou", "unnormalized"),
-        "SimAOU of z (per head)": ("simaou", "per_head_z")},
-        {"random": ("simaou", "random")}, "similarity"),
+        "SimAOU": R.SIMAOU, "SimAOU unnorm.": R.SIMAOU_UNNORM, "SimAOU of z (per head)": R.SIMAOU_Z},
+        {"random": R.SIMAOU_RANDOM}, "similarity"),
     "simam_layers": ("SimAM per layer (before: ICL vs ZSL, after: ICL vs FT)", {
-        "SimAM before": ("simam", "before"), "SimAM after": ("simam", "after")}, {}, "similarity"),
-    "simam_delta_layers": ("SimAM_Δ per layer", {"SimAM_Δ": ("simam", "delta")}, {}, "SimAM_Δ"),
-    "kendall_layers": ("Kendall τ per layer", {
-        "Kendall": ("kendall", "value")}, {"random": ("kendall", "random")}, "τ"),
-    "cos_layers": ("cos(ΔW_ICL q, Δz_FT) per layer", {
-        "cos": ("dual_form", "cos_icl_update_ft")}, {}, "cosine"),
+        "SimAM before": R.SIMAM_BEFORE, "SimAM after": R.SIMAM_AFTER}, {}, "similarity"),
+    "simam_delta_layers": ("SimAM_Δ per layer", {"SimAM_Δ": R.SIMAM_DELTA}, {}, "SimAM_Δ"),
+    "kendall_layers": ("Kendall τ per layer", {"Kendall": R.KENDALL}, {"random": R.KENDALL_RANDOM}, "τ"),
+    "cos_layers": ("cos(ΔW_ICL q, Δz_FT) per layer", {"cos": R.COS_ICL_FT}, {}, "cosine"),
 }
+MARK_NOTE = "○: 95 % interval excludes 0"
 
 
-def _head_maps(t: dict, title: Callable[[str], str]) -> dict[str, go.Figure]:
+def _head_maps(t: R.TaskResult, title: Callable[[str], str]) -> dict[str, go.Figure]:
     figs: dict[str, go.Figure] = {}
-    if (z := get(t, "simaou", "per_head_z", "per_head")) is not None:
-        figs["heads_simaou_z"] = head_heatmap(z, title("SimAOU of z per head"), colorbar="SimAOU")
-    simam = {n: get(t, "simam", k, "per_head") for n, k in
-             (("before", "before"), ("after", "after"), ("Δ", "delta"))}
-    if all(v is not None for v in simam.values()):
-        figs["heads_simam"] = head_heatmaps(simam, title("SimAM per head"), shared_scale=False)
-    if (attr := t.get("attribution")) is not None:
-        rho = attr.get("spearman")
-        label = f" (Spearman ρ = {rho:.2f})" if rho is not None else ""
+    marks = t.intervals.head_distinct
+    if (z := t.per_head_mean(R.SIMAOU_Z)) is not None:
+        figs["heads_simaou_z"] = head_heatmap(z, title(f"SimAOU of z per head ({MARK_NOTE})"),
+                                              colorbar="SimAOU", marks=marks.get(R.SIMAOU_Z))
+    simam = {"before": R.SIMAM_BEFORE, "after": R.SIMAM_AFTER, "Δ": R.SIMAM_DELTA}
+    maps = {n: t.per_head_mean(m) for n, m in simam.items()}
+    if all(v is not None for v in maps.values()):
+        figs["heads_simam"] = head_heatmaps(maps, title(f"SimAM per head ({MARK_NOTE})"),
+                                            shared_scale=False,
+                                            marks={n: marks.get(m) for n, m in simam.items()})
+    if (attr := t.attribution) is not None:
+        label = f" (Spearman ρ = {attr.spearman:.2f})" if attr.spearman is not None else ""
         figs["heads_attribution"] = head_heatmaps(
-            {"ICL effect": attr["icl"], "FT effect": attr["ft"]},
-            title(f"Head attribution{label}"), shared_scale=False, colorbar="Δ logit diff")
-    if (dual := t.get("dual_form")) is not None:
-        figs.update(_dual_maps(dual, title))
+            {"ICL effect": attr.icl, "FT effect": attr.ft},
+            title(f"Head attribution{label}, {attr.n_examples} examples ({MARK_NOTE})"),
+            shared_scale=False, colorbar="Δ logit diff",
+            marks={"ICL effect": attr.icl_distinct, "FT effect": attr.ft_distinct})
+    figs.update(_dual_maps(t, title))
     return figs
 
 
-def _dual_maps(dual: dict, title: Callable[[str], str]) -> dict[str, go.Figure]:
+def _dual_maps(t: R.TaskResult, title: Callable[[str], str]) -> dict[str, go.Figure]:
     figs = {}
-    if "norm_delta_w_icl" in dual and "norm_w_zsl" in dual:
-        icl, zsl = as_array(dual["norm_delta_w_icl"]), as_array(dual["norm_w_zsl"])
+    icl, zsl = t.mean_map("norm_delta_w_icl"), t.mean_map("norm_w_zsl")
+    if icl is not None and zsl is not None:
+        icl, zsl = as_array(icl), as_array(zsl)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = icl / zsl
         maps = {"‖ΔW_ICL‖": icl, "‖W_ZSL‖": zsl, "‖ΔW_ICL‖ / ‖W_ZSL‖": ratio}
         figs["heads_norms"] = head_heatmaps(maps, title("Frobenius norms per head"),
                                             diverging=False, shared_scale=False)
-    if (cos := get(dual, "cos_icl_update_ft", "per_head")) is not None:
-        figs["heads_cos"] = head_heatmap(cos, title("cos(ΔW_ICL q, Δz_FT) per head"),
-                                         colorbar="cosine")
+    if (cos := t.per_head_mean(R.COS_ICL_FT)) is not None:
+        figs["heads_cos"] = head_heatmap(cos, title(f"cos(ΔW_ICL q, Δz_FT) per head ({MARK_NOTE})"),
+                                         colorbar="cosine",
+                                         marks=t.intervals.head_distinct.get(R.COS_ICL_FT))
     return figs
 
 
-def task_figures(task: str, t: dict, model: str = "") -> dict[str, go.Figure]:
-    """Per-layer lines and layer×head maps of one task's results."""
+def task_figures(task: str, t: R.TaskResult, model: str = "") -> dict[str, go.Figure]:
+    """Per-layer lines (with interval bands) and layer×head maps of one task's results."""
     suffix = f"<br><sup>{task}" + (f" ({model})" if model else "") + "</sup>"
 
     def title(text: str) -> str:
@@ -206,7 +183,7 @@ def task_figures(task: str, t: dict, model: str = "") -> dict[str, go.Figure]:
     return figs
 
 
-def figures_from_results(results: dict) -> dict[str, go.Figure]:
+def figures_from_results(results: R.DaiResults) -> dict[str, go.Figure]:
     """Every figure of a ``results.json`` from ``dualform reproduce dai``.
 
     Keys: ``"accuracy"``, ``"overview"``, then ``"{task}/{figure}"`` with figure one of
@@ -215,7 +192,6 @@ def figures_from_results(results: dict) -> dict[str, go.Figure]:
     ``heads_cos`` (those whose data the results hold).
     """
     figs = {"accuracy": accuracy_figure(results), "overview": overview_figure(results)}
-    model = results.get("config", {}).get("model", "")
-    for task, t in results["tasks"].items():
-        figs.update({f"{task}/{k}": f for k, f in task_figures(task, t, model).items()})
+    for task, t in results.tasks.items():
+        figs.update({f"{task}/{k}": f for k, f in task_figures(task, t, results.model).items()})
     return figs

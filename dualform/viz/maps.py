@@ -46,13 +46,27 @@ def _color_axis(values: Sequence, diverging: bool, title: str) -> dict:
             "cmax": bound, "colorbar": {"title": {"text": title}}}
 
 
-def head_heatmap(values, title: str, *, colorbar: str = "", diverging: bool = True) -> go.Figure:
+def _marks(marks, name: str = "") -> go.Scatter:
+    """Open circles on the heads where ``marks[layer][head]`` is true (e.g. the head's 95 %
+    interval excludes 0)."""
+    layers, heads = np.nonzero(np.array(marks, dtype=bool))
+    return go.Scatter(x=heads.tolist(), y=layers.tolist(), mode="markers", showlegend=False,
+                      name=f"{name} interval excludes 0".strip(), hoverinfo="skip",
+                      marker={"symbol": "circle-open", "size": 7, "color": "black",
+                              "line": {"width": 1.5}})
+
+
+def head_heatmap(values, title: str, *, colorbar: str = "", diverging: bool = True,
+                 marks=None) -> go.Figure:
     """Layer×head map of one per-head metric (``values[layer][head]``).
 
     Signed metrics (``diverging=True``) use a red/blue scale centred on 0, norms a sequential
-    one. Layer 0 is at the bottom, as in a model diagram.
+    one. Layer 0 is at the bottom, as in a model diagram. ``marks[layer][head]`` (booleans)
+    circles the heads whose effect is distinguishable from zero.
     """
     fig = go.Figure(_heatmap(values, coloraxis="coloraxis"))
+    if marks is not None:
+        fig.add_trace(_marks(marks))
     fig.update_layout(
         title=title, template=TEMPLATE, coloraxis=_color_axis([values], diverging, colorbar),
         xaxis={"title": "head", "dtick": _dtick(values, 1)}, yaxis={"title": "layer", "dtick": _dtick(values)},
@@ -61,11 +75,13 @@ def head_heatmap(values, title: str, *, colorbar: str = "", diverging: bool = Tr
 
 
 def head_heatmaps(maps: Mapping[str, object], title: str, *, diverging: bool = True,
-                  shared_scale: bool = True, colorbar: str = "") -> go.Figure:
+                  shared_scale: bool = True, colorbar: str = "",
+                  marks: Mapping[str, object] | None = None) -> go.Figure:
     """Several layer×head maps side by side (e.g. SimAM before / after / Δ, ICL vs FT effects).
 
     ``shared_scale`` puts all panels on one colour scale (comparable values); otherwise each
     panel gets its own colour bar (values on different scales, e.g. ICL vs FT attribution).
+    ``marks[name]`` circles that panel's heads as in :func:`head_heatmap`.
     """
     names = list(maps)
     spacing = 0.05 if shared_scale else 0.12
@@ -74,6 +90,8 @@ def head_heatmaps(maps: Mapping[str, object], title: str, *, diverging: bool = T
     for i, name in enumerate(names, start=1):
         axis = "coloraxis" if shared_scale else f"coloraxis{i if i > 1 else ''}"
         fig.add_trace(_heatmap(maps[name], coloraxis=axis, name=name), row=1, col=i)
+        if marks and marks.get(name) is not None:
+            fig.add_trace(_marks(marks[name], name), row=1, col=i)
         fig.update_xaxes(title_text="head", dtick=_dtick(maps[name], 1), row=1, col=i)
     fig.update_yaxes(title_text="layer", dtick=_dtick(next(iter(maps.values()))), row=1, col=1)
     axes = [list(maps.values())] if shared_scale else [[v] for v in maps.values()]
@@ -105,19 +123,20 @@ def layer_lines(
     baselines: Mapping[str, object] | None = None,
     bands: Mapping[str, tuple] | None = None,
     y_title: str = "value",
+    band_label: str = "range over heads",
 ) -> go.Figure:
     """Per-layer lines of a metric, with baselines as dashed lines and optional bands.
 
     ``series`` are the measured curves (solid). ``baselines`` are drawn broken: one named
     ``"untrained: <series>"`` dashed in its series' colour, others (e.g. ``"random"``) dotted.
-    ``bands[name] = (low, high)`` shades a range around a series (e.g. the spread over heads
-    from :func:`spread_band`).
+    ``bands[name] = (low, high)`` shades a range around a series (e.g. its 95 % interval, or
+    the spread over heads from :func:`spread_band`), named ``band_label`` in the legend.
     """
     fig = go.Figure()
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
     for name, values in series.items():
         if bands and name in bands:
-            fig.add_trace(_band(bands[name], colors[name], name))
+            fig.add_trace(_band(bands[name], colors[name], f"{name}: {band_label}"))
         fig.add_trace(_line(values, name, colors[name], dash="solid"))
     for i, (name, values) in enumerate((baselines or {}).items()):
         color, dash = _baseline_style(name, i, colors)
@@ -154,19 +173,32 @@ def _band(band: tuple, color: str, name: str) -> go.Scatter:
     x = list(range(len(low)))
     return go.Scatter(
         x=x + x[::-1], y=np.concatenate([high, low[::-1]]), fill="toself", fillcolor=color,
-        opacity=0.15, line={"width": 0}, name=f"{name}: range over heads", hoverinfo="skip",
+        opacity=0.15, line={"width": 0}, name=name, hoverinfo="skip",
     )
 
 
-def grouped_bars(groups: Mapping[str, Mapping[str, float | None]], title: str, *,
+def _bar_value(value) -> tuple[float | None, float | None, float | None]:
+    """``(mean, +error, −error)`` of a number or an interval (anything with mean/low/high)."""
+    if value is None:
+        return None, None, None
+    if hasattr(value, "low"):
+        return value.mean, value.high - value.mean, value.mean - value.low
+    return value, None, None
+
+
+def grouped_bars(groups: Mapping[str, Mapping[str, object]], title: str, *,
                  y_title: str = "value", colors: Mapping[str, str] | None = None) -> go.Figure:
-    """Bars of ``groups[x][series]`` (e.g. accuracy per task and condition)."""
+    """Bars of ``groups[x][series]`` (e.g. accuracy per task and condition); a value with
+    ``mean``/``low``/``high`` (an :class:`~dualform.experiments.stats.Interval`) gets error bars."""
     series = list(dict.fromkeys(s for g in groups.values() for s in g))
     fig = go.Figure()
     for i, name in enumerate(series):
-        y = [groups[x].get(name) for x in groups]
+        y, plus, minus = zip(*(_bar_value(groups[x].get(name)) for x in groups), strict=True)
+        errors = any(p is not None for p in plus)
         fig.add_bar(
-            x=list(groups), y=y, name=name,
+            x=list(groups), y=list(y), name=name,
+            error_y={"type": "data", "array": list(plus), "arrayminus": list(minus),
+                     "visible": True} if errors else None,
             marker_color=(colors or {}).get(name, PALETTE[i % len(PALETTE)]),
             hovertemplate=f"{name}<br>%{{x}}<br>value %{{y:.4g}}<extra></extra>",
         )

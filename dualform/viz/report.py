@@ -25,6 +25,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from dualform.experiments.dai.results import DaiResults, TaskResult
 from dualform.infra.io import as_stored, read_json, write_text_atomic
 from dualform.viz.figures import (
     AttentionExample,
@@ -35,7 +36,7 @@ from dualform.viz.figures import (
     figures_from_results,
     spectra_figure,
 )
-from dualform.viz.tables import COLUMNS, dai_rows
+from dualform.viz.tables import COLUMNS, DIFFERENCE_COLUMNS, caption, dai_rows, difference_rows
 
 REPORT_NAME = "report.html"
 CACHE_NAME = "attention_example.json"
@@ -75,7 +76,8 @@ def write_report(results_dir: str | Path, *, attention: bool = True,
                       if (results_dir.parent / n).resolve() != results_dir.resolve()]
     page = Page(title=f"dualform report — {results_dir}")
     if "tasks" in results:
-        dai_sections(page, results, results_dir, attention=attention, max_demos=max_demos)
+        dai = DaiResults.from_json(results, results_dir / "results.json")
+        dai_sections(page, dai, results_dir, attention=attention, max_demos=max_demos)
     else:
         page.section("results", results_dir.name, json_tables(results) + dir_figures(page, results_dir))
     for extra in map(Path, extra_dirs):
@@ -122,18 +124,17 @@ class Page:
         )
 
 
-def dai_sections(page: Page, results: dict, results_dir: Path, *, attention: bool,
+def dai_sections(page: Page, results: DaiResults, results_dir: Path, *, attention: bool,
                  max_demos: int) -> None:
-    """Config, the paper-layout table, overview, per-task figures and the attention example."""
-    page.section("config", "Configuration", kv_table(results.get("config", {}))
-                 + kv_table(results.get("versions", {})))
+    """Config, the paper-layout tables, overview, per-task figures and the attention example."""
+    page.section("config", "Configuration", kv_table(results.config) + kv_table(results.versions))
     page.section("table", "ICL vs finetuning (Dai et al. layout)", dai_table(results))
     figs = figures_from_results(results)
     overview = [k for k in figs if "/" not in k]
     page.section("overview", "Overview", grid(page.figure(figs[k], k) for k in overview))
-    for task, t in results["tasks"].items():
+    for task, t in results.tasks.items():
         keys = [k for k in figs if k.startswith(f"{task}/")]
-        details = kv_table({k: v for k, v in t.items() if _is_detail(k, v)})
+        details = kv_table(task_details(t))
         page.section(f"task-{_slug(task)}", f"Task: {task}",
                      details + grid(page.figure(figs[k], k) for k in keys))
     if attention:
@@ -141,9 +142,14 @@ def dai_sections(page: Page, results: dict, results_dir: Path, *, attention: boo
                      attention_section(page, results, results_dir, max_demos))
 
 
-def _is_detail(key: str, value) -> bool:
-    return key in ("template", "label_words", "shots", "n_test", "n_f2t", "ft_diverged",
-                   "selection", "timing_s")
+def task_details(t: TaskResult) -> dict:
+    """The task's set-up, each seed's validation choices, and where the time went."""
+    seeds = {f"seed {s.replicate}": {"demo_seed": s.selection.demo_seed, "lr": s.selection.lr,
+                                     "n_f2t": s.n_f2t, "ft_diverged": s.ft_diverged}
+             for s in t.seeds}
+    return {"template": t.template, "label_words": t.label_words, "shots": t.shots,
+            "n_test": t.n_test, "n_attribution": t.n_attribution, "n_f2t (all seeds)": t.n_f2t(),
+            **seeds, "timing_s": t.timing_s}
 
 
 def grid(items) -> str:
@@ -157,15 +163,22 @@ def _slug(text: str) -> str:
 # --- tables --------------------------------------------------------------------------------
 
 
-def dai_table(results: dict) -> str:
-    """The paper-layout table: one row per task (and its untrained baseline) plus the paper."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in COLUMNS)
-    rows = "".join(
+def dai_table(results: DaiResults) -> str:
+    """The paper-layout table (one row per task, its untrained baseline, pooled, the paper),
+    the paired differences, and the caption saying what the intervals are."""
+    return (_html_table(COLUMNS, dai_rows(results), "task / model")
+            + _html_table(DIFFERENCE_COLUMNS, difference_rows(results), "paired difference")
+            + f'<p class="note">{html.escape(caption(results))}</p>')
+
+
+def _html_table(columns, rows, first: str) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in columns)
+    body = "".join(
         f"<tr><td>{html.escape(label)}</td>"
-        + "".join(f'<td class="num">{html.escape(row[k])}</td>' for _, k in COLUMNS) + "</tr>"
-        for label, row in dai_rows(results)
+        + "".join(f'<td class="num">{html.escape(row[k])}</td>' for _, k in columns) + "</tr>"
+        for label, row in rows
     )
-    return f'<table class="dai"><tr><th>task / model</th>{head}</tr>{rows}</table>'
+    return f'<table class="dai"><tr><th>{html.escape(first)}</th>{head}</tr>{body}</table>'
 
 
 def fmt(value) -> str:
@@ -294,7 +307,7 @@ def extra_section(page: Page, directory: Path) -> None:
 # --- the attention example -----------------------------------------------------------------
 
 
-def attention_section(page: Page, results: dict, results_dir: Path, max_demos: int) -> str:
+def attention_section(page: Page, results: DaiResults, results_dir: Path, max_demos: int) -> str:
     """Plotly attention figures, circuitsvis views and ΔW spectra of the cached example."""
     try:
         cached = attention_cache(results, results_dir, max_demos)
@@ -306,7 +319,7 @@ def attention_section(page: Page, results: dict, results_dir: Path, max_demos: i
     page.needs_circuitsvis = True
     meta = example.meta
     note = (f'<p class="note">Task {html.escape(str(meta.get("task")))}, first test example, '
-            f'{meta.get("n_demos")} of the run\'s demonstrations (selected seed); FT = finetune_kv on '
+            f'{meta.get("n_demos")} of the run\'s demonstrations (first seed\'s selection); FT = finetune_kv on '
             f'those demonstrations with the selected lr {meta.get("lr")}. ZSL and FT prompts hold the '
             f"query only. Layer {example.view_layer}: where finetuning moved the last token's "
             "attention most (total variation vs ZSL). Spectra: singular values of ΔW_ICL vs ΔW_V / ΔW_K of FT for the KV head of "
@@ -320,13 +333,12 @@ def attention_section(page: Page, results: dict, results_dir: Path, max_demos: i
     return note + grid(figs) + attention_views_html(example, library=False)
 
 
-def attention_cache(results: dict, results_dir: Path, max_demos: int) -> dict | None:
+def attention_cache(results: DaiResults, results_dir: Path, max_demos: int) -> dict | None:
     """The attention example and spectra, from ``attention_example.json`` or computed once."""
-    task = next((n for n, t in results["tasks"].items()
-                 if t.get("selection", {}).get("lr") is not None), None)
+    task = next((n for n, t in results.tasks.items() if t.seeds[0].selection.lr is not None), None)
     if task is None:
         return None
-    key = {"config": results["config"], "task": task, "max_demos": max_demos,
+    key = {"config": results.config, "task": task, "max_demos": max_demos,
            "version": CACHE_VERSION}
     path = results_dir / CACHE_NAME
     cached = read_json(path)
@@ -337,7 +349,7 @@ def attention_cache(results: dict, results_dir: Path, max_demos: int) -> dict | 
     return cached
 
 
-def compute_attention(results: dict, task_name: str, max_demos: int) -> dict:
+def compute_attention(results: DaiResults, task_name: str, max_demos: int) -> dict:
     """Load the run's model and task, finetune on the demonstrations, record the example."""
     from dualform.core.dual_form import dual_form
     from dualform.core.finetune import finetune_kv
@@ -346,12 +358,12 @@ def compute_attention(results: dict, task_name: str, max_demos: int) -> dict:
     from dualform.tasks.prompts import build_prompt, load_task, prompt_tokens, sample_demos
     from dualform.viz.figures import attention_example, head_spectra
 
-    config, sel = results["config"], results["tasks"][task_name]["selection"]
+    config, sel = results.config, results.tasks[task_name].seeds[0].selection
     task = load_task(task_name, seed=config["seed"], n_validation=config["n_validation"],
-                     n_test=config["n_test"])
-    demos = sample_demos(task, config["shots"], sel["demo_seed"])[:max_demos]
+                     n_test=results.tasks[task_name].n_test)
+    demos = sample_demos(task, config["shots"], sel.demo_seed)[:max_demos]
     model = load_model(config["model"], device="cpu")
-    ft = finetune_kv(model, demo_training_texts(model, task, demos), sel["lr"], device="cpu")
+    ft = finetune_kv(model, demo_training_texts(model, task, demos), sel.lr, device="cpu")
     example = attention_example(model, task, demos, task.test[0], ft=ft)
     pt = prompt_tokens(model, build_prompt(task, demos, task.test[0]))
     dual = dual_form(model, pt.tokens, pt.n_demo_tokens, demo_start=pt.demo_start,

@@ -1,9 +1,20 @@
-"""Paper-style tables (Dai et al. Tables 2–5 layout) from a ``results.json``, for terminal and README."""
+"""Paper-style tables (Dai et al. Tables 2–5 layout) from a ``results.json``, for terminal and README.
+
+Every measured cell is a mean with its 95 % interval over seeds and test examples,
+``0.377 [0.331, 0.420]``; a ratio resting on fewer than
+:data:`~dualform.experiments.dai.results.MIN_DENOMINATOR` examples is flagged. A second table
+holds the paired differences (trained − untrained model, metric − random baseline).
+"""
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.table import Table
+
+from dualform.experiments.dai import results as R
+from dualform.experiments.stats import Interval
 
 #: Dai et al. (2023), averages over their six tasks (reference §1), for comparison.
 PAPER = {
@@ -12,65 +23,117 @@ PAPER = {
     "GPT 2.7B (paper)": {"rec2ftp": 89.39, "simaou": 0.225, "simaou_random": -0.001,
                          "simam_before": 0.355, "simam_after": 0.434, "kendall": 0.214},
 }
-COLUMNS = [
-    ("acc ZSL/FT/ICL", "acc"), ("Rec2FTP %", "rec2ftp"), ("SimAOU", "simaou"),
-    ("SimAOU unnorm.", "simaou_unnorm"), ("SimAOU rand.", "simaou_random"),
-    ("SimAM before→after", "simam"), ("SimAM_Δ", "simam_delta"), ("Kendall", "kendall"),
-    ("head attr. ρ", "attribution"),
+#: (column title, metric name, digits)
+METRIC_COLUMNS = [
+    ("acc ZSL %", R.ACCURACY["zsl"], 1), ("acc FT %", R.ACCURACY["ft"], 1),
+    ("acc ICL %", R.ACCURACY["icl"], 1), ("Rec2FTP %", R.REC2FTP, 1),
+    ("SimAOU", R.SIMAOU, 3), ("SimAOU unnorm.", R.SIMAOU_UNNORM, 3),
+    ("SimAOU rand.", R.SIMAOU_RANDOM, 3), ("SimAM before", R.SIMAM_BEFORE, 3),
+    ("SimAM after", R.SIMAM_AFTER, 3), ("SimAM_Δ", R.SIMAM_DELTA, 3),
+    ("Kendall", R.KENDALL, 3),
+]
+COLUMNS = [(title, name) for title, name, _ in METRIC_COLUMNS] + [("head attr. ρ", "attribution")]
+#: Paired differences shown in the second table: (column title, difference key).
+DIFFERENCE_COLUMNS = [
+    ("SimAOU − random", f"{R.SIMAOU} − {R.SIMAOU_RANDOM}"),
+    ("Kendall − random", f"{R.KENDALL} − {R.KENDALL_RANDOM}"),
+    *((f"{title} − untrained", f"trained − untrained: {name}") for title, name in (
+        ("acc ICL %", R.ACCURACY["icl"]), ("SimAOU", R.SIMAOU), ("SimAOU unnorm.", R.SIMAOU_UNNORM),
+        ("SimAM after", R.SIMAM_AFTER), ("SimAM_Δ", R.SIMAM_DELTA), ("Kendall", R.KENDALL))),
 ]
 
 
 def _fmt(value, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def task_row(t: dict) -> dict[str, str]:
-    """One table row from one task's results (also used for the untrained baseline)."""
-    acc = t["accuracy"]
-    attribution = t.get("attribution", {}).get("spearman")
-    return {
-        "acc": f"{acc['zsl']:.1f}/{acc['ft']:.1f}/{acc['icl']:.1f}",
-        "rec2ftp": _fmt(t.get("rec2ftp"), 1),
-        "simaou": _fmt(t["simaou"]["normalized"]["mean"]),
-        "simaou_unnorm": _fmt(t["simaou"]["unnormalized"]["mean"]),
-        "simaou_random": _fmt(t["simaou"]["random"]["mean"]),
-        "simam": f"{_fmt(t['simam']['before']['mean'])}→{_fmt(t['simam']['after']['mean'])}",
-        "simam_delta": _fmt(t["simam"]["delta"]["mean"]),
-        "kendall": _fmt(t["kendall"]["value"]["mean"]),
-        "attribution": _fmt(attribution),
-    }
+def interval_cell(interval: Interval | None, digits: int = 3, *, ratio: bool = False) -> str:
+    """``mean [low, high]``; ``ratio`` adds ``⚠ n=…`` below the minimum denominator."""
+    if interval is None or math.isnan(interval.mean):
+        return "–"
+    cell = f"{interval.mean:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    if ratio and interval.n < R.MIN_DENOMINATOR:
+        cell += f" ⚠ n={interval.n}"
+    return cell
+
+
+def intervals_row(intervals: R.Intervals, attribution: R.Attribution | None = None) -> dict[str, str]:
+    """One table row from intervals of a task (or of its untrained baseline, or pooled)."""
+    row = {name: interval_cell(intervals.get(name), digits, ratio=name == R.REC2FTP)
+           for _, name, digits in METRIC_COLUMNS}
+    row["attribution"] = ("–" if attribution is None else
+                          f"{_fmt(attribution.spearman)} ({attribution.n_examples} ex.)")
+    return row
 
 
 def paper_row(p: dict) -> dict[str, str]:
-    return {
-        "acc": "see reference", "rec2ftp": _fmt(p["rec2ftp"], 1), "simaou": _fmt(p["simaou"]),
-        "simaou_unnorm": "–", "simaou_random": _fmt(p["simaou_random"]),
-        "simam": f"{_fmt(p['simam_before'])}→{_fmt(p['simam_after'])}", "simam_delta": "–",
-        "kendall": _fmt(p["kendall"]), "attribution": "–",
-    }
+    row = {name: "–" for _, name in COLUMNS}
+    row.update({R.REC2FTP: _fmt(p["rec2ftp"], 1), R.SIMAOU: _fmt(p["simaou"]),
+                R.SIMAOU_RANDOM: _fmt(p["simaou_random"]), R.SIMAM_BEFORE: _fmt(p["simam_before"]),
+                R.SIMAM_AFTER: _fmt(p["simam_after"]), R.KENDALL: _fmt(p["kendall"])})
+    return row
 
 
-def dai_rows(results: dict) -> list[tuple[str, dict[str, str]]]:
-    model = results["config"]["model"]
+def dai_rows(results: R.DaiResults) -> list[tuple[str, dict[str, str]]]:
+    """Rows per task (trained, untrained), pooled over tasks, then the paper's."""
+    model = results.model
     rows = []
-    for name, t in results["tasks"].items():
-        rows.append((f"{name} ({model})", task_row(t)))
-        if "untrained" in t:
-            rows.append((f"{name} (untrained {model})", task_row(t["untrained"])))
+    for name, t in results.tasks.items():
+        rows.append((f"{name} ({model})", intervals_row(t.intervals, t.attribution)))
+        if t.untrained:
+            rows.append((f"{name} (untrained {model})", intervals_row(t.untrained_intervals)))
+    if len(results.tasks) > 1:
+        rows.append((f"all tasks, pooled ({model})", intervals_row(results.pooled)))
     rows.extend((label, paper_row(p)) for label, p in PAPER.items())
     return rows
 
 
-def print_dai_table(results: dict, console: Console | None = None) -> None:
-    table = Table("task / model", *(c for c, _ in COLUMNS), title="ICL vs finetuning (Dai et al. layout)")
-    for label, row in dai_rows(results):
-        table.add_row(label, *(row[k] for _, k in COLUMNS))
-    (console or Console()).print(table)
+def difference_rows(results: R.DaiResults) -> list[tuple[str, dict[str, str]]]:
+    """Paired differences per task and pooled (a cell excluding 0 is a distinguishable effect)."""
+    rows = [(name, {key: interval_cell(t.differences.get(key)) for _, key in DIFFERENCE_COLUMNS})
+            for name, t in results.tasks.items()]
+    if len(results.tasks) > 1:
+        rows.append(("all tasks, pooled", {key: interval_cell(results.pooled_differences.get(key))
+                                           for _, key in DIFFERENCE_COLUMNS}))
+    return rows
 
 
-def dai_markdown(results: dict) -> str:
-    header = "| task / model | " + " | ".join(c for c, _ in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
-    for label, row in dai_rows(results):
-        lines.append(f"| {label} | " + " | ".join(row[k] for _, k in COLUMNS) + " |")
-    return "\n".join(lines)
+def caption(results: R.DaiResults) -> str:
+    """What the cells are: seeds, examples, interval, attribution subset."""
+    cfg = results.config
+    n_test = sorted({t.n_test for t in results.tasks.values()})
+    n_attr = sorted({t.n_attribution for t in results.tasks.values() if t.n_attribution})
+    text = (f"{cfg.get('seeds', 1)} seed(s) × {'/'.join(map(str, n_test))} test examples per task; "
+            "mean [95 % interval] (bootstrap over seeds, then test examples); "
+            f"⚠ n=…: a ratio resting on fewer than {R.MIN_DENOMINATOR} examples")
+    if n_attr:
+        text += f"; head attribution on the first {'/'.join(map(str, n_attr))} test examples"
+    return text
+
+
+def _table(title: str, columns: list[tuple[str, str]], rows, first: str) -> Table:
+    table = Table(first, *(c for c, _ in columns), title=title)
+    for label, row in rows:
+        table.add_row(label, *(row[k] for _, k in columns))
+    return table
+
+
+def print_dai_table(results: R.DaiResults, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(_table("ICL vs finetuning (Dai et al. layout)", COLUMNS, dai_rows(results),
+                         "task / model"))
+    console.print(_table("Paired differences", DIFFERENCE_COLUMNS, difference_rows(results), "task"))
+    console.print(caption(results))
+
+
+def _markdown(columns: list[tuple[str, str]], rows, first: str) -> list[str]:
+    lines = [f"| {first} | " + " | ".join(c for c, _ in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {label} | " + " | ".join(row[k] for _, k in columns) + " |" for label, row in rows]
+    return lines
+
+
+def dai_markdown(results: R.DaiResults) -> str:
+    lines = _markdown(COLUMNS, dai_rows(results), "task / model")
+    lines += ["", *_markdown(DIFFERENCE_COLUMNS, difference_rows(results), "paired difference")]
+    return "\n".join([*lines, "", caption(results)])

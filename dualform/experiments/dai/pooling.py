@@ -125,7 +125,7 @@ def pooled_attribution(icl: list[np.ndarray], ft: list[np.ndarray]) -> Attributi
         return np.array([c.excludes(0.0) for c in cols]).reshape(shape).tolist()
 
     return Attribution(cmp.icl.tolist(), cmp.ft.tolist(), cmp.spearman, cmp.kendall,
-                       sum(len(x) for x in icl), distinct(icl), distinct(ft))
+                       len(icl[0]), distinct(icl), distinct(ft))  # examples per seed
 
 
 def pool_task(result: TaskResult) -> TaskResult:

@@ -157,6 +157,7 @@ def pool_tasks(results: DaiResults) -> DaiResults:
     """Intervals pooled over every task × seed, and the pooled paired differences."""
     tasks = list(results.tasks.values())
     results.pooled = Intervals(overall_intervals([t.seeds for t in tasks]))
+    results.pooled_untrained = Intervals(overall_intervals([t.untrained for t in tasks]))
     results.pooled_differences = differences([t.seeds for t in tasks], [t.untrained for t in tasks])
     return results
 

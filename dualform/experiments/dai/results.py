@@ -313,6 +313,7 @@ class DaiResults:
     versions: dict = field(default_factory=dict)
     tasks: dict[str, TaskResult] = field(default_factory=dict)
     pooled: Intervals = field(default_factory=Intervals)
+    pooled_untrained: Intervals = field(default_factory=Intervals)
     pooled_differences: dict[str, Interval] = field(default_factory=dict)
     failed_jobs: list[dict] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
@@ -326,7 +327,7 @@ class DaiResults:
             "schema_version": self.schema_version, "config": self.config,
             "versions": self.versions,
             "tasks": {k: t.to_json() for k, t in self.tasks.items()},
-            "pooled": self.pooled.to_json(),
+            "pooled": self.pooled.to_json(), "pooled_untrained": self.pooled_untrained.to_json(),
             "pooled_differences": {k: v.to_json() for k, v in self.pooled_differences.items()},
             "failed_jobs": self.failed_jobs,
         }
@@ -345,6 +346,7 @@ class DaiResults:
             data["config"], data.get("versions", {}),
             {k: TaskResult.from_json(t) for k, t in data.get("tasks", {}).items()},
             Intervals.from_json(data.get("pooled", {})),
+            Intervals.from_json(data.get("pooled_untrained", {})),
             {k: _interval(v) for k, v in data.get("pooled_differences", {}).items()},
             data.get("failed_jobs", []),
         )
