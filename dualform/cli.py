@@ -295,13 +295,18 @@ def bench(
     for k, p in result["prefix_reuse"].items():
         table.add_row(f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
                       f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)")
+    g = result["seed_grid"]
+    table.add_row(f"finetuning {g['seeds']} seeds × {g['rates']} rates: per-seed grids / one batch",
+                  f"{g['speedup']:.2f}x ({g['per_seed_grids_s']:.1f} s vs {g['one_batch_s']:.1f} s)")
     if "end_to_end" in result:
         e = result["end_to_end"]
-        table.add_row("default reproduce dai: reuse+batching off / on",
-                      f"{e['speedup']:.1f}x ({e['naive']['total_s']:.0f} s vs {e['reuse']['total_s']:.0f} s)")
-        for stage in e["reuse"]["stages_s"]:
-            table.add_row(f"  stage {stage}: off / on",
-                          f"{e['naive']['stages_s'].get(stage, 0):.0f} s / {e['reuse']['stages_s'][stage]:.0f} s")
+        d = e["default"]
+        table.add_row("default reproduce dai", f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s")
+        for label, key in (("seeds on their own / shared", "seed_sharing"),
+                           ("reuse+batching off / on", "reuse")):
+            p = e[key]
+            table.add_row(f"one task: {label}", f"{p['speedup']:.2f}x ({p['naive']['total_s']:.0f} s "
+                          f"vs {p['shared']['total_s']:.0f} s)")
     table.add_row("peak RSS", f"{result['peak_rss_MiB']:.0f} MiB")
     console.print(table)
 

@@ -20,3 +20,4 @@ def test_bench_reports_every_ratio_as_json(single_thread):
     shots = out["prefix_reuse"]
     assert shots["8"]["prompt_tokens"] < shots["16"]["prompt_tokens"] < shots["32"]["prompt_tokens"]
     assert all(s["speedup"] > 0 for s in shots.values())
+    assert out["seed_grid"]["speedup"] > 0 and out["seed_grid"]["seeds"] == 3

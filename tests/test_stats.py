@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from dualform.experiments.stats import Interval, bootstrap_ci, mean_std, paired_difference
+from dualform.experiments.stats import (
+    Interval,
+    bootstrap_ci,
+    bootstrap_columns,
+    mean_std,
+    paired_difference,
+)
 
 
 def test_mean_std_uses_the_sample_deviation():
@@ -50,3 +56,19 @@ def test_paired_difference_and_interval_helpers():
     assert str(Interval(0.377, 0.331, 0.42, 10)) == "0.377 [0.331, 0.420]"
     with pytest.raises(ValueError, match="same groups"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_bootstrap_columns_equals_bootstrap_ci_column_by_column():
+    """Same draws as bootstrap_ci (groups, then rows), shared by every column; NaN skipped per column."""
+    rng = np.random.default_rng(4)
+    groups = [rng.normal(size=(30, 3)), rng.normal(0.5, 1.0, size=(20, 3))]
+    columns = bootstrap_columns(groups, seed=5, n_boot=300)
+    for c, interval in enumerate(columns):
+        want = bootstrap_ci([g[:, c] for g in groups], seed=5, n_boot=300)
+        assert interval.n == want.n
+        np.testing.assert_allclose([interval.mean, interval.low, interval.high],
+                                   [want.mean, want.low, want.high], rtol=1e-12)
+    groups[0][0, 1] = np.nan
+    with_nan = bootstrap_columns(groups, seed=5, n_boot=300)
+    assert with_nan[1].n == 49 and np.isfinite([with_nan[1].low, with_nan[1].high]).all()
+    assert with_nan[0] == columns[0]

@@ -8,7 +8,9 @@ same process on the same input:
 * ``dual_form`` on a ~300-token 32-demonstration prompt vs a bare forward of that prompt;
 * one ``finetune_kv`` SGD step vs a plain forward+backward with gradients only on W_K/W_V;
 * per-query ICL cost with prefix reuse + batching vs one full forward per query (8/16/32 shots);
-* optionally (``--end-to-end``) the default ``reproduce dai`` with reuse+batching on vs off;
+* seeds × rates finetuning in one batched run vs one LR grid per seed;
+* optionally (``--end-to-end``) the default ``reproduce dai`` (wall, CPU, stages), and on one
+  task seed sharing on vs off and reuse+batching on vs off;
 * the second load of the embedded model (seconds).
 """
 
@@ -153,24 +155,54 @@ def bench_prefix(model, shots: tuple[int, ...] = (8, 16, 32), n_queries: int = 1
     return out
 
 
-def bench_end_to_end(name: str, device: str | None = None, dtype: str = "float32",
-                     config: DaiConfig | None = None) -> dict:
-    """The default ``reproduce dai`` (all default tasks, default grid, untrained baseline) with
-    reuse + batching on, then off (``reuse_prefix=False, batch_size=1``: one full forward per
-    query, one finetuning run per rate); wall time, CPU time and stage times of each."""
+def bench_seed_grid(model, seeds: int = 3, lrs: tuple[float, ...] = (0.01, 0.005, 0.001, 0.0005),
+                    shots: int = 16, repeats: int = 2) -> dict:
+    """Finetuning of every seed × rate: one batched run (:func:`finetune_kv_rows`, each row its
+    own demonstrations and rate) vs one batched LR grid per seed (the per-seed path)."""
+    from dualform.core.finetune_grid import finetune_kv_grid, finetune_kv_rows
+    from dualform.experiments.dai.conditions import demo_training_texts
+    from dualform.tasks.prompts import load_task, sample_demos
+
+    task = load_task("afinn-sentiment")
+    texts = [demo_training_texts(model, task, sample_demos(task, shots, s)) for s in range(1, seeds + 1)]
+    timing = paired(lambda: [finetune_kv_grid(model, t, lrs) for t in texts],
+                    lambda: finetune_kv_rows(model, [(t, lr) for t in texts for lr in lrs]), repeats)
+    return {"seeds": seeds, "rates": len(lrs), "shots": shots, "per_seed_grids_s": timing["baseline_s"],
+            "one_batch_s": timing["candidate_s"], "speedup": 1 / timing["ratio"]}
+
+
+def _timed_run(config: DaiConfig) -> dict:
     import tempfile
 
+    with tempfile.TemporaryDirectory() as tmp:
+        start, cpu = time.perf_counter(), time.process_time()
+        res = run_dai(tmp, config, progress=False)
+        return {"total_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
+                "stages_s": _stage_totals(res)}
+
+
+def _paired_runs(config: DaiConfig, naive: dict) -> dict:
+    """``config`` as is vs with ``naive`` changes, back to back (naive first), and their ratio."""
+    out = {"naive": _timed_run(dataclasses.replace(config, **naive)), "shared": _timed_run(config)}
+    out["speedup"] = out["naive"]["total_s"] / out["shared"]["total_s"]
+    return out
+
+
+def bench_end_to_end(name: str, device: str | None = None, dtype: str = "float32",
+                     config: DaiConfig | None = None, small: DaiConfig | None = None) -> dict:
+    """The default ``reproduce dai`` once (every packaged task, 3 seeds, ≤ 200 test examples,
+    intervals, untrained baseline, attribution: wall, CPU and stage times), then on one task
+    (``small``: 48 test examples) two paired comparisons measured in the same run: seeds
+    sharing one finetuning batch and one ZSL pass vs each seed on its own (``share_seeds``
+    off), and prefix reuse + batching vs one full forward per query, one run per rate."""
     cfg = config or DaiConfig(model=name, device=device or "cpu", dtype=dtype)
-    times = {}
-    for label, changes in (("reuse", {}), ("naive", {"reuse_prefix": False, "batch_size": 1})):
-        with tempfile.TemporaryDirectory() as tmp:
-            start, cpu = time.perf_counter(), time.process_time()
-            res = run_dai(tmp, dataclasses.replace(cfg, **changes), progress=False)
-            times[label] = {"total_s": time.perf_counter() - start,
-                            "cpu_s": time.process_time() - cpu,
-                            "stages_s": _stage_totals(res)}
-    times["speedup"] = times["naive"]["total_s"] / times["reuse"]["total_s"]
-    return times
+    small = small or dataclasses.replace(cfg, tasks=cfg.tasks[:1], n_test=48, n_attribution=16)
+    return {
+        "default": _timed_run(cfg),
+        "seed_sharing": _paired_runs(small, {"share_seeds": False}),
+        "reuse": _paired_runs(dataclasses.replace(small, seeds=1),
+                              {"reuse_prefix": False, "batch_size": 1}),
+    }
 
 
 def _stage_totals(results: DaiResults) -> dict[str, float]:
@@ -196,6 +228,7 @@ def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = 
     out["dual_form"] = bench_dual_form(model, repeats)
     out["finetune"] = bench_finetune_step(model, repeats)
     out["prefix_reuse"] = bench_prefix(model)
+    out["seed_grid"] = bench_seed_grid(model, repeats=max(1, repeats // 2))
     if end_to_end:
         out["end_to_end"] = bench_end_to_end(name, device, dtype)
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

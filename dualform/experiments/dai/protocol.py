@@ -88,6 +88,7 @@ class DaiConfig:
     batch_size: int | None = None  # None: from free memory (auto_batch_size); 1: no batching
     untrained_baseline: bool = True
     attribution: bool = True
+    share_seeds: bool = True  # one finetuning batch for all seeds × rates, one ZSL pass (off: per seed)
     device: str = "cpu"
     dtype: str = "float32"  # forward passes and finetuning (SGD keeps float32 master weights)
     device_map: str | None = None  # "auto": spread a large HF model over GPUs (accelerate)
@@ -199,8 +200,12 @@ def select(model, ctx: TaskContext, timer: Timer, *, progress: bool = False
     timer.add("select_demo_seed", start)
     start = time.perf_counter()
     rows = [(sample_demos(ctx.task, config.shots, s), lr) for s in demo_seeds for lr in config.lr_grid]
-    runs = finetune_runs(model, ctx, rows, progress=progress)
     n = len(config.lr_grid)
+    if config.share_seeds:
+        runs = finetune_runs(model, ctx, rows, progress=progress)
+    else:  # the per-seed path (benchmark baseline): one batched grid per seed
+        runs = [run for r in range(config.seeds)
+                for run in finetune_runs(model, ctx, rows[r * n : (r + 1) * n], progress=progress)]
     selections, tuned = [], []
     for r, demo_seed in enumerate(demo_seeds):
         mine = runs[r * n : (r + 1) * n]
@@ -269,9 +274,9 @@ def evaluate_task(model, untrained, ctx: TaskContext, selections: list[Selection
     tuned = tuned if tuned is not None else _finetune_chosen(model, ctx, demos, selections)
     timer.add("finetune", start)
     seeds, icl_effects, ft_effects = [], [], []
-    zsl = _zsl_records(model, ctx, demos[0], timer)
+    zsl = _zsl_records(model, ctx, demos[0], timer) if config.share_seeds else None
     for r, (sel, ds, ft) in enumerate(zip(selections, demos, tuned, strict=True)):
-        out = evaluate_seed(model, ctx, r, sel, ds, ft, zsl, timer,
+        out = evaluate_seed(model, ctx, r, sel, ds, ft, zsl or _zsl_records(model, ctx, ds, timer), timer,
                             attribution=config.attribution, progress=progress)
         seeds.append(out.seed)
         if out.icl_effects is not None:
@@ -282,8 +287,9 @@ def evaluate_task(model, untrained, ctx: TaskContext, selections: list[Selection
     if untrained is not None:
         start = time.perf_counter()
         ft_u = _finetune_chosen(untrained, ctx, demos, selections)
-        zsl_u = _zsl_records(untrained, ctx, demos[0], Timer())
-        result.untrained = [evaluate_seed(untrained, ctx, r, sel, ds, ft, zsl_u, Timer(),
+        zsl_u = _zsl_records(untrained, ctx, demos[0], Timer()) if config.share_seeds else None
+        result.untrained = [evaluate_seed(untrained, ctx, r, sel, ds, ft,
+                                          zsl_u or _zsl_records(untrained, ctx, ds, Timer()), Timer(),
                                           attribution=False, progress=progress).seed
                             for r, (sel, ds, ft) in enumerate(zip(selections, demos, ft_u, strict=True))]
         timer.add("untrained_baseline", start)
@@ -300,7 +306,10 @@ def _finetune_chosen(model, ctx: TaskContext, demos: list[list[Example]],
                      selections: list[Selection]) -> list:
     """Each replicate's run at its chosen rate (``None`` where every rate diverged)."""
     rows = [(ds, s.lr) for ds, s in zip(demos, selections, strict=True) if s.lr is not None]
-    runs = iter(finetune_runs(model, ctx, rows))
+    if ctx.config.share_seeds:
+        runs = iter(finetune_runs(model, ctx, rows))
+    else:
+        runs = iter([run for row in rows for run in finetune_runs(model, ctx, [row])])
     out = [None if s.lr is None else next(runs) for s in selections]
     return [None if isinstance(r, FinetuneDivergedError) else r for r in out]
 
