@@ -2,6 +2,9 @@
 
     conditions.py   ZSL / ICL / FT records at the last token (plain and prefix-reuse paths)
     scoring.py      records → the paper's metrics and the follow-up ones
-    protocol.py     DaiConfig, run_dai: seed / learning-rate selection, test, attribution, baseline
-    sweep.py        the same protocol as independent jobs on an executor
+    protocol.py     DaiConfig, run_dai and the protocol's stage functions: seed / learning-rate
+                    selection for every replicate, test, attribution, untrained baseline
+    pooling.py      seeds → 95 % intervals per task and pooled, paired differences, marked heads
+    results.py      the typed, versioned schema of results.json (writer and every reader)
+    sweep.py        the same stage functions as independent jobs on an executor
 """
