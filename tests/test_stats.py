@@ -64,7 +64,7 @@ def test_bootstrap_columns_equals_bootstrap_ci_column_by_column():
     groups = [rng.normal(size=(30, 3)), rng.normal(0.5, 1.0, size=(20, 3))]
     columns = bootstrap_columns(groups, seed=5, n_boot=300)
     for c, interval in enumerate(columns):
-        want = bootstrap_ci([g[:, c] for g in groups], seed=5, n_boot=300)
+        want = bootstrap_ci([g[:, c].tolist() for g in groups], seed=5, n_boot=300)
         assert interval.n == want.n
         np.testing.assert_allclose([interval.mean, interval.low, interval.high],
                                    [want.mean, want.low, want.high], rtol=1e-12)

@@ -155,7 +155,7 @@ class Selection:
 
     demo_seed: int
     lr: float | None
-    demo_seed_val_acc: dict[str, float]
+    demo_seed_val_acc: dict[str | int, float]  # keys stored as str
     lr_val_acc: dict[str, float | str]
 
     def __post_init__(self) -> None:
