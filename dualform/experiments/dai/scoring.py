@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from einops import einsum, rearrange
+from einops import rearrange
 
 from dualform.core import metrics as M
 from dualform.experiments.dai.conditions import PromptPair, RankedTokens, Record
