@@ -105,6 +105,19 @@ def test_kendall_token_and_example_level():
         M.kendall(icl, ft, segments=[1, 1])
 
 
+def test_vectorised_kendall_equals_scipy_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 6, size=(40, 3, 25)).astype(float)  # many ties
+    y = np.where(rng.random((40, 3, 25)) < 0.5, x, rng.normal(size=(40, 3, 25)))
+    x[0, 0], y[1, 0] = 1.0, 2.0  # constant rows
+    y[2, 1, 3] = np.nan
+    expected = np.array([scipy.stats.kendalltau(a, b)[0] for a, b in
+                         zip(x.reshape(-1, 25), y.reshape(-1, 25), strict=True)]).reshape(40, 3)
+    got = M.kendall_tau_b(x, y)
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[0, 0]) and np.isnan(got[1, 0]) and np.isnan(got[2, 1])
+
+
 def test_kendall_finetuning_map_uses_scaled_queries():
     """Official: q_query·q_train / d_head (recorded queries carry 1/√d_head each)."""
     q_query, q_train = np.array([[[1.0, 2.0]]]), np.array([[[3.0, 0.0], [0.0, 1.0]]])

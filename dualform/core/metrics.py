@@ -35,9 +35,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import scipy.stats
 import torch
 from jaxtyping import Bool, Float
+
+from dualform.core.rank import kendall_tau_b
 
 #: The official code's cosine/normalisation epsilon (``+ 1e-20`` in the denominator).
 EPS = 1e-20
@@ -46,7 +47,7 @@ TOPK = {"token": 100, "example": 5}
 
 __all__ = [
     "TOPK", "MetricNotApplicableError", "accuracy", "cosine", "f2t_mask", "finetuning_scores",
-    "head_mean", "kendall", "kendall_random_baseline", "l2_normalize", "layer_mean",
+    "head_mean", "kendall", "kendall_random_baseline", "kendall_tau_b", "l2_normalize", "layer_mean",
     "official_stream", "overall", "pad_left", "rec2ftp", "simam", "simam_delta", "simaou",
     "simaou_random_baseline", "topk_recall", "topk_recall_random_baseline", "training_attention",
 ]
@@ -278,10 +279,7 @@ def kendall(
     Constant inputs give ``nan`` (scipy).
     """
     icl, ft = _kendall_inputs(icl_attention_to_demos, ft_attention_to_train, segments)
-    out = np.empty(icl.shape[:-1])
-    for index in np.ndindex(*out.shape):
-        out[index] = scipy.stats.kendalltau(icl[index], ft[index])[0]
-    return out
+    return kendall_tau_b(icl, ft)
 
 
 def kendall_random_baseline(
@@ -291,10 +289,10 @@ def kendall_random_baseline(
     ``rng.random(n)`` per example and layer (and head) in C order, as the official
     ``random_kendall``; ``rng`` as in :func:`simaou_random_baseline`."""
     icl, _ = _kendall_inputs(icl_attention_to_demos, icl_attention_to_demos, segments)
-    rng, out = _as_rng(rng), np.empty(icl.shape[:-1])
-    for index in np.ndindex(*out.shape):
-        out[index] = scipy.stats.kendalltau(icl[index], rng.random(icl.shape[-1:]))[0]
-    return out
+    rng, random_maps = _as_rng(rng), np.empty_like(icl)
+    for index in np.ndindex(*icl.shape[:-1]):
+        random_maps[index] = rng.random(icl.shape[-1:])
+    return kendall_tau_b(icl, random_maps)
 
 
 def _kendall_inputs(icl: Any, ft: Any, segments) -> tuple[np.ndarray, np.ndarray]:

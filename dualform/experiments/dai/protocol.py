@@ -2,9 +2,10 @@
 
 Per task: choose the demonstration seed (ICL) and the learning rate (FT) on the validation
 split, then on the test split record ZSL / ICL / FT at the last token and compute accuracy,
-Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ,
-Kendall, per layer and per head, the head-by-head attribution maps, and the same similarity
-metrics on an untrained (random-weights) copy of the model. ``results.json`` is rewritten
+Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ (in
+the ``all`` and ``f2t`` modes), Kendall and top-k recall (token and example level), per layer
+and per head, the head-by-head attribution maps, and the same metrics on an untrained
+(random-weights) copy of the model. ``results.json`` is rewritten
 atomically after every task; a rerun skips the tasks it already holds.
 """
 
