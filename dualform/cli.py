@@ -111,6 +111,11 @@ def reproduce_dai(
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
+    scaled_queries: bool = typer.Option(
+        True, "--scaled-queries/--unscaled-queries",
+        help="Kendall's FT map q·q/d_head as the authors' recorder scales it (default), or raw q·q."),
+    keep_separator: bool = typer.Option(
+        False, help="Train on and rank each demonstration's separator too (the authors leave it out)."),
 ) -> None:
     """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable."""
     from dualform.experiments.dai.protocol import run_dai
@@ -120,7 +125,8 @@ def reproduce_dai(
                          layer_causal=layer_causal, untrained_baseline=untrained,
                          attribution=attribution, batch_size=batch_size or None,
                          reuse_prefix=reuse_prefix, device=device, dtype=dtype,
-                         device_map=device_map or None)
+                         device_map=device_map or None, scaled_queries=scaled_queries,
+                         keep_separator=keep_separator)
     try:
         results = run_dai(out, config)
     except (ModelLoadError, ValueError) as err:

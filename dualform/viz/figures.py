@@ -150,7 +150,14 @@ LINE_FIGURES: dict[str, tuple[str, dict[str, tuple], dict[str, tuple], str]] = {
         "SimAM before": ("simam", "before"), "SimAM after": ("simam", "after")}, {}, "similarity"),
     "simam_delta_layers": ("SimAM_Δ per layer", {"SimAM_Δ": ("simam", "delta")}, {}, "SimAM_Δ"),
     "kendall_layers": ("Kendall τ per layer", {
-        "Kendall": ("kendall", "value")}, {"random": ("kendall", "random")}, "τ"),
+        "Kendall": ("kendall", "value"), "Kendall (example level)": ("kendall", "example")},
+        {"random": ("kendall", "random"), "random (example level)": ("kendall", "example_random")},
+        "τ"),
+    "recall_layers": ("Top-k recall per layer (top-100 tokens, top-5 demonstrations)", {
+        "top-100 tokens": ("topk_recall", "token", "value"),
+        "top-5 demonstrations": ("topk_recall", "example", "value")},
+        {"random top-100": ("topk_recall", "token", "random"),
+         "random top-5": ("topk_recall", "example", "random")}, "recall"),
     "cos_layers": ("cos(ΔW_ICL q, Δz_FT) per layer", {
         "cos": ("dual_form", "cos_icl_update_ft")}, {}, "cosine"),
 }
@@ -210,7 +217,7 @@ def figures_from_results(results: dict) -> dict[str, go.Figure]:
     """Every figure of a ``results.json`` from ``dualform reproduce dai``.
 
     Keys: ``"accuracy"``, ``"overview"``, then ``"{task}/{figure}"`` with figure one of
-    ``simaou_layers``, ``simam_layers``, ``simam_delta_layers``, ``kendall_layers``,
+    ``simaou_layers``, ``simam_layers``, ``simam_delta_layers``, ``kendall_layers``, ``recall_layers``,
     ``cos_layers``, ``heads_simaou_z``, ``heads_simam``, ``heads_attribution``, ``heads_norms``,
     ``heads_cos`` (those whose data the results hold).
     """

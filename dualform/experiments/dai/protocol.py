@@ -2,9 +2,10 @@
 
 Per task: choose the demonstration seed (ICL) and the learning rate (FT) on the validation
 split, then on the test split record ZSL / ICL / FT at the last token and compute accuracy,
-Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ,
-Kendall, per layer and per head, the head-by-head attribution maps, and the same similarity
-metrics on an untrained (random-weights) copy of the model. ``results.json`` is rewritten
+Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ (in
+the ``all`` and ``f2t`` modes), Kendall and top-k recall (token and example level), per layer
+and per head, the head-by-head attribution maps, and the same metrics on an untrained
+(random-weights) copy of the model. ``results.json`` is rewritten
 atomically after every task; a rerun skips the tasks it already holds.
 """
 
@@ -29,7 +30,13 @@ from dualform.core.attribution import (
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_grid
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
-from dualform.experiments.dai.conditions import Record, demo_training_texts, prompt_pair, record_all
+from dualform.experiments.dai.conditions import (
+    Record,
+    demo_layout,
+    demo_training_texts,
+    prompt_pair,
+    record_all,
+)
 from dualform.experiments.dai.scoring import similarity_metrics
 from dualform.infra.io import as_stored, read_json, write_json_atomic
 from dualform.models.load import DEFAULT_MODEL, load_model
@@ -60,6 +67,9 @@ class DaiConfig:
     dtype: str = "float32"  # forward passes and finetuning (SGD keeps float32 master weights)
     device_map: str | None = None  # "auto": spread a large HF model over GPUs (accelerate)
     seed: int = 0
+    # Metric conventions: the authors' code by default (see dualform.experiments.dai.scoring).
+    scaled_queries: bool = True  # Kendall's FT map q·q/d_head as recorded officially; False: q·q
+    keep_separator: bool = False  # train on and rank each demo's separator too (official: no)
 
     def with_full_grid(self) -> DaiConfig:
         return dataclasses.replace(self, lr_grid=FULL_LR_GRID)
@@ -130,7 +140,7 @@ def lr_val_accuracies(model, task: Task, demos: list[Example], label_ids: list[i
         runs = [_finetune_or_error(model, task, demos, lr, config)
                 for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress)]
     else:
-        texts = demo_training_texts(model, task, demos)
+        texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
         runs = finetune_kv_grid(model, texts, config.lr_grid, progress=progress)
     acc = {str(lr): _ft_val_accuracy(model, task, demos, run, label_ids, config)
            for lr, run in zip(config.lr_grid, runs, strict=True)}
@@ -216,8 +226,11 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
                                    desc=f"{task.name}: attribution", progress=progress)
         timer.add("attribution", start)
     start = time.perf_counter()
-    train_q = _training_queries(model, task, demos, batched=config.batch_size != 1)
-    out = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed)
+    train_q = _training_queries(model, task, demos, batched=config.batch_size != 1,
+                                keep_separator=config.keep_separator)
+    ranked = demo_layout(model, task, demos).ranked(keep_separator=config.keep_separator)
+    out = similarity_metrics(recs, np.array(gold), pairs, train_q, ranked, seed=config.seed,
+                             scaled_queries=config.scaled_queries)
     out["ft_diverged"] = ft is None
     if attribution is not None:
         out["attribution"] = attribution
@@ -262,7 +275,7 @@ def _records(model, ft_model, pairs, label_ids: list[int], config: DaiConfig) ->
 def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
     if lr is None:
         return None
-    texts = demo_training_texts(model, task, demos)
+    texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
     device = None if config.device_map else config.device  # a dispatched model stays put
     return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
 
@@ -282,12 +295,13 @@ def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
 
 
 @torch.no_grad()
-def _training_queries(model, task: Task, demos: list[Example], batched: bool = True) -> torch.Tensor:
-    """Raw query vectors of every demonstration token (BOS dropped): ``[layer, n_demo, d]``;
-    ``batched`` runs the demonstrations as right-padded batches of 8 (same numbers)."""
+def _training_queries(model, task: Task, demos: list[Example], batched: bool = True, *,
+                      keep_separator: bool = False) -> torch.Tensor:
+    """Raw query vectors of every token of the finetuning texts (BOS dropped):
+    ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of 8."""
     from dualform.probes import capture
 
-    texts = demo_training_texts(model, task, demos)
+    texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)
     size = 8 if batched else 1
     rows = []
     for start in range(0, len(texts), size):
