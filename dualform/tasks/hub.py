@@ -158,7 +158,7 @@ def load_hub_splits(
 
 def hub_examples(rows: Any, hub: HubSpec, source: HubSource, where: str) -> list[Example]:
     """Examples of one hub split; labels mapped by name (see the module docstring)."""
-    feature = getattr(rows, "features", {}).get("label")
+    feature = (getattr(rows, "features", None) or {}).get("label")
     class_names = getattr(feature, "names", None)
     columns = [*source.fields.values(), "label"]
     examples = []
