@@ -11,12 +11,14 @@ packages are never imported):
 * ``countryinfo`` — ``countryinfo/data*/*.json``: countries and territories with capital and
   UN region (Africa, Americas, Asia, Europe, Oceania).
 * ``textblob`` — ``textblob/en/en-sentiment.xml``: the Pattern subjectivity lexicon (De Smedt &
-  Daelemans 2012), 2,918 word senses of 1,528 English words (mostly adjectives), each tagged by
-  hand with a polarity and a subjectivity from 0.0 (objective) to 1.0 (subjective).
+  Daelemans 2012), 2,918 word senses of 1,528 English words (mostly adjectives from product
+  reviews), each annotated by hand with a polarity and a subjectivity from 0.0 (objective) to
+  1.0 (subjective) and a confidence of 0.8–0.9.
 
-The Hugging Face hub tasks (Dai et al.'s datasets) are in :mod:`dualform.tasks.hub`. Every builder returns a :class:`TaskSpec` (template, label words, description, source) plus the
+Every builder returns a :class:`TaskSpec` (template, label words, description, source) plus the
 pool of :class:`Example` objects; :mod:`dualform.tasks.prompts` (which re-exports ``Example`` and the
-errors) splits the pool.
+errors) splits the pool. The Hugging Face hub tasks (Dai et al.'s datasets) are in
+:mod:`dualform.tasks.hub`.
 """
 
 from __future__ import annotations
