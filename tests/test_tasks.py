@@ -111,6 +111,17 @@ def test_changing_n_train_keeps_the_evaluation_sets():
     assert keys(small.test) == keys(big.test) and keys(small.validation) == keys(big.validation)
 
 
+def test_uneven_evaluation_sizes_leave_train_whole():
+    """24 test + 12 validation over 5 classes leave unequal class remainders: train takes them."""
+    task = load_task("afinn-sentiment-5", n_validation=12, n_test=24)
+    total = len(task.train) + len(task.validation) + len(task.test)
+    assert (len(task.validation), len(task.test), total) == (12, 24, 1205)
+    counts = Counter(e.label for e in task.train)
+    assert max(counts.values()) - min(counts.values()) <= 2
+    with pytest.raises(TaskError, match="can't be split evenly"):
+        load_task("afinn-sentiment-5", n_validation=12, n_test=24, n_train=len(task.train) - 1)
+
+
 def test_too_many_examples_and_unknown_names_raise():
     with pytest.raises(TaskError, match="only .* left"):
         load_task("country-region", n_test=10_000)
