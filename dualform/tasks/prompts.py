@@ -38,14 +38,13 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from dualform.tasks.hub import HUB_SPECS, load_hub_splits
 from dualform.tasks.sources import (
-    HUB_SPECS,
     OFFLINE_BUILDERS,
     Example,
     HubUnavailableError,
     TaskError,
     TaskSpec,
-    load_hub_splits,
     parse_label,
     read_records,
 )
@@ -154,9 +153,11 @@ def load_task(
     n_train: int | None = None,
     n_validation: int | None = None,
     n_test: int | None = None,
+    hub_dir: str | Path | None = None,
 ) -> Task:
     """A packaged offline task (:data:`OFFLINE_TASKS`) or one of Dai et al.'s hub tasks
-    (:data:`HUB_TASKS`, needs the network and ``pip install dualform[hub]``).
+    (:data:`HUB_TASKS`, needs ``pip install dualform[hub]`` and the network, or ``hub_dir``: a
+    folder of local copies of the hub repositories, ``<hub_dir>/<owner>/<name>``).
 
     Offline tasks are class-balanced (every class cut to the smallest one) and split from one
     pool (rules in :mod:`dualform.tasks.splits`): ``test`` is drawn first, then ``validation``,
@@ -172,7 +173,7 @@ def load_task(
         splits = split_pool(pool, len(spec.label_words), sizes, seed=seed, balanced=True, name=name)
         return _make_task(name, spec, splits)
     if name in HUB_SPECS:
-        spec, hub_splits = load_hub_splits(name)
+        spec, hub_splits = load_hub_splits(name, hub_dir)
         return _make_task(name, spec, split_hub(hub_splits, sizes, seed))
     raise TaskError(
         f"Unknown task {name!r}. Offline: {', '.join(OFFLINE_TASKS)}; hub (network + "
