@@ -26,6 +26,7 @@ def _fail(message: str) -> None:
 @app.command()
 def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README).")) -> None:
     """Print the model card and the hook names of one layer."""
+    from dualform.models.features import attention_features
     from dualform.models.load import load_model
     from dualform.probes import available_short_names, head_counts
 
@@ -41,6 +42,7 @@ def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README
         ("layers", cfg.n_layers), ("heads", n_heads), ("KV heads", n_kv),
         ("d_model", cfg.d_model), ("d_head", cfg.d_head), ("context length", cfg.n_ctx),
         ("positional embedding", cfg.positional_embedding_type),
+        ("attention features", attention_features(bridge).summary()),
         ("parameters", f"{sum(p.numel() for p in bridge.parameters()):,}"),
     ]:
         card.add_row(key, str(value))
@@ -265,6 +267,7 @@ def bench(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     end_to_end: bool = typer.Option(False, help="Also time the default reproduce dai, reuse+batching on vs off (~10 min on 2 CPU cores)."),
+    pythia_shape: bool = typer.Option(True, help="Also time capture and dual_form on a random Pythia-160M-shaped model."),
     dtype: str = DTYPE,
 ) -> None:
     """Performance ratios against baselines measured in the same run."""
@@ -274,7 +277,8 @@ def bench(
     from dualform.infra.bench import run_bench
 
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
-        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype)
+        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype,
+                           pythia_shape=pythia_shape)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -294,6 +298,12 @@ def bench(
     for k, p in result["prefix_reuse"].items():
         table.add_row(f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
                       f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)")
+    if "pythia_shape" in result:
+        pc, pd = result["pythia_shape"]["capture"], result["pythia_shape"]["dual_form"]
+        table.add_row(f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
+                      f"{pc['capture_ratio']:.2f}x ({pc['capture_s']:.2f} s vs {pc['bare_forward_s']:.2f} s)")
+        table.add_row(f"Pythia-160M shape: dual_form ({pd['tokens']} tok) / bare forward",
+                      f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)")
     if "end_to_end" in result:
         e = result["end_to_end"]
         table.add_row("default reproduce dai: reuse+batching off / on",

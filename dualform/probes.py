@@ -220,10 +220,23 @@ def capture(
     bound = [(name, partial(record, name=name)) for name in names]
     with _hooked(model, bound), torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
         logits = model(tokens, **forward_kwargs)
+    silent = [n for n in names if n not in store]
+    if silent:
+        raise ProbeError(silent_hooks_message(model, silent))
     layer_ids = sorted({int(m.group(1)) for n in names if (m := _LAYER_RE.match(n))})
     n_heads, n_kv = head_counts(model)
     logits = logits if isinstance(logits, Tensor) else getattr(logits, "logits", None)
     return Capture(store, n_heads, n_kv, logits=logits, layers=tuple(layer_ids))
+
+
+def silent_hooks_message(model, silent: Sequence[str]) -> str:
+    """The error for hooks a model declares but did not fire in a forward (fused-QKV and other
+    bridges whose attention runs outside the hooks): never hand back a partial capture."""
+    name = type(getattr(model, "original_model", model)).__name__
+    return (f"{name} declares {', '.join(silent[:4])}{' …' if len(silent) > 4 else ''} but its "
+            "forward never fired them, so they cannot be captured. Models from "
+            "dualform.load_model fire every declared attention hook; for a bridge built "
+            "elsewhere, capture inside dualform.models.compat.attention_hooks(model).")
 
 
 _hooked = hooks  # the context manager, under a name the ``hooks`` argument does not shadow

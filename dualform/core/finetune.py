@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualform.core.equations import delta_w_ft
+from dualform.models.features import fused_parameters, sync_fused_kv
 from dualform.models.load import clone_model, resolve_device
 from dualform.probes import head_counts, hook_name, hooks, n_layers
 
@@ -84,6 +85,8 @@ def finetune_kv(
 ) -> FinetuneResult:
     """Dai's explicit finetuning: SGD on W_K/W_V only; the caller's model is not modified.
 
+    With a fused QKV projection only its K and V rows move; its query rows stay bit for bit.
+
     The returned ``.model`` shares every parameter except W_K/W_V with ``model`` (unless
     ``device`` moves it elsewhere): finetuning many rates costs one K/V set each, not a model.
     Treat both as read-only, or ``clone_model`` the result before changing other weights.
@@ -119,6 +122,7 @@ def finetune_kv(
     for p in params.values():
         p.requires_grad_(False)
     delta = {name: delta_w_ft(master[name], before[name]) for name in params}
+    sync_fused_kv(tuned)
     _, n_kv = head_counts(tuned)
     return FinetuneResult(tuned, delta, losses, lr, layer_causal, n_kv)
 
@@ -126,12 +130,15 @@ def finetune_kv(
 def _copy_for_finetuning(model, device):
     """The model to train: on the model's own device it shares every parameter but W_K/W_V with
     ``model`` (memory of one K/V set, not of a model); on another device, a full copy there.
-    Gradients are only ever asked for W_K/W_V, so the shared parameters are never written."""
+    Gradients are only ever asked for W_K/W_V, so the shared parameters are never written.
+    A fused QKV weight (GPT-2, GPT-NeoX, Phi-3, Falcon, …) is copied too: the bridge computes
+    with split q/k/v copies of it, and :func:`sync_fused_kv` writes the trained K/V rows back."""
+    sync_fused_kv(model, check=True)  # refuse an unknown fused layout before any training
     if device is not None:
         here, target = next(model.parameters()).device, resolve_device(device)
         if target.type != here.type or target.index not in (None, here.index):
             return clone_model(model).to(target)
-    kv = {id(p) for p in kv_parameters(model).values()}
+    kv = {id(p) for p in (*kv_parameters(model).values(), *fused_parameters(model))}
     frozen = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in kv]
     return clone_model(model, share=frozen)
 

@@ -35,6 +35,7 @@ from dualform.core.finetune import (
     kv_parameters,
     next_token_loss,
 )
+from dualform.models.features import sync_fused_kv
 from dualform.probes import head_counts
 
 
@@ -130,5 +131,6 @@ def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[f
     with torch.no_grad():
         for name, p in kv_parameters(tuned).items():
             p.copy_(master[name][r])
+    sync_fused_kv(tuned)
     delta = {name: delta_w_ft(master[name][r], before[name][r]) for name in master}
     return FinetuneResult(tuned, delta, losses, lr, False, head_counts(tuned)[1])

@@ -28,6 +28,11 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from dualform.infra.rng import seeded
+from dualform.models.compat import (
+    deepcopy_module,
+    drop_quantization_config,
+    install_attention_hooks,
+)
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -111,6 +116,12 @@ def load_model(
                                          device_map=device_map)
     if device_map is None:
         hf_model = hf_model.to(device=resolve_device(device), dtype=dtype)
+    return wrap_hf_model(hf_model, tokenizer, name)
+
+
+def wrap_hf_model(hf_model, tokenizer, name: str) -> TransformerBridge:
+    """A Hugging Face causal LM as a ``TransformerBridge`` in eval mode, with every attention
+    hook the bridge declares firing (:func:`dualform.models.compat.install_attention_hooks`)."""
     hf_model.eval()
     bridge = build_bridge_from_module(
         hf_model,
@@ -120,6 +131,7 @@ def load_model(
         model_name=name,
     )
     bridge.eval()
+    install_attention_hooks(bridge)
     return bridge
 
 
@@ -224,9 +236,7 @@ def _dequantise(gguf_dir: Path, gguf_file: str, out: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-    # The weights are plain float32 now; drop the GGUF quantiser so they can be saved.
-    model.config.__dict__.pop("quantization_config", None)
-    model.hf_quantizer = None
+    drop_quantization_config(model)  # plain float32 weights now: save them as such
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -283,14 +293,5 @@ def clone_model(model: torch.nn.Module, *, share: Iterable[torch.Tensor] = ()) -
 
     Tensors in ``share`` (e.g. frozen parameters) are not copied: the copy holds the very same
     tensors, so it costs only the memory of what it does not share.
-    Some bridge components keep the last attention pattern as an attribute; with autograd on,
-    that tensor is not a graph leaf and ``copy.deepcopy`` refuses it, so it is copied detached.
     """
-    import copy
-
-    memo: dict[int, object] = {id(t): t for t in share}
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(model, memo)
+    return deepcopy_module(model, share=share)

@@ -23,6 +23,7 @@ from dualform.core.dual_form import (
     demo_mask,
     dual_form,
     dual_form_from_vectors,
+    positional_biases,
     score_hooks,
 )
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
@@ -227,7 +228,8 @@ def _attach_dual(rec: Record, run: PrefixRun, cap, demo: PromptTokens, row: int,
                           for layer in cap.layers])
     q = torch.stack([cap.queries(layer)[row, last] for layer in cap.layers])
     is_demo = demo_mask(keys.shape[1], demo.n_demo_tokens, demo.demo_start)
-    _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers))
+    bias = positional_biases(run.model, cap.layers, keys.shape[1])  # ALiBi, else None
+    _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers, bias))
 
 
 def _store_dual(rec: Record, dual: DualForm) -> None:

@@ -40,7 +40,15 @@ from dualform.experiments.dai.conditions import (
 from dualform.experiments.dai.scoring import similarity_metrics
 from dualform.infra.io import as_stored, read_json, write_json_atomic
 from dualform.models.load import DEFAULT_MODEL, load_model
-from dualform.tasks.prompts import Example, Task, label_token_ids, load_task, sample_demos
+from dualform.tasks.prompts import (
+    Example,
+    Task,
+    build_prompt,
+    label_token_ids,
+    load_task,
+    prompt_tokens,
+    sample_demos,
+)
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
 DEFAULT_LR_GRID = (0.01, 0.005, 0.001, 0.0005)  # a slice of Dai's grid; larger rates collapse SmolLM2-135M
@@ -302,6 +310,7 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
     from dualform.probes import capture
 
     texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)
+    bos = prompt_tokens(model, build_prompt(task, [], demos[0]), check=False).demo_start
     size = 8 if batched else 1
     rows = []
     for start in range(0, len(texts), size):
@@ -309,7 +318,7 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
         batch = pad_queries(chunk, pad_id=0)
         q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
         for row, last in enumerate(batch.last.tolist()):
-            rows.append(q[:, row, 1 : last + 1].flatten(-2))
+            rows.append(q[:, row, bos : last + 1].flatten(-2))  # BOS dropped, if any
     return torch.cat(rows, dim=1).float().cpu()
 
 
