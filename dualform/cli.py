@@ -6,20 +6,66 @@ import dataclasses
 import json
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
+from dualform.errors import check_count, check_learning_rate, is_expected
 from dualform.models.load import DEFAULT_MODEL, ModelLoadError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+class ErrorReportingGroup(TyperGroup):
+    """The one error path of every command: an expected failure (:class:`DualformError`, an
+    ``OSError`` such as a full disk) prints one line and exits 2; a bug keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            if not is_expected(err):
+                raise
+            print_error(error_message(err))
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, cls=ErrorReportingGroup)
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce a paper's experiment.")
 app.add_typer(reproduce_app, name="reproduce")
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def error_message(err: BaseException) -> str:
+    """The text of an expected failure; a bare ``OSError`` gets its file and a hint."""
+    message = str(err)
+    if isinstance(err, OSError) and type(err) in (OSError, PermissionError, FileNotFoundError,
+                                                  IsADirectoryError, NotADirectoryError):
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}{err.strerror or err}"
+        if err.errno == 28:
+            message += " (the disk is full: free some space and rerun; finished parts are kept)"
+    return message
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, the message printed literally (no rich markup)."""
+    err_console.print(f"[red]error:[/] {escape(message)}")
+
+
+def check_output_dir(out: Path) -> None:
+    """Create ``out`` and check it is writable before any model is loaded or anything runs."""
+    from dualform.infra.results_dir import prepare_output_dir
+
+    prepare_output_dir(out)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(2)
 
 
@@ -63,6 +109,9 @@ def walkthrough(
     """The dual form on one prompt: identities, norms, ICL update vs finetuning, per layer."""
     from dualform.experiments.walkthrough import run_walkthrough
 
+    check_learning_rate(lr, "--lr")
+    if out is not None:
+        check_output_dir(out.parent)
     try:
         result = run_walkthrough(model, lr=lr, console=console)
     except ModelLoadError as err:
@@ -71,7 +120,7 @@ def walkthrough(
         from dualform.infra.io import write_json_atomic
 
         write_json_atomic(out, result)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}")
 
 
 def _default_tasks() -> tuple[str, ...]:
@@ -89,6 +138,7 @@ DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds to choose from.")
 FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
 LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
 DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
+OVERWRITE = typer.Option(False, help="Results of other settings in --out: rename them aside (never deleted) and start afresh.")
 
 
 @reproduce_app.command("dai")
@@ -111,6 +161,7 @@ def reproduce_dai(
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable."""
     from dualform.experiments.dai.protocol import run_dai
@@ -122,11 +173,11 @@ def reproduce_dai(
                          reuse_prefix=reuse_prefix, device=device, dtype=dtype,
                          device_map=device_map or None)
     try:
-        results = run_dai(out, config)
+        results = run_dai(out, config, overwrite=overwrite)
     except (ModelLoadError, ValueError) as err:
         _fail(str(err))
     print_dai_table(results, console)
-    console.print(f"wrote {out / 'results.json'}")
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
     if report:
         _write_report(out)
 
@@ -168,6 +219,7 @@ def sweep(
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto (per job)."),
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread each large HF model over its job's GPUs."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """The LR grid × demo seeds × tasks × models sweep of reproduce dai, on an executor.
 
@@ -183,20 +235,22 @@ def sweep(
     kwargs = {"cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job} if executor == "ray" else {}
     try:
         runner = get_executor(executor, address=address or None, **kwargs)
-        results = run_sweep(out, config, [m for m in models.split(",") if m], runner)
+        results = run_sweep(out, config, [m for m in models.split(",") if m], runner,
+                            overwrite=overwrite)
     except (ModelLoadError, ValueError, ImportError) as err:
         _fail(str(err))
     for name, result in results.items():
         print_dai_table(result, console)
         for failure in result["failed_jobs"]:
-            console.print(f"[red]failed job[/] {failure['job']}: {failure['error']} (rerun to retry)")
-        console.print(f"wrote {out / model_slug(name) / 'results.json'}")
+            console.print(f"[red]failed job[/] {escape(failure['job'])}: {escape(failure['error'])} "
+                          "(rerun to retry)")
+        console.print(f"wrote {escape(str(out / model_slug(name) / 'results.json'))}")
 
 
 def _write_report(out: Path) -> None:
     from dualform.viz.report import write_report
 
-    console.print(f"wrote {write_report(out)}")
+    console.print(f"wrote {escape(str(write_report(out)))}")
 
 
 @reproduce_app.command("regression")
@@ -207,6 +261,7 @@ def reproduce_regression(
     """von Oswald et al. 2023: LSA ≡ GD construction, trained LSA vs GD / GD++."""
     from dualform.experiments.vonoswald import RegressionConfig, run_regression
 
+    check_output_dir(out)
     result = run_regression(out, config=RegressionConfig(device=device))
     table = Table("steps / layers", "GD (tuned η)", "η", "GD++", "trained LSA", "paper GD",
                   "model cos", "model diff", "preds diff", title="LSA vs GD (½·MSE test loss)")
@@ -217,7 +272,7 @@ def reproduce_regression(
     console.print(table)
     for name, check in result["targets"].items():
         console.print(f"  {'✓' if check['met'] else '✗'} {name}: {check['value']:.4g} (target {check['target']})")
-    console.print(f"wrote {out}/results.json")
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
 
 
 @reproduce_app.command("momentum")
@@ -228,9 +283,10 @@ def reproduce_momentum(
     """Dai et al. 2023 §5: vanilla vs momentum attention, trained from scratch."""
     from dualform.experiments.momentum import MomentumConfig, run_momentum
 
+    check_output_dir(out)
     result = run_momentum(out, config=MomentumConfig(device=device))
     console.print_json(json.dumps(result.get("summary", {}), default=str))
-    console.print(f"wrote {out}/results.json")
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
 
 
 @app.command()
@@ -240,7 +296,7 @@ def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A resul
 
     if not (results_dir / "results.json").exists():
         _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
-    console.print(f"wrote {write_report(results_dir)}")
+    console.print(f"wrote {escape(str(write_report(results_dir)))}")
 
 
 @app.command()
@@ -258,6 +314,7 @@ def bench(
 
     from dualform.infra.bench import run_bench
 
+    check_count(repeats, "--repeats")
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
         result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype)
     if as_json:

@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from dualform.probes import ContextLengthError, check_context
 from dualform.tasks.sources import (
     HUB_SPECS,
     OFFLINE_BUILDERS,
@@ -64,10 +65,6 @@ HUB_TASKS: tuple[str, ...] = tuple(HUB_SPECS)
 
 class LabelTokenError(TaskError):
     """Two label words start with the same token: a next-token prediction can't tell them apart."""
-
-
-class ContextLengthError(TaskError):
-    """A prompt is longer than the model's context window."""
 
 
 class PromptTokenizationError(TaskError):
@@ -204,7 +201,7 @@ def load_user_task(
     probe = Task(name or path.stem, template, list(label_words), [], [], [])
     pool = []
     for i, row in enumerate(read_records(path), start=1):
-        where = f"{path.name} row {i}"
+        where = f"{path} record {i}"
         columns = {f: text_field if f == "x" else f for f in probe.fields}
         missing = [c for c in (*columns.values(), label_field) if c not in row]
         if missing:
@@ -214,6 +211,13 @@ def load_user_task(
     spec = TaskSpec(template, tuple(label_words), f"User data from {path.name}.", str(path))
     sizes = {"test": n_test, "validation": n_validation, "train": n_train}
     splits = split_pool(pool, probe.n_classes, sizes, seed=seed, balanced=balanced, name=probe.name)
+    empty = [s for s in ("train", "validation", "test") if not splits[s]]
+    if empty:
+        raise TaskError(
+            f"{path}: {len(pool)} example(s) leave the {', '.join(empty)} split(s) empty "
+            f"(train {len(splits['train'])}, validation {len(splits['validation'])}, test "
+            f"{len(splits['test'])}); add examples or set n_test / n_validation / n_train."
+        )
     return _make_task(probe.name, spec, splits)
 
 
@@ -367,14 +371,3 @@ def prompt_tokens(
         check_context(model, len(ids))
     device = getattr(cfg, "device", None) or "cpu"
     return PromptTokens(torch.tensor([ids], device=device), len(demo_ids), len(bos))
-
-
-def check_context(model, n_tokens: int) -> None:
-    """Raise :class:`ContextLengthError` if ``n_tokens`` exceeds ``model.cfg.n_ctx``."""
-    n_ctx = int(model.cfg.n_ctx)
-    if n_tokens > n_ctx:
-        name = getattr(model.cfg, "model_name", "the model")
-        raise ContextLengthError(
-            f"The prompt has {n_tokens} tokens but {name} has a context window of {n_ctx} "
-            "tokens (cfg.n_ctx); use fewer or shorter demonstrations."
-        )

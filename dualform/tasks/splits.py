@@ -69,7 +69,9 @@ def draw(by_class: list[list[Example]], n: int, rng: random.Random, balanced: bo
     available = sum(len(c) for c in by_class)
     if n < 0 or n > available:
         raise TaskError(f"{what}: asked for {n} examples but only {available} are left.")
-    if balanced:
+    if balanced and n == available:  # the rest (train by default): all of it, as it comes
+        quotas = [len(c) for c in by_class]
+    elif balanced:
         k = len(by_class)
         quotas = [n // k + (c < n % k) for c in range(k)]
         if any(q > len(c) for q, c in zip(quotas, by_class, strict=True)):

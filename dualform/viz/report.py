@@ -143,6 +143,7 @@ def dai_sections(page: Page, results: dict, results_dir: Path, *, attention: boo
 
 def _is_detail(key: str, value) -> bool:
     return key in ("template", "label_words", "shots", "n_test", "n_f2t", "ft_diverged",
+                   "ft_diverged_reason",
                    "selection", "timing_s")
 
 

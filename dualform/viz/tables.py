@@ -24,8 +24,14 @@ def _fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+DIVERGED = "diverged"
+
+
 def task_row(t: dict) -> dict[str, str]:
-    """One table row from one task's results (also used for the untrained baseline)."""
+    """One table row from one task's results (also used for the untrained baseline); when
+    finetuning diverged, every column that involves FT says so instead of a number."""
+    if t.get("ft_diverged"):
+        return diverged_row(t)
     acc = t["accuracy"]
     attribution = t.get("attribution", {}).get("spearman")
     return {
@@ -38,6 +44,17 @@ def task_row(t: dict) -> dict[str, str]:
         "simam_delta": _fmt(t["simam"]["delta"]["mean"]),
         "kendall": _fmt(t["kendall"]["value"]["mean"]),
         "attribution": _fmt(attribution),
+    }
+
+
+def diverged_row(t: dict) -> dict[str, str]:
+    """The row of a task whose finetuning diverged: ZSL/ICL numbers, ``diverged`` for FT."""
+    acc, d = t["accuracy"], DIVERGED
+    before = (t.get("simam", {}).get("before") or {}).get("mean")
+    return {
+        "acc": f"{acc['zsl']:.1f}/{d}/{acc['icl']:.1f}", "rec2ftp": d, "simaou": d,
+        "simaou_unnorm": d, "simaou_random": _fmt((t.get("simaou", {}).get("random") or {}).get("mean")),
+        "simam": f"{_fmt(before)}→{d}", "simam_delta": d, "kendall": d, "attribution": d,
     }
 
 

@@ -32,6 +32,20 @@ def similarity_metrics(recs: dict[str, list[Record]], gold: np.ndarray, pairs: l
     return out
 
 
+def without_ft(metrics: dict, reason: str) -> dict:
+    """``metrics`` without every number that involves the finetuned model (it diverged): ZSL
+    and ICL accuracy, SimAM before, the random baselines and the ΔW_ICL norms stay; FT
+    accuracy is ``None``; ``ft_diverged_reason`` says why."""
+    keep = {
+        "accuracy": {**metrics["accuracy"], "ft": None},
+        "simaou": {"random": metrics["simaou"]["random"]},
+        "simam": {"before": metrics["simam"]["before"]},
+        "kendall": {"random": metrics["kendall"]["random"]},
+        "dual_form": {k: v for k, v in metrics["dual_form"].items() if k != "cos_icl_update_ft"},
+    }
+    return {**keep, "ft_diverged_reason": reason}
+
+
 def _dual_form_summary(recs: dict[str, list[Record]]) -> dict:
     """Per layer×head: mean ‖ΔW_ICL‖, ‖W_ZSL‖ and cos(ΔW_ICL q, Δz_FT), Δz_FT = z_FT − z_ZSL."""
     icl = recs["icl"]
