@@ -349,3 +349,7 @@ def bench(
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # python -m dualform.cli
+    main()
