@@ -27,12 +27,15 @@ from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.errors import InvalidArgumentError
 from dualform.experiments.dai import protocol
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.sweep import run_sweep
 from dualform.infra import io as dio
+from dualform.infra.executors import LocalExecutor
 from dualform.infra.lock import LOCK_NAME, locked
 from dualform.infra.results_dir import SettingsMismatchError
 from dualform.models import load as load_mod
 from dualform.probes import ContextLengthError, capture
-from dualform.tasks.prompts import TaskError, load_user_task
+from dualform.tasks.prompts import TaskError, load_task, load_user_task
+from dualform.viz.report import write_report
 from dualform.viz.tables import dai_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +99,8 @@ def test_kill_mid_run_keeps_finished_tasks_and_resumes(tmp_path):
              "untrained_baseline=False, attribution=False)"
     proc = spawn(f"""
         from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.sweep import run_sweep
+from dualform.infra.executors import LocalExecutor
         run_dai({str(tmp_path)!r}, {config}, progress=False)
     """)
     path = tmp_path / "results.json"
@@ -304,6 +309,22 @@ def test_every_rate_diverged_shows_diverged_not_numbers(tmp_path):
     assert task["ft_diverged"] and task["accuracy"]["ft"] is None
     assert "normalized" not in task["simaou"] and "rec2ftp" not in task
     assert task["selection"]["lr_val_acc"]["1000000.0"].startswith("diverged")
+    page = write_report(tmp_path, attention=False).read_text()
+    assert "afinn-sentiment (FT diverged)" in page and "/diverged/" in page
+
+
+def test_a_sweep_with_other_settings_is_refused_and_keeps_its_jobs(tmp_path):
+    run_sweep(tmp_path, CONFIG, executor=LocalExecutor(progress=False))
+    jobs = {p.name: p.read_bytes() for p in (tmp_path / "jobs").iterdir()}
+    other = DaiConfig(**{**CONFIG.__dict__, "shots": 3})
+    with pytest.raises(SettingsMismatchError, match="shots: 2 on disk, 3 in this run"):
+        run_sweep(tmp_path, other, executor=LocalExecutor(progress=False))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "jobs").iterdir()} == jobs
+
+
+def test_an_odd_test_split_is_fine_and_the_train_split_takes_the_rest():
+    task = load_task("afinn-sentiment", seed=0, n_test=3, n_validation=2)
+    assert len(task.test) == 3 and len(task.train) > 0
 
 
 # --------------------------------------------------------------------------- bad input (library)

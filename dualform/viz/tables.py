@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 #: Dai et al. (2023), averages over their six tasks (reference §1), for comparison.
@@ -81,7 +82,7 @@ def dai_rows(results: dict) -> list[tuple[str, dict[str, str]]]:
 def print_dai_table(results: dict, console: Console | None = None) -> None:
     table = Table("task / model", *(c for c, _ in COLUMNS), title="ICL vs finetuning (Dai et al. layout)")
     for label, row in dai_rows(results):
-        table.add_row(label, *(row[k] for _, k in COLUMNS))
+        table.add_row(escape(label), *(escape(row[k]) for _, k in COLUMNS))  # printed literally
     (console or Console()).print(table)
 
 
