@@ -99,8 +99,6 @@ def test_kill_mid_run_keeps_finished_tasks_and_resumes(tmp_path):
              "untrained_baseline=False, attribution=False)"
     proc = spawn(f"""
         from dualform.experiments.dai.protocol import DaiConfig, run_dai
-from dualform.experiments.dai.sweep import run_sweep
-from dualform.infra.executors import LocalExecutor
         run_dai({str(tmp_path)!r}, {config}, progress=False)
     """)
     path = tmp_path / "results.json"
@@ -267,9 +265,8 @@ def test_damaged_results_json_is_named_and_kept(tmp_path, content, where):
     (["--device", "tpu"], "Unknown device 'tpu'; choose cpu, cuda"),
     (["--tasks", "no-such-task"], "pip install dualform[hub]"),  # printed literally
 ])
-def test_bad_options_are_one_clear_message(tmp_path, monkeypatch, args, expected):
-    if "no-such-task" not in args:  # these fail before any model is loaded
-        monkeypatch.setattr(protocol, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+def test_bad_options_fail_before_any_model_is_loaded(tmp_path, monkeypatch, args, expected):
+    monkeypatch.setattr(protocol, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     result = cli(*(["--tasks", "afinn-sentiment"] if "--tasks" not in args else []), *args,
                  "--out", str(tmp_path))
     assert expected in error_of(result)
@@ -379,3 +376,16 @@ def test_user_task_file_errors_name_the_file_and_line(tmp_path, content, expecte
     with pytest.raises(TaskError) as info:
         load_user_task(path, "Text: {x} Label: {y}", ["no", "yes"])
     assert str(path) in str(info.value) and expected in str(info.value)
+
+
+def test_an_orphan_of_a_killed_first_load_is_removed_once_the_cache_is_complete(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUALFORM_CACHE", str(tmp_path))
+    done_dir = tmp_path / "smollm2-135m"
+    done_dir.mkdir()
+    (done_dir / "config.json").write_text("{}")
+    (done_dir / "model.safetensors").write_bytes(b"")
+    orphan = tmp_path / ".smollm2-135m-x1y2z3ab"
+    orphan.mkdir()
+    monkeypatch.setattr(load_mod, "_dequantise", lambda *a: pytest.fail("dequantised again"))
+    assert load_mod.embedded_model_dir() == done_dir
+    assert not orphan.exists() and done_dir.exists()

@@ -229,15 +229,15 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """
     spec = EMBEDDED[name]
     target = cache_dir() / name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _is_cached(target) and not any(target.parent.glob(f".{name}-*")):
         return target
-    gguf_dir = _gguf_directory(spec)
+    gguf_dir = None if _is_cached(target) else _gguf_directory(spec)
     try:
         with locked(target.parent, wait_s=1800, what="first load of the model"):
             # an interrupted earlier load (kill -9) left its temporary directory: remove it
             remove_temporaries(target.parent, dir_prefixes=(f".{name}-",))
-            if not ((target / "config.json").exists() and (target / "model.safetensors").exists()):
-                _dequantise_into(gguf_dir, spec.gguf_file, target)
+            if not _is_cached(target):
+                _dequantise_into(gguf_dir or _gguf_directory(spec), spec.gguf_file, target)
     except OSError as err:
         raise ModelLoadError(
             f"Could not write the dequantised weights of {name!r} to {target} "
@@ -245,6 +245,10 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
             "DUALFORM_CACHE to another directory."
         ) from err
     return target
+
+
+def _is_cached(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
 
 
 def _dequantise_into(gguf_dir: Path, gguf_file: str, target: Path) -> None:

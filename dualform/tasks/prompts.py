@@ -55,7 +55,7 @@ from dualform.tasks.splits import split_hub, split_pool
 __all__ = [
     "HUB_TASKS", "OFFLINE_TASKS", "ContextLengthError", "Example", "HubUnavailableError",
     "LabelTokenError", "Prompt", "PromptTokenizationError", "PromptTokens", "Task", "TaskError",
-    "build_prompt", "check_context", "label_token_ids", "label_token_sequences", "load_task",
+    "build_prompt", "check_context", "check_task_name", "label_token_ids", "label_token_sequences", "load_task",
     "load_user_task", "prompt_tokens", "sample_demos",
 ]
 
@@ -168,13 +168,18 @@ def load_task(
         spec, pool = OFFLINE_BUILDERS[name]()
         splits = split_pool(pool, len(spec.label_words), sizes, seed=seed, balanced=True, name=name)
         return _make_task(name, spec, splits)
-    if name in HUB_SPECS:
-        spec, hub_splits = load_hub_splits(name)
-        return _make_task(name, spec, split_hub(hub_splits, sizes, seed))
-    raise TaskError(
-        f"Unknown task {name!r}. Offline: {', '.join(OFFLINE_TASKS)}; hub (network + "
-        f"`pip install dualform[hub]`): {', '.join(HUB_TASKS)}; or load_user_task(path, ...)."
-    )
+    check_task_name(name)
+    spec, hub_splits = load_hub_splits(name)
+    return _make_task(name, spec, split_hub(hub_splits, sizes, seed))
+
+
+def check_task_name(name: str) -> None:
+    """Raise :class:`TaskError` listing the known tasks unless ``name`` is one of them."""
+    if name not in OFFLINE_BUILDERS and name not in HUB_SPECS:
+        raise TaskError(
+            f"Unknown task {name!r}. Offline: {', '.join(OFFLINE_TASKS)}; hub (network + "
+            f"`pip install dualform[hub]`): {', '.join(HUB_TASKS)}; or load_user_task(path, ...)."
+        )
 
 
 def load_user_task(

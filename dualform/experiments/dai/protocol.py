@@ -35,7 +35,14 @@ from dualform.experiments.dai.scoring import similarity_metrics, without_ft
 from dualform.infra.io import write_json_atomic
 from dualform.infra.results_dir import load_results, record_entry, results_directory
 from dualform.models.load import DEFAULT_MODEL, load_model, resolve_device
-from dualform.tasks.prompts import Example, Task, label_token_ids, load_task, sample_demos
+from dualform.tasks.prompts import (
+    Example,
+    Task,
+    check_task_name,
+    label_token_ids,
+    load_task,
+    sample_demos,
+)
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
 DEFAULT_LR_GRID = (0.01, 0.005, 0.001, 0.0005)  # a slice of Dai's grid; larger rates collapse SmolLM2-135M
@@ -94,7 +101,9 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
     them); other settings raise :class:`SettingsMismatchError` unless ``overwrite`` (the old
     file is renamed aside, never deleted)."""
     config = config or DaiConfig()
-    resolve_device(config.device)  # a missing device fails here, not after the first task
+    resolve_device(config.device)  # a missing device or task fails here, before any work
+    for name in config.tasks:
+        check_task_name(name)
     with results_directory(out_dir) as out:
         path = out / "results.json"
         results = load_results(path, _config_dict(config), overwrite=overwrite)

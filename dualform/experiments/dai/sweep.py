@@ -103,7 +103,8 @@ def run_sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | No
     """:func:`sweep` with ``out_dir`` created, checked writable and locked first, and its
     ``sweep.json`` pinning the settings the job files were made with (other settings are
     refused unless ``overwrite`` moves the old jobs aside)."""
-    with results_directory(out_dir, subdirs=("jobs",)) as out:
+    slugs = [model_slug(m) for m in (models or [config.model])]
+    with results_directory(out_dir, subdirs=("jobs", *slugs)) as out:
         pin_settings(out / "sweep.json", _config_dict(config),
                      ignore=("model", "tasks", "demo_seeds", "lr_grid", *EXECUTION_ONLY),
                      overwrite=overwrite, also_move=[out / "jobs"])
