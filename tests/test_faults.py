@@ -317,6 +317,11 @@ def test_a_sweep_with_other_settings_is_refused_and_keeps_its_jobs(tmp_path):
     with pytest.raises(SettingsMismatchError, match="shots: 2 on disk, 3 in this run"):
         run_sweep(tmp_path, other, executor=LocalExecutor(progress=False))
     assert {p.name: p.read_bytes() for p in (tmp_path / "jobs").iterdir()} == jobs
+    run_sweep(tmp_path, other, executor=LocalExecutor(progress=False), overwrite=True)
+    (aside,) = tmp_path.glob("jobs.replaced-*")  # the old jobs, renamed, not deleted
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == jobs
+    assert len(list((tmp_path / "tiny-llama").glob("results.replaced-*.json"))) == 1
+    assert json.loads((tmp_path / "tiny-llama" / "results.json").read_text())["config"]["shots"] == 3
 
 
 def test_an_odd_test_split_is_fine_and_the_train_split_takes_the_rest():

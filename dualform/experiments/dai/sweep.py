@@ -107,7 +107,8 @@ def run_sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | No
     with results_directory(out_dir, subdirs=("jobs", *slugs)) as out:
         pin_settings(out / "sweep.json", _config_dict(config),
                      ignore=("model", "tasks", "demo_seeds", "lr_grid", *EXECUTION_ONLY),
-                     overwrite=overwrite, also_move=[out / "jobs"])
+                     overwrite=overwrite,
+                     also_move=[out / "jobs", *(out / s / "results.json" for s in slugs)])
         return sweep(out, config, models, executor)
 
 
