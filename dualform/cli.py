@@ -6,12 +6,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from dualform.errors import check_count, check_learning_rate, is_expected
 from dualform.models.load import DEFAULT_MODEL, ModelLoadError
@@ -21,10 +21,10 @@ class ErrorReportingGroup(TyperGroup):
     """The one error path of every command: an expected failure (:class:`DualformError`, an
     ``OSError`` such as a full disk) prints one line and exits 2; a bug keeps its traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):  # ctx: the click Context of typer's own (vendored) click
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own exits and usage errors
             raise
         except Exception as err:
             if not is_expected(err):

@@ -233,7 +233,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
         return target
     gguf_dir = None if _is_cached(target) else _gguf_directory(spec)
     try:
-        with locked(target.parent, wait_s=1800, what="first load of the model"):
+        with locked(target.parent, wait_s=1800.0, what="first load of the model"):
             # an interrupted earlier load (kill -9) left its temporary directory: remove it
             remove_temporaries(target.parent, dir_prefixes=(f".{name}-",))
             if not _is_cached(target):
