@@ -44,8 +44,30 @@ _LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _PER_KV_HEAD = ("k", "v", "rot_k")
 
 
-class ProbeError(ValueError):
+try:  # inside dualform an expected failure (one message in the CLI); copied elsewhere, a ValueError
+    from dualform.errors import DualformError as ExpectedError
+except ImportError:  # pragma: no cover - this file copied into another project
+    ExpectedError = Exception
+
+
+class ProbeError(ExpectedError, ValueError):
     """Bad hook name or layer index; the message lists the valid ones."""
+
+
+class ContextLengthError(ProbeError):
+    """A prompt or text is longer than the model's context window (nothing is truncated)."""
+
+
+def check_context(model, n_tokens: int, what: str = "The prompt") -> None:
+    """Raise :class:`ContextLengthError` if ``n_tokens`` exceeds ``model.cfg.n_ctx``: the one
+    context check of capture, dual_form, finetune_kv and prompt_tokens."""
+    n_ctx = int(model.cfg.n_ctx)
+    if n_tokens > n_ctx:
+        name = getattr(model.cfg, "model_name", None) or "the model"
+        raise ContextLengthError(
+            f"{what} has {n_tokens} tokens but {name} has a context window of {n_ctx} "
+            "tokens (cfg.n_ctx); nothing is truncated: use fewer or shorter demonstrations/texts."
+        )
 
 
 def n_layers(model) -> int:
@@ -204,6 +226,10 @@ def capture(
     ``hooks`` are short names (:data:`HOOK_ALIASES`) or full TL hook names. Extra keyword
     arguments go to the model's forward (e.g. ``attention_mask``, ``past_key_values``).
     """
+    if isinstance(tokens, str):
+        tokens = model.to_tokens(tokens, truncate=False)
+    if isinstance(tokens, Tensor) and getattr(model, "cfg", None) is not None:
+        check_context(model, tokens.shape[-1])
     names = resolve_hooks(model, hooks, layers)
     store: dict[str, Tensor] = {}
 

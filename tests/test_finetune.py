@@ -10,6 +10,7 @@ from dualform.core.finetune import (
     kv_parameters,
     next_token_loss,
 )
+from dualform.errors import InvalidArgumentError
 from dualform.models.features import fused_parameters
 
 TEXTS = ["Sentence: a fine film Label: Positive", "Sentence: a dull film Label: Negative"]
@@ -91,10 +92,12 @@ def test_divergence_names_the_step(smol):
         finetune_kv(smol, TEXTS * 2, 100.0)
 
 
-def test_non_finite_update_is_an_error():
+def test_non_finite_rate_is_refused_and_an_absurd_one_diverges():
     model = load_model("tiny-llama", dtype=torch.float32)
-    with pytest.raises(FinetuneDivergedError, match=r"step 0.*not finite"):
+    with pytest.raises(InvalidArgumentError, match=r"finite number > 0, got inf"):
         finetune_kv(model, TEXTS, float("inf"))
+    with pytest.raises(FinetuneDivergedError, match=r"lr=1e\+30"):
+        finetune_kv(model, TEXTS, 1e30)
 
 
 def test_finetuned_copy_shares_all_but_kv_and_leaves_flags_alone():

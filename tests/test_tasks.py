@@ -185,7 +185,7 @@ def test_user_csv_with_label_words_and_errors(tmp_path):
     assert labels["review 1"] == 1 and labels["review 2"] == 0  # case-insensitive label word
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nfine,maybe\n")
-    with pytest.raises(TaskError, match="row 1.*'maybe' is not one of"):
+    with pytest.raises(TaskError, match="record 1.*'maybe' is not one of"):
         load_user_task(bad, "{x} {y}", ["no", "yes"])
     with pytest.raises(TaskError, match="lacks column"):
         load_user_task(path, "{x} {y}", ["no", "yes"])

@@ -38,7 +38,14 @@ from torch import Tensor
 from dualform.core.equations import linear_attention, meta_gradient, softmax_split
 from dualform.models.compat import attention_hooks
 from dualform.models.features import UnsupportedFeatureError, require_supported
-from dualform.probes import Capture, attention_scale, available_short_names, capture, repeat_kv
+from dualform.probes import (
+    Capture,
+    attention_scale,
+    available_short_names,
+    capture,
+    check_context,
+    repeat_kv,
+)
 
 
 @dataclass
@@ -262,11 +269,12 @@ def split_meta_gradient(
 def single_prompt(model, tokens: Tensor | str) -> Tensor:
     """``tokens`` (a string, ``[pos]`` or ``[1, pos]``) as one ``[1, pos]`` prompt."""
     if isinstance(tokens, str):
-        tokens = model.to_tokens(tokens)
+        tokens = model.to_tokens(tokens, truncate=False)  # too long: an error, never truncated
     if tokens.ndim == 1:
         tokens = tokens.unsqueeze(0)
     if tokens.shape[0] != 1:
         raise ValueError(f"dual_form takes one prompt; got a batch of {tokens.shape[0]}.")
+    check_context(model, tokens.shape[-1])
     return tokens
 
 

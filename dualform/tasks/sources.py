@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import re
 import xml.etree.ElementTree as ElementTree
@@ -33,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dualform.errors import DualformError
 
-class TaskError(ValueError):
+
+class TaskError(DualformError, ValueError):
     """A task could not be built or used; the message says what to do."""
 
 
@@ -278,12 +281,43 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``.jsonl`` (one JSON object a line) or ``.csv`` (header row) file."""
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return _jsonl_records(path, _utf8_text(path))
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+        return list(csv.DictReader(io.StringIO(_utf8_text(path), newline="")))
     raise TaskError(f"{path}: user data must be .jsonl or .csv, not {path.suffix!r}.")
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; a missing or non-UTF-8 file raises :class:`TaskError` naming file and line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise TaskError(f"Can't read {path}: {err.strerror or err}.") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise TaskError(f"{path}, line {line}: not UTF-8 text (byte {err.start}); is it a "
+                        "binary file?") from err
+
+
+def _jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{path}, line {number}, column {err.colno}: not valid JSON "
+                            f"({err.msg}); each line must be one JSON object.") from err
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}, line {number}: expected a JSON object "
+                            f"({{\"text\": ..., \"label\": ...}}), got {type(row).__name__}.")
+        rows.append(row)
+    if not rows:
+        raise TaskError(f"{path} holds no examples (the file is empty).")
+    return rows
 
 
 def parse_label(value: Any, label_words: tuple[str, ...] | list[str], where: str) -> int:

@@ -76,10 +76,15 @@ def get(data: dict | None, *path: str):
     return data
 
 
+def task_label(task: str, t: dict) -> str:
+    """The task's name on an axis, marked when its finetuning diverged (no FT numbers)."""
+    return f"{task} (FT diverged)" if t.get("ft_diverged") else task
+
+
 def accuracy_figure(results: dict) -> go.Figure:
     """Accuracy of ZSL / ICL / FT per task."""
     names = {"zsl": "ZSL", "icl": "ICL", "ft": "FT"}
-    groups = {task: {names[c]: t["accuracy"].get(c) for c in names}
+    groups = {task_label(task, t): {names[c]: t["accuracy"].get(c) for c in names}
               for task, t in results["tasks"].items() if "accuracy" in t}
     colors = {names[c]: color for c, color in CONDITION_COLORS.items()}
     return grouped_bars(groups, f"Accuracy ({results['config']['model']})", y_title="accuracy %",
@@ -105,7 +110,7 @@ def overview_figure(results: dict) -> go.Figure:
     tasks = results["tasks"]
     for label, path in HEADLINE.items():
         for task, t in tasks.items():
-            groups[label][task] = get(t, *path)
+            groups[label][task_label(task, t)] = get(t, *path)
         groups[label]["untrained (task mean)"] = _mean(get(t.get("untrained"), *path)
                                                        for t in tasks.values())
         if label in RANDOM:
@@ -199,7 +204,7 @@ def _dual_maps(dual: dict, title: Callable[[str], str]) -> dict[str, go.Figure]:
 
 def task_figures(task: str, t: dict, model: str = "") -> dict[str, go.Figure]:
     """Per-layer lines and layer×head maps of one task's results."""
-    suffix = f"<br><sup>{task}" + (f" ({model})" if model else "") + "</sup>"
+    suffix = (f"<br><sup>{task_label(task, t)}" + (f" ({model})" if model else "") + "</sup>")
 
     def title(text: str) -> str:
         return text + suffix

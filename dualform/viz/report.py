@@ -143,7 +143,7 @@ def dai_sections(page: Page, results: dict, results_dir: Path, *, attention: boo
 
 def _is_detail(key: str, value) -> bool:
     return key in ("template", "label_words", "shots", "n_test", "n_ft_fixed", "n_f2t",
-                   "ft_diverged", "notes", "selection", "timing_s")
+                   "ft_diverged", "ft_diverged_reason", "notes", "selection", "timing_s")
 
 
 def grid(items) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 #: Dai et al. (2023), averages over their six tasks (reference §1), for comparison.
@@ -67,8 +68,14 @@ def _mean(t: dict, *path: str) -> str:
     return cell(metric(t, *path, "mean"))
 
 
+DIVERGED = "diverged"
+
+
 def task_row(t: dict) -> dict[str, str]:
-    """One row of the main table from one task's results (also for the untrained baseline)."""
+    """One row of the main table from one task's results (also for the untrained baseline);
+    when finetuning diverged, every column that involves FT says so instead of a number."""
+    if t.get("ft_diverged"):
+        return diverged_row(t)
     acc = t["accuracy"]
     return {
         "acc": f"{acc['zsl']:.1f}/{acc['ft']:.1f}/{acc['icl']:.1f}",
@@ -107,6 +114,17 @@ def f2t_row(t: dict) -> dict[str, str]:
     return {"n": "–" if n is None else str(n)} | similarity_cells(block if block is not None else {})
 
 
+def diverged_row(t: dict) -> dict[str, str]:
+    """The row of a task whose finetuning diverged: ZSL/ICL numbers, ``diverged`` for FT."""
+    acc, d = t["accuracy"], DIVERGED
+    before = (t.get("simam", {}).get("before") or {}).get("mean")
+    return {
+        "acc": f"{acc['zsl']:.1f}/{d}/{acc['icl']:.1f}", "rec2ftp": d, "simaou": d,
+        "simaou_unnorm": d, "simaou_random": _fmt((t.get("simaou", {}).get("random") or {}).get("mean")),
+        "simam": f"{_fmt(before)}→{d}", "simam_delta": d, "kendall": d, "attribution": d,
+    }
+
+
 def paper_row(p: dict) -> dict[str, str]:
     return {
         "acc": "see reference", "rec2ftp": _fmt(p["rec2ftp"], 1), "simaou": _fmt(p["simaou"]),
@@ -140,12 +158,21 @@ def dai_rows(results: dict, spec: TableSpec = MAIN) -> list[tuple[str, dict[str,
     model = results["config"]["model"]
     rows = []
     for name, t in results["tasks"].items():
-        rows.append((f"{name} ({model})", spec.row(t)))
+        rows.append((f"{name} ({model})", _row(spec, t)))
         if "untrained" in t:
-            rows.append((f"{name} (untrained {model})", spec.row(t["untrained"])))
+            rows.append((f"{name} (untrained {model})", _row(spec, t["untrained"])))
     if spec.paper is not None:
         rows.extend((label, spec.paper(p)) for label, p in PAPER.items())
     return rows
+
+
+def _row(spec: TableSpec, t: dict) -> dict[str, str]:
+    """``spec``'s row of one task; where finetuning diverged, the cells it left empty (every
+    number that involves FT) say ``diverged``."""
+    row = spec.row(t)
+    if t.get("ft_diverged"):
+        row = {k: DIVERGED if v == "–" else v for k, v in row.items()}
+    return row
 
 
 def print_dai_table(results: dict, console: Console | None = None) -> None:
@@ -153,7 +180,7 @@ def print_dai_table(results: dict, console: Console | None = None) -> None:
     for spec in TABLES:
         table = Table("task / model", *(c for c, _ in spec.columns), title=spec.title)
         for label, row in dai_rows(results, spec):
-            table.add_row(label, *(row[k] for _, k in spec.columns))
+            table.add_row(escape(label), *(escape(row[k]) for _, k in spec.columns))  # literally
         console.print(table)
 
 

@@ -30,6 +30,7 @@ from dualform.core.attribution import (
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_grid
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
+from dualform.errors import check_count, check_learning_rates, check_not_empty
 from dualform.experiments.dai.conditions import (
     Record,
     demo_layout,
@@ -37,13 +38,15 @@ from dualform.experiments.dai.conditions import (
     prompt_pair,
     record_all,
 )
-from dualform.experiments.dai.scoring import similarity_metrics
-from dualform.infra.io import as_stored, read_json, write_json_atomic
-from dualform.models.load import DEFAULT_MODEL, load_model
+from dualform.experiments.dai.scoring import similarity_metrics, without_ft
+from dualform.infra.io import write_json_atomic
+from dualform.infra.results_dir import load_results, record_entry, results_directory
+from dualform.models.load import DEFAULT_MODEL, load_model, resolve_device
 from dualform.tasks.prompts import (
     Example,
     Task,
     build_prompt,
+    check_task_name,
     label_token_ids,
     load_task,
     prompt_tokens,
@@ -79,6 +82,16 @@ class DaiConfig:
     scaled_queries: bool = True  # Kendall's FT map q·q/d_head as recorded officially; False: q·q
     keep_separator: bool = False  # train on and rank each demo's separator too (official: no)
 
+    def __post_init__(self) -> None:  # bad settings fail here, before any work
+        check_not_empty(self.tasks, "The task list (--tasks)")
+        check_not_empty(self.demo_seeds, "The demonstration seeds (--demo-seeds)")
+        for name, value in (("--shots", self.shots), ("--n-test", self.n_test),
+                            ("--n-validation", self.n_validation)):
+            check_count(value, f"{name.removeprefix('--').replace('-', '_')} ({name})")
+        if self.batch_size is not None:
+            check_count(self.batch_size, "batch_size (--batch-size; 0 there: from free memory)")
+        check_learning_rates(self.lr_grid, "learning-rate grid (--lr-grid)")
+
     def with_full_grid(self) -> DaiConfig:
         return dataclasses.replace(self, lr_grid=FULL_LR_GRID)
 
@@ -91,25 +104,33 @@ class Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True) -> dict:
-    """Run (or resume) the experiment; returns the results dict also written to disk."""
+def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True,
+            overwrite: bool = False) -> dict:
+    """Run (or resume) the experiment; returns the results dict also written to disk.
+
+    ``out_dir`` is created, checked writable and locked before any model is loaded. Tasks
+    already in its ``results.json`` with the same settings are kept (new tasks are added beside
+    them); other settings raise :class:`SettingsMismatchError` unless ``overwrite`` (the old
+    file is renamed aside, never deleted)."""
     config = config or DaiConfig()
-    path = Path(out_dir) / "results.json"
-    results = read_json(path) or {}
-    if results.get("config") and results["config"] != as_stored(_config_dict(config)):
-        results = {}  # a different configuration: start over rather than mix runs
-    results.update({"config": _config_dict(config), "versions": _versions()})
-    results.setdefault("tasks", {})
-    model = untrained = None
+    resolve_device(config.device)  # a missing device or task fails here, before any work
     for name in config.tasks:
-        if name in results["tasks"]:
-            continue  # resume: finished tasks are kept
-        model = model or _load(config)
-        if config.untrained_baseline:
-            untrained = untrained or _load(config, untrained=True)
-        results["tasks"][name] = run_task(model, untrained, name, config, progress=progress)
+        check_task_name(name)
+    with results_directory(out_dir) as out:
+        path = out / "results.json"
+        results = load_results(path, _config_dict(config), overwrite=overwrite)
+        results["versions"] = _versions()
+        model = untrained = None
+        for name in config.tasks:
+            if name in results["tasks"]:
+                continue  # resume: finished tasks are kept
+            model = model or _load(config)
+            if config.untrained_baseline:
+                untrained = untrained or _load(config, untrained=True)
+            entry = run_task(model, untrained, name, config, progress=progress)
+            record_entry(results, name, entry, _config_dict(config))
+            write_json_atomic(path, results)
         write_json_atomic(path, results)
-    write_json_atomic(path, results)
     return results
 
 
@@ -220,7 +241,11 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
              config: DaiConfig, timer: Timer, *, progress: bool = True, ft=None) -> dict:
     """ZSL/ICL/FT on the test split, then every metric; ``lr`` may be ``None`` (FT diverged)."""
     start = time.perf_counter()
-    ft = ft if ft is not None else _finetune(model, task, demos, lr, config)
+    diverged = None
+    if ft is None:
+        ft = _finetune_or_error(model, task, demos, lr, config) if lr is not None else None
+        if isinstance(ft, FinetuneDivergedError):  # e.g. the untrained copy at the chosen rate
+            ft, diverged = None, str(ft)
     timer.add("finetune", start)
     pairs = [prompt_pair(model, task, demos, example) for example in task.test]
     gold = [example.label for example in task.test]
@@ -239,6 +264,8 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
     ranked = demo_layout(model, task, demos).ranked(keep_separator=config.keep_separator)
     out = similarity_metrics(recs, np.array(gold), pairs, train_q, ranked, seed=config.seed,
                              scaled_queries=config.scaled_queries)
+    if ft is None:  # no finetuned model: every number involving FT is left out, never faked
+        out = without_ft(out, diverged or "every learning rate diverged on validation")
     out["ft_diverged"] = ft is None
     if attribution is not None:
         out["attribution"] = attribution

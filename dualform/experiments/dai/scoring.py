@@ -67,6 +67,28 @@ def _similarities(recs: dict[str, list[Record]], pairs: list[PromptPair], keep: 
     chosen = {c: [r for r, k in zip(rs, keep, strict=True) if k] for c, rs in recs.items()}
     return {"simaou": _simaou(chosen, seed),
             "simam": _simam(chosen, [p for p, k in zip(pairs, keep, strict=True) if k])}
+def without_ft(metrics: dict, reason: str) -> dict:
+    """``metrics`` without every number that involves the finetuned model (it diverged): ZSL
+    and ICL accuracy, SimAM before, the random baselines and the ΔW_ICL norms stay; FT
+    accuracy is ``None``; ``ft_diverged_reason`` says why."""
+    keep = {
+        "accuracy": {**metrics["accuracy"], "ft": None},
+        "simaou": _random_baselines(metrics["simaou"]),
+        "simam": {"before": metrics["simam"]["before"]},
+        "kendall": _random_baselines(metrics["kendall"]),
+        "topk_recall": {level: _random_baselines(block)
+                        for level, block in metrics["topk_recall"].items()},
+        "dual_form": {k: v for k, v in metrics["dual_form"].items() if k != "cos_icl_update_ft"},
+        "notes": metrics.get("notes", {}),
+    }
+    return {**keep, "ft_diverged_reason": reason}
+
+
+def _random_baselines(block: dict) -> dict:
+    """Only the random-baseline entries of a metric block (they do not involve FT)."""
+    if "not_applicable" in block:
+        return block
+    return {key: value for key, value in block.items() if "random" in key}
 
 
 def _dual_form_summary(recs: dict[str, list[Record]]) -> dict:
