@@ -10,10 +10,13 @@ from dualform.experiments.dai.results import (
     ACCURACY,
     COS_ICL_FT,
     KENDALL,
+    KENDALL_EXAMPLE,
     SCHEMA_VERSION,
     SIMAM_DELTA,
     SIMAOU,
     SIMAOU_RANDOM,
+    TOPK_EXAMPLE,
+    TOPK_TOKEN,
     DaiResults,
     SchemaVersionError,
 )
@@ -22,7 +25,7 @@ from dualform.viz.tables import dai_markdown
 
 CONFIG = DaiConfig(
     model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,
-    seeds=2, demo_seeds=(1,), lr_grid=(0.1, float("inf")),
+    seeds=2, demo_seeds=(1,), lr_grid=(0.1, 1e6),
 )
 
 
@@ -42,7 +45,7 @@ def test_results_are_complete_and_strict_json(run):
     assert [s.selection.demo_seed for s in task.seeds] == [1, 1001]  # independent demo sets
     for seed in task.seeds:
         assert seed.selection.lr == 0.1  # the absurd rate diverged and was recorded
-        assert seed.selection.lr_val_acc["inf"].startswith("diverged")
+        assert seed.selection.lr_val_acc["1000000.0"].startswith("diverged")
         assert {ACCURACY[c] for c in ("zsl", "icl", "ft")} <= set(seed.metrics)
         assert len(seed.metrics[SIMAOU].per_example) == 4  # test examples
     n_layers = 2
@@ -58,8 +61,20 @@ def test_results_are_complete_and_strict_json(run):
     assert len(task.seeds[0].norm_delta_w_icl) == n_layers
     assert len(task.seeds[0].metrics[COS_ICL_FT].per_head[0]) == 4
     assert results.config["tasks"] == ["afinn-sentiment"]
+    assert results.config["scaled_queries"] and not results.config["keep_separator"]
+    assert results.settings["afinn-sentiment"]["shots"] == 4
     assert SIMAOU in results.pooled.overall
-    assert "afinn-sentiment (tiny-llama)" in dai_markdown(results)
+    # the metrics of the conventions: example-level Kendall, top-k recall, f2t mode, notes
+    seed = task.seeds[0]
+    assert len(seed.metrics[KENDALL_EXAMPLE].per_layer) == n_layers
+    assert len(seed.metrics[TOPK_TOKEN].per_layer) == n_layers
+    assert TOPK_EXAMPLE not in seed.metrics  # 4 demonstrations: top-5 does not apply
+    assert "at least 5 demonstrations, there are 4" in seed.not_applicable(TOPK_EXAMPLE)
+    assert seed.n_ft_fixed is not None and seed.n_ft_fixed >= seed.n_f2t
+    assert (seed.n_f2t == 0) == ("f2t" in seed.notes)
+    markdown = dai_markdown(results)
+    assert "afinn-sentiment (tiny-llama)" in markdown and "top-100 recall token" in markdown
+    assert "f2t mode" in markdown and "n/a" in markdown
 
 
 def test_seeds_share_zero_shot_and_differ_in_demonstrations(run):

@@ -35,9 +35,13 @@ from dualform.core.finetune import (
     _copy_for_finetuning,
     _master_weights,
     _sgd_step,
+    check_finetune_args,
+    check_update,
     kv_parameters,
     next_token_loss,
 )
+from dualform.errors import check_learning_rates
+from dualform.models.features import sync_fused_kv
 from dualform.probes import head_counts
 
 
@@ -56,17 +60,17 @@ class GridLinear(nn.Module):
 
 def finetune_kv_grid(
     model, texts: Sequence[str] | Sequence[Tensor], lrs: Sequence[float], *,
-    explode_factor: float = 4.0, progress: bool = False,
+    explode_factor: float = 4.0, max_update_ratio: float = 1.0, progress: bool = False,
 ) -> list[FinetuneResult | FinetuneDivergedError]:
     """``[finetune_kv(model, texts, lr) for lr in lrs]`` in one batched run (batch size 1, one
     epoch, in order, plain loss); a diverged rate gives its :class:`FinetuneDivergedError`."""
     return finetune_kv_rows(model, [(texts, lr) for lr in lrs], explode_factor=explode_factor,
-                            progress=progress)
+                            max_update_ratio=max_update_ratio, progress=progress)
 
 
 def finetune_kv_rows(
     model, rows: Sequence[tuple[Sequence[str] | Sequence[Tensor], float]], *,
-    explode_factor: float = 4.0, progress: bool = False,
+    explode_factor: float = 4.0, max_update_ratio: float = 1.0, progress: bool = False,
 ) -> list[FinetuneResult | FinetuneDivergedError]:
     """``[finetune_kv(model, texts, lr) for texts, lr in rows]`` in one batched run: row ``r``
     has its own W_K/W_V, its own rate and its own texts (e.g. every demonstration seed × every
@@ -77,6 +81,9 @@ def finetune_kv_rows(
     if len(n_steps) != 1:
         raise ValueError(f"finetune_kv_rows needs the same number of texts in every row, got {n_steps}")
     lrs = [lr for _, lr in rows]
+    check_learning_rates(lrs)
+    for texts, lr in rows:
+        check_finetune_args(texts, lr)
     grid, params = _grid_model(model, len(rows))
     master = _master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
@@ -108,6 +115,11 @@ def finetune_kv_rows(
                 _sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
         for r, loss in row_losses.items():
             losses[r].append(loss.item())
+    for r in range(len(lrs)):
+        if r not in failed:
+            _drop_if_diverged(r, failed, {r: None}, check_update,
+                              {n: master[n][r] - before[n][r] for n in master},
+                              {n: before[n][r] for n in before}, lrs[r], max_update_ratio)
     return [failed.get(r) or _result(model, master, before, r, lrs[r], losses[r])
             for r in range(len(rows))]
 
@@ -162,5 +174,6 @@ def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[f
     with torch.no_grad():
         for name, p in kv_parameters(tuned).items():
             p.copy_(master[name][r])
+    sync_fused_kv(tuned)
     delta = {name: delta_w_ft(master[name][r], before[name][r]) for name in master}
     return FinetuneResult(tuned, delta, losses, lr, False, head_counts(tuned)[1])

@@ -69,10 +69,15 @@ __all__ = [
 ]
 
 
+def task_label(task: str, t: R.TaskResult) -> str:
+    """The task's name on an axis, marked when its finetuning diverged (no FT numbers)."""
+    return f"{task} (FT diverged)" if t.ft_diverged() else task
+
+
 def accuracy_figure(results: R.DaiResults) -> go.Figure:
     """Accuracy of ZSL / ICL / FT per task, with 95 % intervals over seeds and examples."""
     names = {"zsl": "ZSL", "icl": "ICL", "ft": "FT"}
-    groups = {task: {names[c]: t.intervals.get(R.ACCURACY[c]) for c in names}
+    groups = {task_label(task, t): {names[c]: t.intervals.get(R.ACCURACY[c]) for c in names}
               for task, t in results.tasks.items()}
     colors = {names[c]: color for c, color in CONDITION_COLORS.items()}
     return grouped_bars(groups, f"Accuracy ({results.model})", y_title="accuracy %",
@@ -92,7 +97,7 @@ def overview_figure(results: R.DaiResults) -> go.Figure:
     groups: dict[str, dict] = {label: {} for label in HEADLINE}
     for label, name in HEADLINE.items():
         for task, t in results.tasks.items():
-            groups[label][task] = t.intervals.get(name)
+            groups[label][task_label(task, t)] = t.intervals.get(name)
         groups[label]["untrained (pooled)"] = results.pooled_untrained.get(name)
         if name in R.RANDOM_BASELINES:
             groups[label]["random (pooled)"] = results.pooled.get(R.RANDOM_BASELINES[name])
@@ -121,7 +126,12 @@ LINE_FIGURES: dict[str, tuple[str, dict[str, str], dict[str, str], str]] = {
     "simam_layers": ("SimAM per layer (before: ICL vs ZSL, after: ICL vs FT)", {
         "SimAM before": R.SIMAM_BEFORE, "SimAM after": R.SIMAM_AFTER}, {}, "similarity"),
     "simam_delta_layers": ("SimAM_Δ per layer", {"SimAM_Δ": R.SIMAM_DELTA}, {}, "SimAM_Δ"),
-    "kendall_layers": ("Kendall τ per layer", {"Kendall": R.KENDALL}, {"random": R.KENDALL_RANDOM}, "τ"),
+    "kendall_layers": ("Kendall τ per layer", {
+        "Kendall": R.KENDALL, "Kendall (example level)": R.KENDALL_EXAMPLE},
+        {"random": R.KENDALL_RANDOM, "random (example level)": R.KENDALL_EXAMPLE_RANDOM}, "τ"),
+    "recall_layers": ("Top-k recall per layer (top-100 tokens, top-5 demonstrations)", {
+        "top-100 tokens": R.TOPK_TOKEN, "top-5 demonstrations": R.TOPK_EXAMPLE},
+        {"random top-100": R.TOPK_TOKEN_RANDOM, "random top-5": R.TOPK_EXAMPLE_RANDOM}, "recall"),
     "cos_layers": ("cos(ΔW_ICL q, Δz_FT) per layer", {"cos": R.COS_ICL_FT}, {}, "cosine"),
 }
 MARK_NOTE = "○: 95 % interval excludes 0"
@@ -169,7 +179,7 @@ def _dual_maps(t: R.TaskResult, title: Callable[[str], str]) -> dict[str, go.Fig
 
 def task_figures(task: str, t: R.TaskResult, model: str = "") -> dict[str, go.Figure]:
     """Per-layer lines (with interval bands) and layer×head maps of one task's results."""
-    suffix = f"<br><sup>{task}" + (f" ({model})" if model else "") + "</sup>"
+    suffix = f"<br><sup>{task_label(task, t)}" + (f" ({model})" if model else "") + "</sup>"
 
     def title(text: str) -> str:
         return text + suffix
@@ -187,7 +197,7 @@ def figures_from_results(results: R.DaiResults) -> dict[str, go.Figure]:
     """Every figure of a ``results.json`` from ``dualform reproduce dai``.
 
     Keys: ``"accuracy"``, ``"overview"``, then ``"{task}/{figure}"`` with figure one of
-    ``simaou_layers``, ``simam_layers``, ``simam_delta_layers``, ``kendall_layers``,
+    ``simaou_layers``, ``simam_layers``, ``simam_delta_layers``, ``kendall_layers``, ``recall_layers``,
     ``cos_layers``, ``heads_simaou_z``, ``heads_simam``, ``heads_attribution``, ``heads_norms``,
     ``heads_cos`` (those whose data the results hold).
     """

@@ -36,7 +36,7 @@ from dualform.viz.figures import (
     figures_from_results,
     spectra_figure,
 )
-from dualform.viz.tables import COLUMNS, DIFFERENCE_COLUMNS, caption, dai_rows, difference_rows
+from dualform.viz.tables import DIFFERENCE_COLUMNS, TABLES, caption, dai_rows, difference_rows
 
 REPORT_NAME = "report.html"
 CACHE_NAME = "attention_example.json"
@@ -143,10 +143,12 @@ def dai_sections(page: Page, results: DaiResults, results_dir: Path, *, attentio
 
 
 def task_details(t: TaskResult) -> dict:
-    """The task's set-up, each seed's validation choices, and where the time went."""
-    seeds = {f"seed {s.replicate}": {"demo_seed": s.selection.demo_seed, "lr": s.selection.lr,
-                                     "n_f2t": s.n_f2t, "ft_diverged": s.ft_diverged}
-             for s in t.seeds}
+    """The task's set-up, each seed's validation choices, what does not apply and why, and
+    where the time went."""
+    seeds = {f"seed {s.replicate}": {k: v for k, v in {
+        "demo_seed": s.selection.demo_seed, "lr": s.selection.lr, "n_ft_fixed": s.n_ft_fixed,
+        "n_f2t": s.n_f2t, "ft_diverged": s.ft_diverged, "ft_diverged_reason": s.ft_diverged_reason,
+        "notes": s.notes or None}.items() if v is not None} for s in t.seeds}
     return {"template": t.template, "label_words": t.label_words, "shots": t.shots,
             "n_test": t.n_test, "n_attribution": t.n_attribution, "n_f2t (all seeds)": t.n_f2t(),
             **seeds, "timing_s": t.timing_s}
@@ -164,9 +166,12 @@ def _slug(text: str) -> str:
 
 
 def dai_table(results: DaiResults) -> str:
-    """The paper-layout table (one row per task, its untrained baseline, pooled, the paper),
-    the paired differences, and the caption saying what the intervals are."""
-    return (_html_table(COLUMNS, dai_rows(results), "task / model")
+    """The paper-layout tables (:data:`dualform.viz.tables.TABLES`: one row per task, its
+    untrained baseline, pooled; the main table also the paper's rows), the paired differences,
+    and the caption saying what the intervals are."""
+    return ("".join(f"<h3>{html.escape(spec.title)}</h3>"
+                    + _html_table(spec.headers, dai_rows(results, spec), "task / model")
+                    for spec in TABLES)
             + _html_table(DIFFERENCE_COLUMNS, difference_rows(results), "paired difference")
             + f'<p class="note">{html.escape(caption(results))}</p>')
 

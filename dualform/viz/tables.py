@@ -1,16 +1,23 @@
 """Paper-style tables (Dai et al. Tables 2–5 layout) from a ``results.json``, for terminal and README.
 
+Three tables (:data:`TABLES`), each a title and its columns of metric names: the paper's metrics
+over all test examples (:data:`COLUMNS`, with the paper's numbers), the attention to the
+training examples (Kendall, top-k recall, random baselines), and the similarity metrics in the
+``f2t`` mode; then the paired differences (trained − untrained model, metric − random baseline).
 Every measured cell is a mean with its 95 % interval over seeds and test examples,
 ``0.377 [0.331, 0.420]``; a ratio resting on fewer than
-:data:`~dualform.experiments.dai.results.MIN_DENOMINATOR` examples is flagged. A second table
-holds the paired differences (trained − untrained model, metric − random baseline).
+:data:`~dualform.experiments.dai.results.MIN_DENOMINATOR` examples is flagged. A metric that does
+not apply reads ``n/a``, one that involves a finetuning that diverged ``diverged``, one missing
+``–``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dualform.experiments.dai import results as R
@@ -33,6 +40,18 @@ METRIC_COLUMNS = [
     ("Kendall", R.KENDALL, 3),
 ]
 COLUMNS = [(title, name) for title, name, _ in METRIC_COLUMNS] + [("head attr. ρ", "attribution")]
+TRAINING_COLUMNS = [
+    ("Kendall token", R.KENDALL, 3), ("rand.", R.KENDALL_RANDOM, 3),
+    ("Kendall example", R.KENDALL_EXAMPLE, 3), ("rand.", R.KENDALL_EXAMPLE_RANDOM, 3),
+    ("top-100 recall token", R.TOPK_TOKEN, 3), ("rand.", R.TOPK_TOKEN_RANDOM, 3),
+    ("top-5 recall example", R.TOPK_EXAMPLE, 3), ("rand.", R.TOPK_EXAMPLE_RANDOM, 3),
+]
+F2T_COLUMNS = [("n_f2t", "n_f2t", 0)] + [
+    (title, R.f2t(name), 3) for title, name in (
+        ("SimAOU", R.SIMAOU), ("SimAOU unnorm.", R.SIMAOU_UNNORM), ("SimAOU rand.", R.SIMAOU_RANDOM),
+        ("SimAM before", R.SIMAM_BEFORE), ("SimAM after", R.SIMAM_AFTER), ("SimAM_Δ", R.SIMAM_DELTA))]
+NOT_APPLICABLE = "n/a"
+DIVERGED = "diverged"
 #: Paired differences shown in the second table: (column title, difference key).
 DIFFERENCE_COLUMNS = [
     ("SimAOU − random", f"{R.SIMAOU} − {R.SIMAOU_RANDOM}"),
@@ -57,12 +76,49 @@ def interval_cell(interval: Interval | None, digits: int = 3, *, ratio: bool = F
     return cell
 
 
-def intervals_row(intervals: R.Intervals, attribution: R.Attribution | None = None) -> dict[str, str]:
-    """One table row from intervals of a task (or of its untrained baseline, or pooled)."""
-    row = {name: interval_cell(intervals.get(name), digits, ratio=name == R.REC2FTP)
-           for _, name, digits in METRIC_COLUMNS}
-    row["attribution"] = ("–" if attribution is None else
-                          f"{_fmt(attribution.spearman)} ({attribution.n_examples} ex.)")
+@dataclass(frozen=True)
+class TableSpec:
+    """A table: its title, ``(header, metric name, digits)`` columns and whether the paper's
+    rows and the head-attribution column belong to it."""
+
+    title: str
+    columns: list[tuple[str, str, int]]
+    paper: bool = False
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(c, k) for c, k, _ in self.columns] + ([("head attr. ρ", "attribution")] if self.paper else [])
+
+
+MAIN = TableSpec("ICL vs finetuning (Dai et al. layout; all test examples)", METRIC_COLUMNS, paper=True)
+TABLES = (
+    MAIN,
+    TableSpec("Attention to the training examples (Kendall τ, top-k recall; random baselines)",
+              TRAINING_COLUMNS),
+    TableSpec("f2t mode: examples both fix (ZSL wrong, FT right, ICL right)", F2T_COLUMNS),
+)
+
+
+def intervals_row(intervals: R.Intervals, attribution: R.Attribution | None = None,
+                  seeds: list[R.SeedResult] = (), spec: TableSpec = MAIN) -> dict[str, str]:
+    """One row of ``spec`` from intervals of a task (or of its untrained baseline, or pooled)
+    and the seeds behind them: a missing cell reads ``n/a`` when a seed's notes say the metric
+    does not apply, ``diverged`` when every seed's finetuning diverged."""
+    diverged = bool(seeds) and all(s.ft_diverged for s in seeds)
+    row = {}
+    for _, name, digits in spec.columns:
+        if name == "n_f2t":
+            row[name] = str(sum(s.n_f2t for s in seeds)) if seeds else "–"
+            continue
+        value = interval_cell(intervals.get(name), digits, ratio=name in (R.REC2FTP, *R.F2T_NAMES))
+        if value == "–" and any(s.not_applicable(name) for s in seeds):
+            value = NOT_APPLICABLE
+        elif value == "–" and diverged:
+            value = DIVERGED
+        row[name] = value
+    if spec.paper:
+        row["attribution"] = (DIVERGED if diverged else "–") if attribution is None else \
+            f"{_fmt(attribution.spearman)} ({attribution.n_examples} ex.)"
     return row
 
 
@@ -74,17 +130,20 @@ def paper_row(p: dict) -> dict[str, str]:
     return row
 
 
-def dai_rows(results: R.DaiResults) -> list[tuple[str, dict[str, str]]]:
-    """Rows per task (trained, untrained), pooled over tasks, then the paper's."""
+def dai_rows(results: R.DaiResults, spec: TableSpec = MAIN) -> list[tuple[str, dict[str, str]]]:
+    """Rows per task (trained, untrained), pooled over tasks, then (main table) the paper's."""
     model = results.model
     rows = []
     for name, t in results.tasks.items():
-        rows.append((f"{name} ({model})", intervals_row(t.intervals, t.attribution)))
+        rows.append((f"{name} ({model})", intervals_row(t.intervals, t.attribution, t.seeds, spec)))
         if t.untrained:
-            rows.append((f"{name} (untrained {model})", intervals_row(t.untrained_intervals)))
+            rows.append((f"{name} (untrained {model})",
+                         intervals_row(t.untrained_intervals, None, t.untrained, spec)))
     if len(results.tasks) > 1:
-        rows.append((f"all tasks, pooled ({model})", intervals_row(results.pooled)))
-    rows.extend((label, paper_row(p)) for label, p in PAPER.items())
+        seeds = [s for t in results.tasks.values() for s in t.seeds]
+        rows.append((f"all tasks, pooled ({model})", intervals_row(results.pooled, None, seeds, spec)))
+    if spec.paper:
+        rows.extend((label, paper_row(p)) for label, p in PAPER.items())
     return rows
 
 
@@ -114,14 +173,14 @@ def caption(results: R.DaiResults) -> str:
 def _table(title: str, columns: list[tuple[str, str]], rows, first: str) -> Table:
     table = Table(first, *(c for c, _ in columns), title=title)
     for label, row in rows:
-        table.add_row(label, *(row[k] for _, k in columns))
+        table.add_row(escape(label), *(escape(row[k]) for _, k in columns))  # literally
     return table
 
 
 def print_dai_table(results: R.DaiResults, console: Console | None = None) -> None:
     console = console or Console()
-    console.print(_table("ICL vs finetuning (Dai et al. layout)", COLUMNS, dai_rows(results),
-                         "task / model"))
+    for spec in TABLES:
+        console.print(_table(spec.title, spec.headers, dai_rows(results, spec), "task / model"))
     console.print(_table("Paired differences", DIFFERENCE_COLUMNS, difference_rows(results), "task"))
     console.print(caption(results))
 
@@ -133,7 +192,10 @@ def _markdown(columns: list[tuple[str, str]], rows, first: str) -> list[str]:
     return lines
 
 
-def dai_markdown(results: R.DaiResults) -> str:
-    lines = _markdown(COLUMNS, dai_rows(results), "task / model")
-    lines += ["", *_markdown(DIFFERENCE_COLUMNS, difference_rows(results), "paired difference")]
-    return "\n".join([*lines, "", caption(results)])
+def dai_markdown(results: R.DaiResults, tables: tuple[TableSpec, ...] = TABLES) -> str:
+    """The tables in markdown, each under its title in bold, then the paired differences."""
+    parts = ["\n".join([f"**{spec.title}**", "",
+                         *_markdown(spec.headers, dai_rows(results, spec), "task / model")])
+             for spec in tables]
+    parts.append("\n".join(_markdown(DIFFERENCE_COLUMNS, difference_rows(results), "paired difference")))
+    return "\n\n".join([*parts, caption(results)])

@@ -4,8 +4,9 @@ Per task and for each of ``seeds`` independent replicates (its own demonstration
 own finetuning order): choose the demonstration seed (ICL) and the learning rate (FT) on the
 validation split, then on the test split record ICL / FT at the last token (ZSL once: it does
 not depend on the demonstrations) and compute accuracy, Rec2FTP, SimAOU (normalised,
-unnormalised, random baseline), SimAM before/after, SimAM_Δ, Kendall, per layer and per head,
-the head-by-head attribution maps, and the same metrics on an untrained (random-weights) copy of
+unnormalised, random baseline), SimAM before/after, SimAM_Δ (in the ``all`` and ``f2t``
+modes), Kendall and top-k recall (token and example level), per layer and per head, the
+head-by-head attribution maps, and the same metrics on an untrained (random-weights) copy of
 the model; then every metric's 95 % interval over seeds and test examples
 (:mod:`dualform.experiments.dai.pooling`). All replicates × rates finetune in one batched run.
 
@@ -13,8 +14,8 @@ The protocol is a sequence of stage functions — :func:`task_context`, :func:`s
 (:func:`seed_val_accuracy`, :func:`finetune_runs`, :func:`ft_val_accuracy`), then
 :func:`evaluate_task` — that :func:`run_dai` calls in one process and
 :mod:`dualform.experiments.dai.sweep` calls as jobs. ``results.json``
-(:class:`~dualform.experiments.dai.results.DaiResults`) is rewritten atomically after every
-task; a rerun skips the tasks it already holds.
+(:class:`~dualform.experiments.dai.results.DaiResults`, with the settings of every task) is
+rewritten atomically after every task; a rerun skips the tasks it already holds.
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ from dualform.core.attribution import (
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_rows
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
-from dualform.experiments.dai.conditions import Record, demo_training_texts, prompt_pair, record_all
+from dualform.errors import check_count, check_learning_rates, check_not_empty
+from dualform.experiments.dai.conditions import (
+    Record,
+    demo_layout,
+    demo_training_texts,
+    prompt_pair,
+    record_all,
+)
 from dualform.experiments.dai.pooling import (
     differences,
     overall_intervals,
@@ -45,23 +53,26 @@ from dualform.experiments.dai.pooling import (
     pooled_attribution,
 )
 from dualform.experiments.dai.results import (
+    SCHEMA_VERSION,
     Attribution,
     DaiResults,
     Intervals,
     SeedResult,
     Selection,
     TaskResult,
-    metric_set,
 )
-from dualform.experiments.dai.scoring import similarity_metrics
-from dualform.infra.io import as_stored
-from dualform.models.load import DEFAULT_MODEL, load_model
+from dualform.experiments.dai.scoring import similarity_metrics, without_ft
+from dualform.infra.results_dir import entry_settings, load_results, results_directory
+from dualform.models.load import DEFAULT_MODEL, load_model, resolve_device
 from dualform.tasks.prompts import (
     OFFLINE_TASKS,
     Example,
     Task,
+    build_prompt,
+    check_task_name,
     label_token_ids,
     load_task,
+    prompt_tokens,
     sample_demos,
 )
 
@@ -93,6 +104,19 @@ class DaiConfig:
     dtype: str = "float32"  # forward passes and finetuning (SGD keeps float32 master weights)
     device_map: str | None = None  # "auto": spread a large HF model over GPUs (accelerate)
     seed: int = 0
+    # Metric conventions: the authors' code by default (see dualform.experiments.dai.scoring).
+    scaled_queries: bool = True  # Kendall's FT map q·q/d_head as recorded officially; False: q·q
+    keep_separator: bool = False  # train on and rank each demo's separator too (official: no)
+
+    def __post_init__(self) -> None:  # bad settings fail here, before any work
+        check_not_empty(self.tasks, "The task list (--tasks)")
+        check_not_empty(self.demo_seeds, "The demonstration seeds (--demo-seeds)")
+        for name, value in (("--shots", self.shots), ("--n-test", self.n_test),
+                            ("--n-validation", self.n_validation)):
+            check_count(value, f"{name.removeprefix('--').replace('-', '_')} ({name})")
+        if self.batch_size is not None:
+            check_count(self.batch_size, "batch_size (--batch-size; 0 there: from free memory)")
+        check_learning_rates(self.lr_grid, "learning-rate grid (--lr-grid)")
 
     def with_full_grid(self) -> DaiConfig:
         return dataclasses.replace(self, lr_grid=FULL_LR_GRID)
@@ -132,25 +156,37 @@ class TaskContext:
         return [example.label for example in self.task.test]
 
 
-def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True) -> DaiResults:
-    """Run (or resume) the experiment; returns the results also written to ``results.json``."""
+def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True,
+            overwrite: bool = False) -> DaiResults:
+    """Run (or resume) the experiment; returns the results also written to ``results.json``.
+
+    ``out_dir`` is created, checked writable and locked before any model is loaded. Tasks
+    already in its ``results.json`` with the same settings are kept (new tasks are added beside
+    them); other settings raise :class:`SettingsMismatchError` unless ``overwrite`` (the old
+    file is renamed aside, never deleted)."""
     config = config or DaiConfig()
-    path = Path(out_dir) / "results.json"
-    results = DaiResults.load(path)
-    if results is None or results.config != as_stored(config_dict(config)):
-        results = DaiResults(config_dict(config))  # a different configuration: start over
-    results.versions = versions()
-    model = untrained = None
+    resolve_device(config.device)  # a missing device or task fails here, before any work
     for name in config.tasks:
-        if name in results.tasks:
-            continue  # resume: finished tasks are kept
-        model = model or _load(config)
-        if config.untrained_baseline:
-            untrained = untrained or _load(config, untrained=True)
-        results.tasks[name] = run_task(model, untrained, name, config, progress=progress)
+        check_task_name(name)
+    with results_directory(out_dir) as out:
+        path = out / "results.json"
+        stored = load_results(path, config_dict(config), overwrite=overwrite)
+        if not stored["tasks"]:  # nothing kept (a fresh file): written in this version
+            stored["schema_version"] = SCHEMA_VERSION
+        results = DaiResults.from_json(stored, path)
+        results.versions = versions()
+        model = untrained = None
+        for name in config.tasks:
+            if name in results.tasks:
+                continue  # resume: finished tasks are kept
+            model = model or _load(config)
+            if config.untrained_baseline:
+                untrained = untrained or _load(config, untrained=True)
+            results.tasks[name] = run_task(model, untrained, name, config, progress=progress)
+            results.settings[name] = entry_settings(config_dict(config))
+            results.save(path)
+        pool_tasks(results)
         results.save(path)
-    pool_tasks(results)
-    results.save(path)
     return results
 
 
@@ -226,7 +262,8 @@ def finetune_runs(model, ctx: TaskContext, rows: list[tuple[list[Example], float
     if not config.batched or len(rows) == 1:
         return [_finetune_or_error(model, ctx.task, demos, lr, config)
                 for demos, lr in tqdm(rows, desc=f"{ctx.task.name}: finetuning", disable=not progress)]
-    texts = [demo_training_texts(model, ctx.task, demos) for demos, _ in rows]
+    texts = [demo_training_texts(model, ctx.task, demos, keep_separator=config.keep_separator)
+             for demos, _ in rows]
     return finetune_kv_rows(model, [(t, lr) for t, (_, lr) in zip(texts, rows, strict=True)],
                             progress=progress)
 
@@ -304,14 +341,15 @@ def evaluate_task(model, untrained, ctx: TaskContext, selections: list[Selection
 
 def _finetune_chosen(model, ctx: TaskContext, demos: list[list[Example]],
                      selections: list[Selection]) -> list:
-    """Each replicate's run at its chosen rate (``None`` where every rate diverged)."""
+    """Each replicate's run at its chosen rate (``None`` where every rate diverged on
+    validation; its :class:`FinetuneDivergedError` where it diverged here, e.g. the untrained
+    copy at the chosen rate)."""
     rows = [(ds, s.lr) for ds, s in zip(demos, selections, strict=True) if s.lr is not None]
     if ctx.config.share_seeds:
         runs = iter(finetune_runs(model, ctx, rows))
     else:
         runs = iter([run for row in rows for run in finetune_runs(model, ctx, [row])])
-    out = [None if s.lr is None else next(runs) for s in selections]
-    return [None if isinstance(r, FinetuneDivergedError) else r for r in out]
+    return [None if s.lr is None else next(runs) for s in selections]
 
 
 def n_attribution(ctx: TaskContext) -> int:
@@ -342,8 +380,12 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
                   demos: list[Example], ft, zsl: list[Record], timer: Timer, *,
                   attribution: bool = True, progress: bool = True) -> SeedOutcome:
     """ICL and FT on the test split for one replicate (ZSL given), then every metric; ``ft``
-    is ``None`` when every rate diverged (FT is then the untouched model)."""
+    is ``None`` when every rate diverged on validation, or the error of the run that diverged
+    at the chosen rate (FT's numbers are then left out, :func:`without_ft`)."""
     config = ctx.config
+    diverged = None
+    if isinstance(ft, FinetuneDivergedError):
+        ft, diverged = None, str(ft)
     pairs = [prompt_pair(model, ctx.task, demos, example) for example in ctx.task.test]
     gold = ctx.test_gold
     start = time.perf_counter()
@@ -360,11 +402,14 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
                                desc=f"{ctx.task.name}: attribution", progress=progress)
         timer.add("attribution", start)
     start = time.perf_counter()
-    train_q = _training_queries(model, ctx.task, demos, batched=config.batch_size != 1)
-    scored = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed + replicate)
-    dual = scored.get("dual_form", {})
-    seed = SeedResult(replicate, selection, metric_set(scored), scored["n_f2t"], ft is None,
-                      dual.get("norm_delta_w_icl"), dual.get("norm_w_zsl"))
+    train_q = _training_queries(model, ctx.task, demos, batched=config.batch_size != 1,
+                                keep_separator=config.keep_separator)
+    ranked = demo_layout(model, ctx.task, demos).ranked(keep_separator=config.keep_separator)
+    scored = similarity_metrics(recs, np.array(gold), pairs, train_q, ranked,
+                                seed=config.seed + replicate, scaled_queries=config.scaled_queries)
+    if ft is None:  # no finetuned model: every number involving FT is left out, never faked
+        scored = without_ft(scored, diverged or "every learning rate diverged on validation")
+    seed = SeedResult.from_scored(replicate, selection, scored, ft_diverged=ft is None)
     if effects[0] is not None:
         icl_mean, ft_mean = effects[0].mean(0), effects[1].mean(0)
         cmp = compare_maps(icl_mean, ft_mean)
@@ -409,7 +454,7 @@ def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config
 def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
     if lr is None:
         return None
-    texts = demo_training_texts(model, task, demos)
+    texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
     device = None if config.device_map else config.device  # a dispatched model stays put
     return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
 
@@ -427,12 +472,14 @@ def _val_accuracy(model, ctx: TaskContext, demos: list[Example] | None) -> float
 
 
 @torch.no_grad()
-def _training_queries(model, task: Task, demos: list[Example], batched: bool = True) -> torch.Tensor:
-    """Raw query vectors of every demonstration token (BOS dropped): ``[layer, n_demo, d]``;
-    ``batched`` runs the demonstrations as right-padded batches of 8 (same numbers)."""
+def _training_queries(model, task: Task, demos: list[Example], batched: bool = True, *,
+                      keep_separator: bool = False) -> torch.Tensor:
+    """Raw query vectors of every token of the finetuning texts (BOS dropped):
+    ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of 8."""
     from dualform.probes import capture
 
-    texts = demo_training_texts(model, task, demos)
+    texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)
+    bos = prompt_tokens(model, build_prompt(task, [], demos[0]), check=False).demo_start
     size = 8 if batched else 1
     rows = []
     for start in range(0, len(texts), size):
@@ -440,7 +487,7 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
         batch = pad_queries(chunk, pad_id=0)
         q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
         for row, last in enumerate(batch.last.tolist()):
-            rows.append(q[:, row, 1 : last + 1].flatten(-2))
+            rows.append(q[:, row, bos : last + 1].flatten(-2))  # BOS dropped, if any
     return torch.cat(rows, dim=1).float().cpu()
 
 

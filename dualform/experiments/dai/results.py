@@ -4,9 +4,11 @@ The writer (:mod:`dualform.experiments.dai.protocol`) builds these dataclasses, 
 (tables, figures, report, analyses) reads them back with :meth:`DaiResults.load`; no key path of
 the JSON is spelled anywhere else.
 
-    DaiResults            config, versions, schema_version, tasks, pooled intervals, failed jobs
+    DaiResults            config, versions, schema_version, tasks (+ settings per task), pooled
+                          intervals, failed jobs
       TaskResult          one task: its seeds, untrained baseline, intervals, timing
-        SeedResult        one independent demonstration set: selection + MetricSet (+ attribution)
+        SeedResult        one independent demonstration set: selection + MetricSet (+ attribution,
+                          notes on metrics that do not apply, why FT diverged)
           MetricSet       {metric name: Summary}; names below (``SIMAOU`` = "simaou.normalized")
         Intervals         {metric name: Interval} pooled over seeds (and per layer / head marks)
 
@@ -45,9 +47,25 @@ SIMAM_AFTER = "simam.after"
 SIMAM_DELTA = "simam.delta"
 KENDALL = "kendall.value"
 KENDALL_RANDOM = "kendall.random"
+KENDALL_EXAMPLE = "kendall.example"
+KENDALL_EXAMPLE_RANDOM = "kendall.example_random"
+TOPK_TOKEN = "topk_recall.token.value"
+TOPK_TOKEN_RANDOM = "topk_recall.token.random"
+TOPK_EXAMPLE = "topk_recall.example.value"
+TOPK_EXAMPLE_RANDOM = "topk_recall.example.random"
 COS_ICL_FT = "dual_form.cos_icl_update_ft"
 #: Metric → its random baseline (compared as a paired difference).
 RANDOM_BASELINES = {SIMAOU: SIMAOU_RANDOM, KENDALL: KENDALL_RANDOM}
+
+
+def f2t(name: str) -> str:
+    """A similarity metric in the ``f2t`` mode (over the examples ZSL ✗, FT ✓, ICL ✓)."""
+    return f"f2t.{name}"
+
+
+#: f2t-mode metrics: averages over a subset of the examples (flagged when it is small).
+F2T_NAMES = tuple(f2t(n) for n in (SIMAOU, SIMAOU_UNNORM, SIMAOU_RANDOM, SIMAM_BEFORE,
+                                   SIMAM_AFTER, SIMAM_DELTA))
 #: Ratios whose denominator is a subset of the examples: warn below this many.
 MIN_DENOMINATOR = 20
 
@@ -117,7 +135,8 @@ MetricSet = dict[str, Summary]
 
 def metric_set(nested: dict, prefix: str = "") -> MetricSet:
     """Flatten scoring's nested output into ``{dotted name: Summary}`` (non-summary leaves such
-    as the dual-form norm maps are left out; see :class:`SeedResult`)."""
+    as the dual-form norm maps, ``notes``, counts and ``not_applicable`` reasons are left out;
+    see :class:`SeedResult`)."""
     out: MetricSet = {}
     for key, value in nested.items():
         name = f"{prefix}.{key}" if prefix else key
@@ -183,15 +202,40 @@ class SeedResult:
     norm_delta_w_icl: list | None = None  # [layer][head], mean over test examples
     norm_w_zsl: list | None = None
     attribution: Attribution | None = None
+    #: test examples finetuning fixes (ZSL ✗, FT ✓): Rec2FTP's denominator
+    n_ft_fixed: int | None = None
+    #: metric (dotted name or block) → why it does not apply (scoring's ``notes``)
+    notes: dict[str, str] = field(default_factory=dict)
+    #: why FT is missing (every rate diverged on validation, or at the chosen rate)
+    ft_diverged_reason: str | None = None
+
+    @classmethod
+    def from_scored(cls, replicate: int, selection: Selection, scored: dict, *,
+                    ft_diverged: bool = False) -> SeedResult:
+        """From :func:`~dualform.experiments.dai.scoring.similarity_metrics`'s output (or what
+        :func:`~dualform.experiments.dai.scoring.without_ft` left of it)."""
+        dual = scored.get("dual_form", {})
+        return cls(replicate, selection, metric_set(scored), scored.get("n_f2t", 0), ft_diverged,
+                   dual.get("norm_delta_w_icl"), dual.get("norm_w_zsl"),
+                   n_ft_fixed=scored.get("n_ft_fixed"), notes=dict(scored.get("notes", {})),
+                   ft_diverged_reason=scored.get("ft_diverged_reason"))
 
     def metric(self, name: str) -> Summary | None:
         return self.metrics.get(name)
 
+    def not_applicable(self, name: str) -> str | None:
+        """Why ``name`` does not apply to this seed (a note on it or on its block), else ``None``."""
+        return next((why for key, why in self.notes.items()
+                     if name == key or name.startswith(f"{key}.")), None)
+
     def to_json(self) -> dict:
         out = {"replicate": self.replicate, "selection": self.selection.to_json(),
                "metrics": {k: v.to_json() for k, v in self.metrics.items()},
-               "n_f2t": self.n_f2t, "ft_diverged": self.ft_diverged,
-               "norm_delta_w_icl": self.norm_delta_w_icl, "norm_w_zsl": self.norm_w_zsl}
+               "n_f2t": self.n_f2t, "n_ft_fixed": self.n_ft_fixed, "ft_diverged": self.ft_diverged,
+               "norm_delta_w_icl": self.norm_delta_w_icl, "norm_w_zsl": self.norm_w_zsl,
+               "notes": self.notes}
+        if self.ft_diverged_reason is not None:
+            out["ft_diverged_reason"] = self.ft_diverged_reason
         if self.attribution is not None:
             out["attribution"] = self.attribution.to_json()
         return out
@@ -204,7 +248,9 @@ class SeedResult:
             {k: Summary.from_json(v) for k, v in data["metrics"].items()}, data["n_f2t"],
             data.get("ft_diverged", False), data.get("norm_delta_w_icl"), data.get("norm_w_zsl"),
             Attribution.from_json(attribution) if attribution else None,
+            data.get("n_ft_fixed"), data.get("notes", {}), data.get("ft_diverged_reason"),
         )
+
 
 
 @dataclass
@@ -258,6 +304,10 @@ class TaskResult:
 
     def n_f2t(self) -> int:
         return sum(s.n_f2t for s in self.seeds)
+
+    def ft_diverged(self) -> bool:
+        """Every seed's finetuning diverged (no FT number at all)."""
+        return bool(self.seeds) and all(s.ft_diverged for s in self.seeds)
 
     def per_layer_mean(self, name: str, untrained: bool = False) -> list | None:
         """Per-layer values of a metric, averaged over seeds (``None`` if not recorded)."""
@@ -316,6 +366,8 @@ class DaiResults:
     pooled_untrained: Intervals = field(default_factory=Intervals)
     pooled_differences: dict[str, Interval] = field(default_factory=dict)
     failed_jobs: list[dict] = field(default_factory=list)
+    #: task → the settings that produced it (:func:`dualform.infra.results_dir.record_entry`)
+    settings: dict[str, dict] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -329,7 +381,7 @@ class DaiResults:
             "tasks": {k: t.to_json() for k, t in self.tasks.items()},
             "pooled": self.pooled.to_json(), "pooled_untrained": self.pooled_untrained.to_json(),
             "pooled_differences": {k: v.to_json() for k, v in self.pooled_differences.items()},
-            "failed_jobs": self.failed_jobs,
+            "failed_jobs": self.failed_jobs, "settings": self.settings,
         }
 
     @classmethod
@@ -348,7 +400,7 @@ class DaiResults:
             Intervals.from_json(data.get("pooled", {})),
             Intervals.from_json(data.get("pooled_untrained", {})),
             {k: _interval(v) for k, v in data.get("pooled_differences", {}).items()},
-            data.get("failed_jobs", []),
+            data.get("failed_jobs", []), data.get("settings", {}),
         )
 
     @classmethod

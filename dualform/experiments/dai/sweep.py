@@ -45,6 +45,12 @@ from dualform.experiments.dai.protocol import (
 from dualform.experiments.dai.results import DaiResults, Selection, TaskResult
 from dualform.infra.executors import Executor, LocalExecutor
 from dualform.infra.io import read_json, write_json_atomic
+from dualform.infra.results_dir import (
+    EXECUTION_ONLY,
+    entry_settings,
+    pin_settings,
+    results_directory,
+)
 from dualform.models.load import load_model
 from dualform.tasks.prompts import sample_demos
 
@@ -111,7 +117,21 @@ class SweepFailure:
 
 
 def run_sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | None = None,
-              executor: Executor | None = None) -> dict[str, DaiResults]:
+              executor: Executor | None = None, *, overwrite: bool = False) -> dict[str, DaiResults]:
+    """:func:`sweep` with ``out_dir`` created, checked writable and locked first, and its
+    ``sweep.json`` pinning the settings the job files were made with (other settings are
+    refused unless ``overwrite`` moves the old jobs aside)."""
+    slugs = [model_slug(m) for m in (models or [config.model])]
+    with results_directory(out_dir, subdirs=("jobs", *slugs)) as out:
+        pin_settings(out / "sweep.json", config_dict(config),
+                     ignore=("model", "tasks", "demo_seeds", "lr_grid", *EXECUTION_ONLY),
+                     overwrite=overwrite,
+                     also_move=[out / "jobs", *(out / s / "results.json" for s in slugs)])
+        return sweep(out, config, models, executor)
+
+
+def sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | None = None,
+          executor: Executor | None = None) -> dict[str, DaiResults]:
     """Run (or resume) the sweep; returns ``{model: results}`` (also written per model).
 
     ``config.lr_grid``, ``config.seeds``, ``config.demo_seeds`` and ``config.tasks`` span the
@@ -185,6 +205,7 @@ def _collect(out: Path, configs: list[DaiConfig], test_res: dict[str, dict],
             stored = test_res.get(Job("test", c, t).key)
             if stored is not None:
                 results.tasks[t] = TaskResult.from_json(stored)
+                results.settings[t] = entry_settings(config_dict(c))
         pool_tasks(results)
         results.save(out / model_slug(c.model) / "results.json")
         collected[c.model] = results
