@@ -27,12 +27,12 @@ def test_full_hook_names_are_accepted(tiny64):
 def test_kv_come_per_kv_head_and_expanded(tiny64):
     cap = capture(tiny64, TEXT, hooks=("q", "k", "v"), layers=[0])
     n_heads, n_kv = cap.n_heads, cap.n_kv_heads
-    assert cap.keys(0, expand=False).shape[2] == n_kv
-    expanded = cap.keys(0)
+    assert cap.key_vectors(0, expand=False).shape[2] == n_kv
+    expanded = cap.key_vectors(0)
     assert expanded.shape[2] == n_heads
     group = n_heads // n_kv
     for head in range(n_heads):
-        assert torch.equal(expanded[:, :, head], cap.keys(0, expand=False)[:, :, head // group])
+        assert torch.equal(expanded[:, :, head], cap.key_vectors(0, expand=False)[:, :, head // group])
 
 
 def test_scores_equal_q_dot_k_times_scale(tiny64):
@@ -40,7 +40,7 @@ def test_scores_equal_q_dot_k_times_scale(tiny64):
     names = (*score_hooks(tiny64), "scores")
     cap = capture(tiny64, TEXT, hooks=names)
     for layer in cap.layers:
-        s = einsum(cap.queries(layer), cap.keys(layer), "b q h d, b k h d -> b h q k")
+        s = einsum(cap.query_vectors(layer), cap.key_vectors(layer), "b q h d, b k h d -> b h q k")
         s = s * attention_scale(tiny64, layer)
         mask = _causal(s.shape[-1])
         torch.testing.assert_close(s[..., mask], cap.get("scores", layer)[..., mask], atol=1e-10, rtol=0)
@@ -50,11 +50,11 @@ def test_scores_equal_q_dot_k_times_scale(tiny64):
 def test_rotated_scores_on_the_embedded_model(smol):
     cap = capture(smol, TEXT, hooks=("rot_q", "rot_k", "q", "scores"), layers=[0, 29])
     for layer in (0, 29):
-        s = einsum(cap.queries(layer), cap.keys(layer), "b q h d, b k h d -> b h q k")
+        s = einsum(cap.query_vectors(layer), cap.key_vectors(layer), "b q h d, b k h d -> b h q k")
         s = s * attention_scale(smol, layer)
         mask = _causal(s.shape[-1])
         torch.testing.assert_close(s[..., mask], cap.get("scores", layer)[..., mask], atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(cap.get("q", layer), cap.queries(layer))  # rotary applied
+        assert not torch.allclose(cap.get("q", layer), cap.query_vectors(layer))  # rotary applied
 
 
 def test_unknown_hook_lists_valid_names(tiny64):

@@ -65,7 +65,7 @@ def icl_head_effects_batch(
         margin = sum(label_margin(cap.logits[row, last, label_ids], gold)
                      for row, (last, gold) in enumerate(zip(lasts, golds, strict=True)))
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
-    values = [prefix.capture.values(layer)[0] for layer in cap.layers]
+    values = [prefix.capture.value_vectors(layer)[0] for layer in cap.layers]
     return torch.stack([_row_effects(cap, grads, row=row, last=last, prefix_values=values, demo=demo)
                         for row, last in enumerate(lasts)])
 
@@ -78,7 +78,7 @@ def _row_effects(cap, grads, *, row: int, last: int, prefix_values: list[Tensor]
     effects = []
     for i, (layer, grad) in enumerate(zip(cap.layers, grads, strict=True)):
         scores = cap.get("scores", layer)[row, :, last, : n_prefix + last + 1].detach()
-        values = cap.values(layer)[row, : last + 1].detach()
+        values = cap.value_vectors(layer)[row, : last + 1].detach()
         if prefix_values is not None:
             values = torch.cat([prefix_values[i], values])
         values = rearrange(values, "key head d -> head key d")

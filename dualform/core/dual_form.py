@@ -23,7 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dualform.core.equations import linear_attention, meta_gradient, softmax_split
-from dualform.probes import Capture, available_short_names, capture, repeat_kv
+from dualform.probes import Capture, capture, repeat_kv, score_vector_hooks
 
 
 @dataclass
@@ -70,10 +70,9 @@ def demo_mask(n_pos: int, n_demo_tokens: int, demo_start: int = 0) -> torch.Tens
 
 
 def score_hooks(model) -> tuple[str, ...]:
-    """The hooks whose vectors the attention scores are computed from (rotated if rotary)."""
-    available = available_short_names(model)
-    rotated = "rot_q" in available and "rot_k" in available
-    return ("rot_q", "rot_k", "v") if rotated else ("q", "k", "v")
+    """The hooks whose vectors the attention scores are computed from (rotated if rotary), and
+    ``v``; a rotary model that hides its rotated q/k is refused (see :func:`score_vector_hooks`)."""
+    return (*score_vector_hooks(model), "v")
 
 
 def dual_form(
@@ -97,9 +96,9 @@ def dual_form(
         cap = capture(model, tokens, hooks=(*score_hooks(model), "z"), layers=layers)
     layer_ids = tuple(cap.layers if layers is None else layers)
     return dual_form_from_vectors(
-        keys=torch.stack([cap.keys(layer, expand=False)[0] for layer in layer_ids]),
-        values=torch.stack([cap.values(layer, expand=False)[0] for layer in layer_ids]),
-        q=torch.stack([cap.queries(layer)[0, -1] for layer in layer_ids]),
+        keys=torch.stack([cap.key_vectors(layer, expand=False)[0] for layer in layer_ids]),
+        values=torch.stack([cap.value_vectors(layer, expand=False)[0] for layer in layer_ids]),
+        q=torch.stack([cap.query_vectors(layer)[0, -1] for layer in layer_ids]),
         z=torch.stack([cap.get("z", layer)[0, -1] for layer in layer_ids]),
         is_demo=demo_mask(tokens.shape[-1], n_demo_tokens, demo_start),
         layers=layer_ids,
@@ -182,7 +181,7 @@ def softmax_decomposition(
     parts = []
     for layer in cap.layers:
         scores = cap.get("scores", layer)[0, :, position]  # [head, k_pos]
-        values = cap.values(layer)[0].transpose(0, 1)  # [head, pos, d_head]
+        values = cap.value_vectors(layer)[0].transpose(0, 1)  # [head, pos, d_head]
         parts.append(softmax_split(scores, values, is_demo))
     lam, z_demo, z_query = (torch.stack(p) for p in zip(*parts, strict=True))
     z = cap.stack("z")[:, 0, position]

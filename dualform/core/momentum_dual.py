@@ -117,7 +117,7 @@ def momentum_dual_form(
     etas = _layer_etas(model, eta, layer_ids)
     is_demo = demo_mask(tokens.shape[-1], n_demo_tokens, demo_start)
     pieces = [
-        momentum_split(cap.values(layer)[0].transpose(0, 1), etas[i], is_demo)
+        momentum_split(cap.value_vectors(layer)[0].transpose(0, 1), etas[i], is_demo)
         for i, layer in enumerate(layer_ids)
     ]
     m_demo, m_query = (torch.stack(p) for p in zip(*pieces, strict=True))

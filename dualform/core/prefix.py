@@ -96,7 +96,8 @@ class PrefixRun:
 
     def prefix_kv(self, layer: int, *, rotated: bool = True) -> tuple[Tensor, Tensor]:
         """The prefix's keys (rotated when captured) and values, per query head: ``[pos, head, d]``."""
-        return (self.capture.keys(layer, rotated=rotated)[0], self.capture.values(layer)[0])
+        cap = self.capture
+        return (cap.key_vectors(layer, rotated=rotated)[0], cap.value_vectors(layer)[0])
 
 
 def free_memory_bytes(device: torch.device) -> int:

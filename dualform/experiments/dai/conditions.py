@@ -152,13 +152,13 @@ def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: in
 def _attach_dual(rec: Record, run: PrefixRun, cap, demo: PromptTokens, row: int, last: int) -> None:
     """The dual form of batch row ``row``: the prefix's keys/values followed by the row's own."""
     prefix = run.capture
-    keys = torch.stack([torch.cat([prefix.keys(layer, expand=False)[0],
-                                   cap.keys(layer, expand=False)[row, : last + 1]])
+    keys = torch.stack([torch.cat([prefix.key_vectors(layer, expand=False)[0],
+                                   cap.key_vectors(layer, expand=False)[row, : last + 1]])
                         for layer in cap.layers])
-    values = torch.stack([torch.cat([prefix.values(layer, expand=False)[0],
-                                     cap.values(layer, expand=False)[row, : last + 1]])
+    values = torch.stack([torch.cat([prefix.value_vectors(layer, expand=False)[0],
+                                     cap.value_vectors(layer, expand=False)[row, : last + 1]])
                           for layer in cap.layers])
-    q = torch.stack([cap.queries(layer)[row, last] for layer in cap.layers])
+    q = torch.stack([cap.query_vectors(layer)[row, last] for layer in cap.layers])
     is_demo = demo_mask(keys.shape[1], demo.n_demo_tokens, demo.demo_start)
     _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers))
 
