@@ -378,6 +378,7 @@ def capture(
     with _hooked(model, bound), torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
         logits = model(tokens, **forward_kwargs)
     _check_fired(model, names, order, patterns)
+    store = {name: store[name] for name in names}  # in the order asked, not the order fired
     layer_ids = sorted({int(m.group(1)) for n in names if (m := _LAYER_RE.match(n))})
     n_heads, n_kv = head_counts(model)
     logits = logits if isinstance(logits, Tensor) else getattr(logits, "logits", None)
@@ -403,9 +404,10 @@ def _patterns_to_watch(model, names: list[str]) -> dict[str, str]:
 def _check_fired(model, names: list[str], order: dict[str, int], patterns: dict[str, str]) -> None:
     missing = [n for n in names if n not in order]
     if missing:
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ProbeError(
-            f"Hook {missing[0]!r}{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} "
-            f"exists on this model but did not fire during the forward, so it holds nothing (a "
+            f"Hook(s) {listed} exist on this model but did not fire during the forward, so they "
+            f"would hold nothing (a "
             f"boot_native bridge, for one, rotates q/k inside its attention: hook_rot_q/rot_k never "
             f"fire). Short names that fire here: {', '.join(available_short_names(model))}."
         )

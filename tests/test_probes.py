@@ -3,7 +3,14 @@ import torch
 from einops import einsum
 
 from dualform.core.dual_form import score_hooks
-from dualform.probes import HOOK_ALIASES, ProbeError, attention_scale, capture, hooks
+from dualform.probes import (
+    HOOK_ALIASES,
+    ProbeError,
+    attention_scale,
+    available_short_names,
+    capture,
+    hooks,
+)
 
 TEXT = "Sentence: a fine film Label: Positive"
 
@@ -83,3 +90,38 @@ def test_every_short_name_resolves_on_llama():
     model = load_model("tiny-llama")
     cap = capture(model, TEXT, hooks=tuple(HOOK_ALIASES), layers=[0])
     assert len(cap.activations) == len(HOOK_ALIASES)
+
+
+def test_capture_behaves_like_an_activation_cache(tiny64):
+    cap = capture(tiny64, TEXT, hooks=("q", "hook_z", "attn_scores"), layers=[0, 1])
+    z0 = cap["blocks.0.attn.hook_z"]
+    assert cap["z", 0] is z0 and cap["hook_z", 0] is z0 and cap.get("z", 0) is z0
+    assert cap["scores", 1] is cap["attn_scores", 1] is cap["blocks.1.attn.hook_attn_scores"]
+    assert "z" in cap and ("z", 1) in cap and "blocks.1.attn.hook_q" in cap
+    assert "v" not in cap and ("z", 7) not in cap and 3 not in cap
+    assert len(cap) == 6 and list(cap) == list(cap.keys()) == [n for n, _ in cap.items()]
+    assert list(cap)[:3] == ["blocks.0.attn.hook_q", "blocks.1.attn.hook_q", "blocks.0.attn.hook_z"]
+    assert all(t is cap[n] for n, t in zip(cap, cap.values(), strict=True))
+    moved = cap.to("meta")
+    assert all(t.device.type == "meta" for t in moved.values()) and moved.logits.device.type == "meta"
+    assert cap["z", 0].device.type == "cpu"  # the original is untouched
+    with pytest.raises(KeyError, match="not captured; captured: attn_scores, q, z"):
+        cap["v", 0]
+    with pytest.raises(KeyError, match=r"needs a layer: cap\['z', 0\]"):
+        cap["z"]
+    with pytest.raises(TypeError, match="key_vectors"):
+        cap.keys(0)
+
+
+def test_a_single_string_is_one_hook(tiny64):
+    cap = capture(tiny64, TEXT, hooks="v", layers=[1])
+    assert list(cap) == ["blocks.1.attn.hook_v"]
+    with pytest.raises(ProbeError, match="Unknown hook 'rot_qq'"):
+        capture(tiny64, TEXT, hooks="rot_qq")
+
+
+def test_capture_repr_is_short_and_says_what_is_inside(tiny64):
+    text = repr(capture(tiny64, TEXT, hooks=tuple(available_short_names(tiny64))))
+    assert len(text) < 300, text
+    assert text.startswith("Capture(hooks=[q, k, v") and "layers=[0, 1]" in text
+    assert "dtype=float64" in text
