@@ -160,6 +160,11 @@ class HeadAttribution:
     spearman: float
     kendall: float
 
+    def __repr__(self) -> str:
+        n_layer, n_head = self.icl.shape
+        return (f"HeadAttribution(layers={n_layer}, heads={n_head}, "
+                f"spearman={self.spearman:.3f}, kendall={self.kendall:.3f})")
+
     def to_dict(self) -> dict:
         return {"icl": self.icl.tolist(), "ft": self.ft.tolist(),
                 "spearman": self.spearman, "kendall": self.kendall}

@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dualform.core.equations import linear_attention, meta_gradient, softmax_split
+from dualform.infra.reprs import brief_dtype
 from dualform.probes import Capture, capture, repeat_kv, score_vector_hooks
 
 
@@ -48,6 +49,13 @@ class DualForm:
     def zsl_output(self) -> Float[Tensor, "layer head d_head"]:
         """``W_ZSL q`` — the relaxed output from the query's own tokens."""
         return linear_attention(self.w_zsl, self.q)
+
+    def __repr__(self) -> str:
+        n_layer, n_head, d_head = self.q.shape
+        demo = self.demo_slice
+        return (f"DualForm(layers={n_layer}, heads={n_head}, d_head={d_head}, "
+                f"demo={demo.start}:{demo.stop} ({demo.stop - demo.start} tokens), "
+                f"dtype={brief_dtype(self.q)})")
 
     def norms(self) -> dict[str, Float[Tensor, "layer head"]]:
         """Frobenius norms of ΔW_ICL and W_ZSL per layer and head."""
@@ -159,6 +167,11 @@ class SoftmaxSplit:
     z_query: Float[Tensor, "layer head d_head"]
     z: Float[Tensor, "layer head d_head"]
     layers: tuple[int, ...]
+
+    def __repr__(self) -> str:
+        n_layer, n_head, d_head = self.z.shape
+        return (f"SoftmaxSplit(layers={n_layer}, heads={n_head}, d_head={d_head}, "
+                f"mean λ={self.lam.float().mean():.3f}, dtype={brief_dtype(self.z)})")
 
     def recombined(self) -> Float[Tensor, "layer head d_head"]:
         lam = self.lam.unsqueeze(-1)

@@ -58,6 +58,13 @@ class FinetuneResult:
     layer_causal: bool = False
     n_kv_heads: int = field(default=1)
 
+    def __repr__(self) -> str:
+        losses = (f"loss {self.losses[0]:.4g} → {self.losses[-1]:.4g}" if self.losses
+                  else "no steps")
+        return (f"FinetuneResult(model=<{type(self.model).__name__}>, lr={self.lr:g}, "
+                f"steps={len(self.losses)}, {losses}, ΔW of {len(self.delta_w)} K/V weights"
+                f"{', layer-causal' if self.layer_causal else ''})")
+
     def per_head(self, proj: str = "k") -> Float[Tensor, "layer kv_head d_head d_model"]:
         """ΔW of ``W_K`` (``proj="k"``) or ``W_V`` reshaped per layer and KV head."""
         layers = sorted({int(n.split(".")[1]) for n in self.delta_w})

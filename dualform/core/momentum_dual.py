@@ -32,6 +32,7 @@ from dualform.core.dual_form import DualForm, demo_mask, dual_form, score_hooks,
 from dualform.core.equations import linear_attention
 from dualform.core.momentum import eta_per_head, momentum_attention
 from dualform.core.relaxed import relaxed_linear_attention
+from dualform.infra.reprs import brief_dtype
 from dualform.probes import capture, head_counts
 
 
@@ -66,6 +67,13 @@ class MomentumDualForm:
     eta: Float[Tensor, "layer head"]
     m_demo: Float[Tensor, "layer head d_head"]
     m_query: Float[Tensor, "layer head d_head"]
+
+    def __repr__(self) -> str:
+        n_layer, n_head, d_head = self.m_demo.shape
+        demo = self.dual.demo_slice
+        return (f"MomentumDualForm(layers={n_layer}, heads={n_head}, d_head={d_head}, "
+                f"demo={demo.start}:{demo.stop}, mean η={self.eta.float().mean():.3f}, "
+                f"dtype={brief_dtype(self.m_demo)})")
 
     def output(self) -> Float[Tensor, "layer head d_head"]:
         """``(W_ZSL + ΔW_ICL) q + m_demo + m_query`` — equals ``hook_z`` under relaxed attention."""

@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from dualform.infra.reprs import compact_repr
 from dualform.probes import Capture, capture, head_counts
 
 
@@ -56,6 +57,8 @@ class QueryBatch:
     tokens: Int[Tensor, "batch q_pos"]
     last: Int[Tensor, " batch"]
 
+    __repr__ = compact_repr
+
 
 def pad_queries(queries: Sequence[Tensor], pad_id: int) -> QueryBatch:
     lengths = [int(q.numel()) for q in queries]
@@ -79,6 +82,10 @@ class PrefixRun:
             self.capture: Capture = capture(
                 model, self.prefix.to(device), hooks=hooks, cache=self.cache, use_cache=True
             )
+
+    def __repr__(self) -> str:
+        return (f"PrefixRun(prefix={self.length} tokens, model=<{type(self.model).__name__}>, "
+                f"capture={self.capture!r})")
 
     def _cache_for(self, batch: int):
         cache = copy.deepcopy(self.cache)

@@ -18,6 +18,7 @@ from rich.table import Table
 from dualform.core.dual_form import demo_mask, dual_form
 from dualform.core.finetune import finetune_kv
 from dualform.core.relaxed import relaxed_linear_attention
+from dualform.infra.reprs import compact_repr
 from dualform.models.load import load_model
 from dualform.probes import capture
 
@@ -37,6 +38,8 @@ class WalkthroughPrompt:
     zsl: torch.Tensor
     n_demo_tokens: int
     demo_texts: list[str]
+
+    __repr__ = compact_repr
 
 
 def build_prompt(model) -> WalkthroughPrompt:

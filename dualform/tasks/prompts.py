@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from dualform.infra.reprs import compact_repr
 from dualform.tasks.sources import (
     HUB_SPECS,
     OFFLINE_BUILDERS,
@@ -315,6 +316,8 @@ class Prompt:
     query: Example
     separator: str
 
+    __repr__ = compact_repr
+
     @property
     def text(self) -> str:
         return self.demo_text + self.query_text
@@ -334,6 +337,8 @@ class PromptTokens(NamedTuple):
     tokens: Int[Tensor, "1 pos"]
     n_demo_tokens: int
     demo_start: int
+
+    __repr__ = compact_repr
 
     @property
     def n_query_tokens(self) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dualform.infra.reprs import compact_repr
 from dualform.viz.maps import CONDITION_COLORS, TEMPLATE, as_array, head_heatmap
 
 CONDITIONS = ("icl", "zsl", "ft")
@@ -49,6 +50,8 @@ class AttentionExample:
     demo_start: int  # first demonstration position in the ICL prompt (1 with a BOS)
     n_demo_tokens: int
     meta: dict = field(default_factory=dict)
+
+    __repr__ = compact_repr
 
     @property
     def demo_slice(self) -> slice:

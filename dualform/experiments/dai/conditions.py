@@ -26,6 +26,7 @@ from dualform.core.dual_form import (
     score_hooks,
 )
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
+from dualform.infra.reprs import compact_repr
 from dualform.probes import capture
 from dualform.tasks.prompts import Example, Prompt, PromptTokens, Task, build_prompt, prompt_tokens
 
@@ -44,6 +45,8 @@ class Record:
     icl_update: Float[Tensor, "layer head d_head"] | None = None
     norm_delta_w_icl: Float[Tensor, "layer head"] | None = None
     norm_w_zsl: Float[Tensor, "layer head"] | None = None
+
+    __repr__ = compact_repr
 
     @property
     def prediction(self) -> int:
@@ -73,6 +76,8 @@ class PromptPair:
 
     icl: PromptTokens
     zsl: PromptTokens
+
+    __repr__ = compact_repr
 
     @property
     def query_slice_icl(self) -> slice:
