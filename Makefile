@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= results/dai
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test test-probes-compat install lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,9 +24,14 @@ install: $(VENV)/.installed
 demo: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/dualform reproduce dai --out $(OUT)
 
-test: install
+test: install test-probes-compat
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider; \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# dualform.probes under TransformerLens 2.x and 3.x (HookedTransformer), each in its own small
+# venv (.venv-tl2, .venv-tl3; built once, about 1-2 min each with a cold pip cache)
+test-probes-compat:
+	PY=$(PY) TORCH="$(TORCH)" bash tests/compat/run_probes_compat.sh
 
 lint: install
 	$(BIN)/ruff check .
@@ -35,4 +40,4 @@ bench: install
 	$(BIN)/dualform bench
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) .venv-tl2 .venv-tl3 results .pytest_cache

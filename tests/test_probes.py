@@ -125,3 +125,18 @@ def test_capture_repr_is_short_and_says_what_is_inside(tiny64):
     assert len(text) < 300, text
     assert text.startswith("Capture(hooks=[q, k, v") and "layers=[0, 1]" in text
     assert "dtype=float64" in text
+
+
+def test_probes_imports_torch_and_nothing_heavier():
+    """``import dualform.probes`` is standalone: torch only (no TL, transformers, plotting)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; before = set(sys.modules); import dualform.probes; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    added = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert {"dualform", "dualform.probes"} <= set(added)
+    heavy = ("transformer_lens", "transformers", "jaxtyping", "einops", "plotly", "scipy",
+             "pandas", "datasets", "numpy", "typer", "rich")
+    assert not [m for m in added if m.split(".")[0] in heavy], added
