@@ -125,8 +125,8 @@ def available_short_names(model) -> list[str]:
     A hook point can exist and never fire (``hook_rot_q``/``hook_rot_k`` of a ``boot_native``
     bridge, which rotates inside its own attention module), and ``hook_attn_scores`` can fire
     after the softmax with the pattern (a bridge over a module that returns only the weights).
-    To tell, the first call on a model runs one 2-token forward with layer 0's hooks attached
-    (any hooks the caller attached fire too); the answer is cached per model.
+    To tell, the first call on a model runs one 2-token forward with only layer 0's probe hooks
+    attached (hooks the caller has on are suspended meanwhile); the answer is cached per model.
     """
     if model not in _FIRING:
         _FIRING[model] = _firing_short_names(model)
@@ -143,11 +143,27 @@ def _firing_short_names(model) -> list[str]:
         order.setdefault(short, next(counter))
 
     tokens = torch.zeros((1, 2), dtype=torch.long, device=_input_device(model))
-    with hooks(model, [(hook_name(s, 0), partial(seen, short=s)) for s in existing]), torch.no_grad():
+    ours = [(hook_name(s, 0), partial(seen, short=s)) for s in existing]
+    with _others_suspended(hook_dict), hooks(model, ours), torch.no_grad():
         model(tokens)
     if "attn_scores" in order and order["attn_scores"] > order.get("pattern", order["attn_scores"]):
         del order["attn_scores"]
     return [s for s in existing if s in order]
+
+
+@contextmanager
+def _others_suspended(hook_dict: dict) -> Iterator[None]:
+    """The hooks already on these hook points (say, an intervention the caller has on) do not
+    run inside the block: the firing probe sees the bare model and cannot upset them."""
+    points = {id(p): p for p in hook_dict.values()}.values()
+    saved = [(p, dict(p._forward_hooks)) for p in points if p._forward_hooks]
+    for point, _ in saved:
+        point._forward_hooks.clear()
+    try:
+        yield
+    finally:
+        for point, before in saved:
+            point._forward_hooks.update(before)
 
 
 def _input_device(model) -> torch.device:

@@ -120,3 +120,16 @@ def test_capture_equals_run_with_cache_and_keeps_the_callers_hooks():
     assert len(seen) == 1 and _no_hooks_left(model)
     for name in cap:
         torch.testing.assert_close(cap[name], cache[name])
+
+
+def test_the_firing_probe_ignores_and_keeps_the_callers_interventions():
+    """available_short_names' 2-token forward runs without the caller's hooks, which stay on."""
+    from dualform.core.relaxed import relaxed_linear_attention
+
+    model = _tiny("tiny-llama")
+    key_mask = torch.ones(TOKENS.shape[-1], dtype=torch.bool)  # would not broadcast to 2 tokens
+    with relaxed_linear_attention(model, key_mask=key_mask):
+        assert "rot_q" in available_short_names(model)
+        relaxed = dual_form(model, TOKENS, 3)
+    torch.testing.assert_close(relaxed.z, relaxed.linear_attention_output(), rtol=1e-4, atol=1e-4)
+    assert _no_hooks_left(model)
