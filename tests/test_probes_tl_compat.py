@@ -97,3 +97,30 @@ def test_the_callers_own_hooks_stay(model):
     finally:
         model.reset_hooks()
     assert _no_hooks_left(model)
+
+
+@pytest.mark.skipif(TL_MAJOR != 3, reason="TransformerBridge with add_hook returning None: TL 3.x")
+def test_tl3_bridge_from_a_local_hf_model(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    words = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(64)}, unk_token="w3"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w3", bos_token="w0",
+                                        eos_token="w1", pad_token="w2")
+    tokenizer.save_pretrained(tmp_path)
+    tokenizer.init_kwargs["name_or_path"] = str(tmp_path)  # TL 3 reloads it with a BOS
+    model = TransformerBridge.boot_transformers(str(tmp_path), tokenizer=tokenizer)
+    names = available_short_names(model)
+    assert {"rot_q", "rot_k", "attn_scores", "z"} <= set(names)
+    cap = capture(model, TOKENS, hooks=names)
+    assert _no_hooks_left(model)
+    _, cache = model.run_with_cache(TOKENS)
+    for name in cap:
+        torch.testing.assert_close(cap[name], cache[name])
