@@ -270,7 +270,7 @@ class Capture:
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, tuple):
-            return len(key) == 2 and hook_name(*key) in self.activations
+            return len(key) == 2 and isinstance(key[0], str) and hook_name(*key) in self.activations
         if not isinstance(key, str):
             return False
         short = canonical_short_name(key)
@@ -315,14 +315,14 @@ class Capture:
 
     def __repr__(self) -> str:
         first = next(iter(self.activations.values()), None)
-        shape = "" if first is None else f", dtype={str(first.dtype).removeprefix('torch.')}, " \
-            f"device={first.device}"
+        tail = "" if first is None else (f", dtype={str(first.dtype).removeprefix('torch.')}, "
+                                         f"device={first.device}")
         shorts = list(dict.fromkeys(short_name(n) or n for n in self.activations))
         hooks_text = ", ".join(shorts[:6]) + (f", … (+{len(shorts) - 6})" if len(shorts) > 6 else "")
         layers = list(self.layers)
         layers_text = str(layers) if len(layers) <= 8 else f"{layers[0]}..{layers[-1]} ({len(layers)})"
         return (f"Capture(hooks=[{hooks_text}], layers={layers_text}, n_heads={self.n_heads}, "
-                f"n_kv_heads={self.n_kv_heads}{shape})")
+                f"n_kv_heads={self.n_kv_heads}{tail})")
 
     # --- attention vectors per query head -----------------------------------------------------
     def stack(self, short: str) -> Tensor:
