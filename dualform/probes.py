@@ -1,7 +1,8 @@
 """Focused activation capture for TransformerLens models — reusable on its own.
 
-This module depends on nothing else in ``dualform`` and imports only torch: copy it into another
-project and it works on TransformerLens 4 ``TransformerBridge`` models (however they were built:
+This module depends on nothing else in ``dualform`` and imports only torch (and jaxtyping, for its
+annotations, when installed — TransformerLens brings it): copy it into another project and it
+works on TransformerLens 4 ``TransformerBridge`` models (however they were built:
 ``build_bridge_from_module``, ``boot_transformers``, ``boot_native``), on any ``HookedRootModule``
 (anything with a ``hook_dict`` of hook points), and on TransformerLens 2.x/3.x
 ``HookedTransformer`` models.
@@ -28,13 +29,14 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, S
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # jaxtyping is only needed by type checkers: the module imports torch alone
-    from jaxtyping import Float
+try:  # shapes in the annotations (checked at run time in dualform's own tests); a copy of this
+    from jaxtyping import Float  # file in a project without jaxtyping still works
+except ImportError:  # pragma: no cover
+    Float = None
 
 #: Short names (TransformerLens ``get_act_name`` spelling) → the hook name inside ``blocks.{layer}``.
 HOOK_ALIASES: dict[str, str] = {

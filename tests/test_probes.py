@@ -128,7 +128,8 @@ def test_capture_repr_is_short_and_says_what_is_inside(tiny64):
 
 
 def test_probes_imports_torch_and_nothing_heavier():
-    """``import dualform.probes`` is standalone: torch only (no TL, transformers, plotting)."""
+    """``import dualform.probes`` is standalone: torch (and jaxtyping, with its numpy, for the
+    shape annotations); no TransformerLens, transformers, plotting or data libraries."""
     import subprocess
     import sys
 
@@ -137,6 +138,6 @@ def test_probes_imports_torch_and_nothing_heavier():
     added = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.split()
     assert {"dualform", "dualform.probes"} <= set(added)
-    heavy = ("transformer_lens", "transformers", "jaxtyping", "einops", "plotly", "scipy",
-             "pandas", "datasets", "numpy", "typer", "rich")
+    heavy = ("transformer_lens", "transformers", "einops", "plotly", "scipy", "pandas",
+             "datasets", "typer", "rich", "beartype")
     assert not [m for m in added if m.split(".")[0] in heavy], added
