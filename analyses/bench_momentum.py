@@ -1,10 +1,17 @@
-"""Cost of the drop-in momentum attention on the embedded model (all layers, 512 tokens).
+"""Cost of momentum attention: the drop-in hooks on the embedded model, and one seed of the experiment.
 
     python analyses/bench_momentum.py [--repeats 5] [--tokens 512] [--model smollm2-135m]
+    python analyses/bench_momentum.py --per-seed [--steps 200]
 
-Forwards with and without ``momentum_attention`` are interleaved in the same process (so drift
-in machine load hits both alike); prints the median and min times and their ratio (target:
-≤ 1.15×). ``--out FILE`` also writes the numbers as JSON.
+Default: forwards with and without ``momentum_attention`` are interleaved in the same process
+(so drift in machine load hits both alike); prints the median and min times and their ratio
+(target: ≤ 1.15×).
+
+``--per-seed``: trains the vanilla and the momentum twin of one seed of the default
+``dualform reproduce momentum`` config for ``--steps`` steps in this process (one torch thread, as
+each worker), measures CPU-seconds per training step and for the evaluation, and extrapolates
+the CPU-seconds of a seed and of the whole default run (and its wall time on ``workers`` free
+cores) at the config's steps. ``--out FILE`` also writes the numbers as JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 import torch
 
 from dualform.core.momentum import momentum_attention
+from dualform.infra.io import write_json_atomic
 from dualform.models.load import load_model
 
 
@@ -52,6 +60,33 @@ def bench(model_name: str, n_tokens: int, repeats: int, eta: float) -> dict:
     }
 
 
+def per_seed_cost(steps: int) -> dict:
+    """CPU-s per step and per evaluation of both twins, extrapolated to the default config."""
+    from dataclasses import replace
+
+    from dualform.experiments.momentum.experiment import Job, MomentumConfig, run_job
+
+    config = MomentumConfig()
+    short = replace(config, steps=steps, corpus="recall", write_png=False)
+    twins = {}
+    for job in (Job("vanilla", 0.0, 0), Job("momentum", 0.01, 0)):
+        start = time.process_time()
+        record = run_job(short, job, out_dir=".", progress=False)
+        total = time.process_time() - start
+        per_step = record["train_cpu_seconds"] / steps
+        twins[job.variant] = {"cpu_s_per_step": per_step, "eval_cpu_s": total - record["train_cpu_seconds"],
+                              "cpu_s_per_run": per_step * config.steps + total - record["train_cpu_seconds"]}
+    per_seed = sum(t["cpu_s_per_run"] for t in twins.values())
+    n_runs = 2 * len(config.seeds) + len(config.eta_sweep) - 1
+    total_cpu = per_seed / 2 * n_runs
+    return {
+        "measured_steps": steps, "config_steps": config.steps, "twins": twins,
+        "cpu_s_per_seed": per_seed, "runs": n_runs, "seeds": len(config.seeds),
+        "cpu_s_default_run": total_cpu, "workers": config.workers,
+        "wall_min_default_run_on_free_cores": total_cpu / config.workers / 60,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -60,7 +95,16 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--per-seed", action="store_true", help="cost of one seed of the experiment")
+    parser.add_argument("--steps", type=int, default=200, help="training steps timed per twin")
     args = parser.parse_args()
+    if args.per_seed:
+        torch.set_num_threads(1)
+        cost = per_seed_cost(args.steps)
+        print(json.dumps(cost, indent=2))
+        if args.out:
+            write_json_atomic(args.out, cost)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     result = bench(args.model, args.tokens, args.repeats, args.eta)
@@ -72,8 +116,7 @@ def main() -> None:
     print(f"ratio: {result['ratio_median']:.3f}x median, {result['ratio_min']:.3f}x min "
           f"(target <= 1.15x)")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        write_json_atomic(args.out, result)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,71 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
+from dualform.errors import check_count, check_learning_rate, is_expected
 from dualform.models.load import DEFAULT_MODEL, ModelLoadError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+class ErrorReportingGroup(TyperGroup):
+    """The one error path of every command: an expected failure (:class:`DualformError`, an
+    ``OSError`` such as a full disk) prints one line and exits 2; a bug keeps its traceback."""
+
+    def invoke(self, ctx):  # ctx: the click Context of typer's own (vendored) click
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own exits and usage errors
+            raise
+        except Exception as err:
+            if not is_expected(err):
+                raise
+            print_error(error_message(err))
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, cls=ErrorReportingGroup)
 reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce a paper's experiment.")
 app.add_typer(reproduce_app, name="reproduce")
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def error_message(err: BaseException) -> str:
+    """The text of an expected failure; a bare ``OSError`` gets its file and a hint."""
+    message = str(err)
+    if isinstance(err, OSError) and type(err) in (OSError, PermissionError, FileNotFoundError,
+                                                  IsADirectoryError, NotADirectoryError):
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}{err.strerror or err}"
+        if err.errno == 28:
+            message += " (the disk is full: free some space and rerun; finished parts are kept)"
+    return message
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, the message printed literally (no rich markup)."""
+    err_console.print(f"[red]error:[/] {escape(message)}")
+
+
+def check_output_dir(out: Path) -> None:
+    """Create ``out`` and check it is writable before any model is loaded or anything runs."""
+    from dualform.infra.results_dir import prepare_output_dir
+
+    prepare_output_dir(out)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(2)
 
 
 @app.command()
 def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README).")) -> None:
     """Print the model card and the hook names of one layer."""
+    from dualform.models.features import attention_features
     from dualform.models.load import load_model
     from dualform.probes import available_short_names, head_counts
 
@@ -41,6 +88,7 @@ def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README
         ("layers", cfg.n_layers), ("heads", n_heads), ("KV heads", n_kv),
         ("d_model", cfg.d_model), ("d_head", cfg.d_head), ("context length", cfg.n_ctx),
         ("positional embedding", cfg.positional_embedding_type),
+        ("attention features", attention_features(bridge).summary()),
         ("parameters", f"{sum(p.numel() for p in bridge.parameters()):,}"),
     ]:
         card.add_row(key, str(value))
@@ -63,6 +111,9 @@ def walkthrough(
     """The dual form on one prompt: identities, norms, ICL update vs finetuning, per layer."""
     from dualform.experiments.walkthrough import run_walkthrough
 
+    check_learning_rate(lr, "--lr")
+    if out is not None:
+        check_output_dir(out.parent)
     try:
         result = run_walkthrough(model, lr=lr, console=console)
     except ModelLoadError as err:
@@ -71,7 +122,7 @@ def walkthrough(
         from dualform.infra.io import write_json_atomic
 
         write_json_atomic(out, result)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}")
 
 
 def _default_tasks() -> tuple[str, ...]:
@@ -89,6 +140,7 @@ DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds to choose from.")
 FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
 LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
 DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
+OVERWRITE = typer.Option(False, help="Results of other settings in --out: rename them aside (never deleted) and start afresh.")
 
 
 @reproduce_app.command("dai")
@@ -111,6 +163,12 @@ def reproduce_dai(
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
+    scaled_queries: bool = typer.Option(
+        True, "--scaled-queries/--unscaled-queries",
+        help="Kendall's FT map q·q/d_head as the authors' recorder scales it (default), or raw q·q."),
+    keep_separator: bool = typer.Option(
+        False, help="Train on and rank each demonstration's separator too (the authors leave it out)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable."""
     from dualform.experiments.dai.protocol import run_dai
@@ -120,13 +178,14 @@ def reproduce_dai(
                          layer_causal=layer_causal, untrained_baseline=untrained,
                          attribution=attribution, batch_size=batch_size or None,
                          reuse_prefix=reuse_prefix, device=device, dtype=dtype,
-                         device_map=device_map or None)
+                         device_map=device_map or None, scaled_queries=scaled_queries,
+                         keep_separator=keep_separator)
     try:
-        results = run_dai(out, config)
+        results = run_dai(out, config, overwrite=overwrite)
     except (ModelLoadError, ValueError) as err:
         _fail(str(err))
     print_dai_table(results, console)
-    console.print(f"wrote {out / 'results.json'}")
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
     if report:
         _write_report(out)
 
@@ -168,6 +227,7 @@ def sweep(
     device: str = typer.Option("cpu", help="cpu, cuda, mps or auto (per job)."),
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread each large HF model over its job's GPUs."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """The LR grid × demo seeds × tasks × models sweep of reproduce dai, on an executor.
 
@@ -183,20 +243,22 @@ def sweep(
     kwargs = {"cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job} if executor == "ray" else {}
     try:
         runner = get_executor(executor, address=address or None, **kwargs)
-        results = run_sweep(out, config, [m for m in models.split(",") if m], runner)
+        results = run_sweep(out, config, [m for m in models.split(",") if m], runner,
+                            overwrite=overwrite)
     except (ModelLoadError, ValueError, ImportError) as err:
         _fail(str(err))
     for name, result in results.items():
         print_dai_table(result, console)
         for failure in result["failed_jobs"]:
-            console.print(f"[red]failed job[/] {failure['job']}: {failure['error']} (rerun to retry)")
-        console.print(f"wrote {out / model_slug(name) / 'results.json'}")
+            console.print(f"[red]failed job[/] {escape(failure['job'])}: {escape(failure['error'])} "
+                          "(rerun to retry)")
+        console.print(f"wrote {escape(str(out / model_slug(name) / 'results.json'))}")
 
 
 def _write_report(out: Path) -> None:
     from dualform.viz.report import write_report
 
-    console.print(f"wrote {write_report(out)}")
+    console.print(f"wrote {escape(str(write_report(out)))}")
 
 
 @reproduce_app.command("regression")
@@ -207,6 +269,7 @@ def reproduce_regression(
     """von Oswald et al. 2023: LSA ≡ GD construction, trained LSA vs GD / GD++."""
     from dualform.experiments.vonoswald import RegressionConfig, run_regression
 
+    check_output_dir(out)
     result = run_regression(out, config=RegressionConfig(device=device))
     table = Table("steps / layers", "GD (tuned η)", "η", "GD++", "trained LSA", "paper GD",
                   "model cos", "model diff", "preds diff", title="LSA vs GD (½·MSE test loss)")
@@ -217,20 +280,30 @@ def reproduce_regression(
     console.print(table)
     for name, check in result["targets"].items():
         console.print(f"  {'✓' if check['met'] else '✗'} {name}: {check['value']:.4g} (target {check['target']})")
-    console.print(f"wrote {out}/results.json")
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
 
 
 @reproduce_app.command("momentum")
 def reproduce_momentum(
     out: Path = typer.Option(Path("results/momentum"), help="Output directory."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    seeds: int = typer.Option(8, min=2, help="Seeds 0..N-1: one vanilla and one momentum twin each."),
+    workers: int = typer.Option(2, min=1, help="Training processes in parallel (1 thread each)."),
 ) -> None:
-    """Dai et al. 2023 §5: vanilla vs momentum attention, trained from scratch."""
+    """Dai et al. 2023 §5: vanilla vs momentum attention, trained from scratch, paired by seed."""
     from dualform.experiments.momentum import MomentumConfig, run_momentum
+    from dualform.viz.momentum import summary_rows
 
-    result = run_momentum(out, config=MomentumConfig(device=device))
-    console.print_json(json.dumps(result.get("summary", {}), default=str))
-    console.print(f"wrote {out}/results.json")
+    check_output_dir(out)
+    config = MomentumConfig(device=device, seeds=tuple(range(seeds)), workers=workers)
+    result = run_momentum(out, config=config)
+    header, rows = summary_rows(result)
+    table = Table(*header, title="vanilla vs momentum: mean [95 % interval] over seeds")
+    for row in rows:
+        table.add_row(*(escape(str(c)) for c in row))
+    console.print(table)
+    console.print(escape(result["verdict"]["text"]))
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
 
 
 @app.command()
@@ -240,7 +313,7 @@ def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A resul
 
     if not (results_dir / "results.json").exists():
         _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
-    console.print(f"wrote {write_report(results_dir)}")
+    console.print(f"wrote {escape(str(write_report(results_dir)))}")
 
 
 @app.command()
@@ -250,6 +323,7 @@ def bench(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     end_to_end: bool = typer.Option(False, help="Also time the default reproduce dai, reuse+batching on vs off (~10 min on 2 CPU cores)."),
+    pythia_shape: bool = typer.Option(True, help="Also time capture and dual_form on a random Pythia-160M-shaped model."),
     dtype: str = DTYPE,
 ) -> None:
     """Performance ratios against baselines measured in the same run."""
@@ -258,8 +332,10 @@ def bench(
 
     from dualform.infra.bench import run_bench
 
+    check_count(repeats, "--repeats")
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
-        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype)
+        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype,
+                           pythia_shape=pythia_shape)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -279,6 +355,12 @@ def bench(
     for k, p in result["prefix_reuse"].items():
         table.add_row(f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
                       f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)")
+    if "pythia_shape" in result:
+        pc, pd = result["pythia_shape"]["capture"], result["pythia_shape"]["dual_form"]
+        table.add_row(f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
+                      f"{pc['capture_ratio']:.2f}x ({pc['capture_s']:.2f} s vs {pc['bare_forward_s']:.2f} s)")
+        table.add_row(f"Pythia-160M shape: dual_form ({pd['tokens']} tok) / bare forward",
+                      f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)")
     if "end_to_end" in result:
         e = result["end_to_end"]
         table.add_row("default reproduce dai: reuse+batching off / on",
@@ -292,3 +374,7 @@ def bench(
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # python -m dualform.cli
+    main()

@@ -1,8 +1,9 @@
 """Focused activation capture for TransformerLens models — reusable on its own.
 
 This module depends on nothing else in ``dualform`` and imports only torch (and jaxtyping, for its
-annotations, when installed — TransformerLens brings it): copy it into another project and it
-works on TransformerLens 4 ``TransformerBridge`` models (however they were built:
+annotations, when installed — TransformerLens brings it; inside dualform, :class:`ProbeError` also
+derives from ``dualform.errors.DualformError`` when that imports): copy it into another project
+and it works on TransformerLens 4 ``TransformerBridge`` models (however they were built:
 ``build_bridge_from_module``, ``boot_transformers``, ``boot_native``), on any ``HookedRootModule``
 (anything with a ``hook_dict`` of hook points), and on TransformerLens 2.x/3.x
 ``HookedTransformer`` models.
@@ -59,8 +60,30 @@ SYNONYMS: dict[str, str] = {"scores": "attn_scores"}
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-class ProbeError(ValueError):
+try:  # inside dualform an expected failure (one message in the CLI); copied elsewhere, a ValueError
+    from dualform.errors import DualformError as ExpectedError
+except ImportError:  # pragma: no cover - this file copied into another project
+    ExpectedError = Exception
+
+
+class ProbeError(ExpectedError, ValueError):
     """Bad hook name or layer index, or a hook this model cannot give; the message says why."""
+
+
+class ContextLengthError(ProbeError):
+    """A prompt or text is longer than the model's context window (nothing is truncated)."""
+
+
+def check_context(model, n_tokens: int, what: str = "The prompt") -> None:
+    """Raise :class:`ContextLengthError` if ``n_tokens`` exceeds ``model.cfg.n_ctx``: the one
+    context check of capture, dual_form, finetune_kv and prompt_tokens."""
+    n_ctx = int(model.cfg.n_ctx)
+    if n_tokens > n_ctx:
+        name = getattr(model.cfg, "model_name", None) or "the model"
+        raise ContextLengthError(
+            f"{what} has {n_tokens} tokens but {name} has a context window of {n_ctx} "
+            "tokens (cfg.n_ctx); nothing is truncated: use fewer or shorter demonstrations/texts."
+        )
 
 
 def n_layers(model) -> int:
@@ -133,6 +156,12 @@ def available_short_names(model) -> list[str]:
     if model not in _FIRING:
         _FIRING[model] = _firing_short_names(model)
     return list(_FIRING[model])
+
+
+def forget_firing(model) -> None:
+    """Drop the cached answer of :func:`available_short_names` for ``model``: call it after
+    changing which hooks fire (``dualform.models.compat.install_attention_hooks`` does)."""
+    _FIRING.pop(model, None)
 
 
 def _firing_short_names(model) -> list[str]:
@@ -371,6 +400,10 @@ def capture(
     :class:`ProbeError` when a requested hook does not fire, or when ``hook_attn_scores`` fires
     after ``hook_pattern`` (then it holds the pattern, not the scores).
     """
+    if isinstance(tokens, str):
+        tokens = model.to_tokens(tokens, truncate=False)
+    if isinstance(tokens, Tensor) and getattr(model, "cfg", None) is not None:
+        check_context(model, tokens.shape[-1])
     names = resolve_hooks(model, hooks, layers)
     store: dict[str, Tensor] = {}
     order: dict[str, int] = {}
@@ -403,6 +436,16 @@ def capture(
     return Capture(store, n_heads, n_kv, logits=logits, layers=tuple(layer_ids))
 
 
+def silent_hooks_message(model, silent: Sequence[str]) -> str:
+    """The error for hooks a model declares but did not fire in a forward (fused-QKV and other
+    bridges whose attention runs outside the hooks): never hand back a partial capture."""
+    name = type(getattr(model, "original_model", model)).__name__
+    return (f"{name} declares {', '.join(silent[:4])}{' …' if len(silent) > 4 else ''} but its "
+            "forward never fired them, so they cannot be captured. Models from "
+            "dualform.load_model fire every declared attention hook; for a bridge built "
+            "elsewhere, capture inside dualform.models.compat.attention_hooks(model).")
+
+
 _hooked = hooks  # the context manager, under a name the ``hooks`` argument does not shadow
 
 
@@ -420,15 +463,12 @@ def _patterns_to_watch(model, names: list[str]) -> dict[str, str]:
 
 
 def _check_fired(model, names: list[str], order: dict[str, int], patterns: dict[str, str]) -> None:
+    """The one refusal of hooks that did not give what they name: a declared hook that never
+    fired (:func:`silent_hooks_message`), or ``hook_attn_scores`` firing after the pattern."""
     missing = [n for n in names if n not in order]
     if missing:
-        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ProbeError(
-            f"Hook(s) {listed} exist on this model but did not fire during the forward, so they "
-            f"would hold nothing (a "
-            f"boot_native bridge, for one, rotates q/k inside its attention: hook_rot_q/rot_k never "
-            f"fire). Short names that fire here: {', '.join(available_short_names(model))}."
-        )
+        raise ProbeError(f"{silent_hooks_message(model, missing)} Short names that fire here: "
+                         f"{', '.join(available_short_names(model))}.")
     late = [s for p, s in patterns.items() if p in order and order[s] > order[p]]
     if late:
         raise ProbeError(

@@ -102,7 +102,7 @@ def test_boot_native_refuses_hooks_that_never_fire():
     model = _native("rotary")
     assert hook_name("rot_q", 0) in model.hook_dict  # the hook point exists ...
     assert "rot_q" not in available_short_names(model)  # ... but is not listed
-    with pytest.raises(ProbeError, match="did not fire during the forward"):
+    with pytest.raises(ProbeError, match="never fired them"):
         capture(model, TOKENS, hooks="rot_q")
     assert _no_hooks_left(model)
     with pytest.raises(ProbeError, match="fired after the softmax"):

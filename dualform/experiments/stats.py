@@ -10,10 +10,13 @@ seed.
   two-level resampling that accounts for both sources of variation.
 * :func:`paired_difference` — the same for ``a − b`` on paired observations (same seeds, same
   examples), e.g. trained vs untrained model.
+* :func:`proportion_ci` — a rate ``k / n`` with its Wilson score interval (e.g. the share of
+  seeds whose training failed; the bootstrap would give ``[0, 0]`` for ``0 / n``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -125,3 +128,18 @@ def _nested(values) -> list[list[float]]:
         return [[float(x) for x in g] for g in values]
     return [[float(x) for x in values]]
 
+
+
+def proportion_ci(k: int, n: int, *, confidence: float = CONFIDENCE) -> Interval:
+    """``k / n`` with the Wilson score interval.
+
+    ``(p̂ + z²/2n ± z·√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n)``, ``z`` the normal quantile of
+    ``(1 + confidence) / 2``; unlike the bootstrap it is not degenerate at ``k = 0`` or ``k = n``.
+    """
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"proportion_ci needs 0 <= k <= n and n > 0, got k={k}, n={n}")
+    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)

@@ -4,7 +4,9 @@ An executor has one method, ``map(fn, items)``, that yields ``(item, result, err
 finish (in any order); a failed job yields its exception instead of stopping the others, so a
 lost worker costs one job. Two implementations:
 
-* :class:`LocalExecutor` — in this process, one job after the other (the default);
+* :class:`LocalExecutor` — on this machine: in this process, one job after the other (the
+  default), or with ``workers=N`` in N spawned processes (for CPU-bound jobs too small to use
+  several cores each, e.g. the momentum twins; ``fn`` and the items must then be picklable);
 * :class:`RayExecutor` — Ray tasks (``pip install 'dualform[ray]'``): ``address=None`` starts a
   local Ray (as the tests do), ``address="auto"`` or ``"ray://head:10001"`` joins a cluster.
   Ray retries a job whose worker died (``max_retries``) before reporting it failed.
@@ -26,17 +28,37 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs every job in this process, in order."""
+    """Runs every job on this machine: in this process in order, or in ``workers`` processes.
 
-    def __init__(self, progress: bool = True) -> None:
-        self.progress = progress
+    ``workers > 1`` starts that many *spawned* processes (a fresh interpreter each: no forked
+    torch thread pools) and yields jobs as they finish; ``fn`` must be a module-level function
+    (or a ``functools.partial`` of one) and the items picklable.
+    """
+
+    def __init__(self, progress: bool = True, workers: int = 1) -> None:
+        self.progress, self.workers = progress, workers
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Outcome]:
+        if self.workers > 1 and len(items) > 1:
+            yield from self._map_processes(fn, items)
+            return
         for item in tqdm(items, desc="jobs", disable=not self.progress):
             try:
                 yield item, fn(item), None
             except Exception as err:  # noqa: BLE001 - reported per job, the sweep goes on
                 yield item, None, err
+
+    def _map_processes(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Outcome]:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        workers = min(self.workers, len(items))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(fn, item): item for item in items}
+            for future in tqdm(as_completed(futures), total=len(futures), desc="jobs",
+                               disable=not self.progress):
+                error = future.exception()
+                yield futures[future], None if error else future.result(), error
 
 
 class RayExecutor:

@@ -7,4 +7,5 @@
     tables.py      paper-layout tables (terminal and markdown)
     report.py      the self-contained report.html
     vonoswald.py   figures of the regression experiment
+    momentum.py    figures of the momentum experiment (twins, paired differences, η ablation)
 """

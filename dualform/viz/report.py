@@ -35,7 +35,7 @@ from dualform.viz.figures import (
     figures_from_results,
     spectra_figure,
 )
-from dualform.viz.tables import COLUMNS, dai_rows
+from dualform.viz.tables import TABLES, dai_rows
 
 REPORT_NAME = "report.html"
 CACHE_NAME = "attention_example.json"
@@ -142,8 +142,8 @@ def dai_sections(page: Page, results: dict, results_dir: Path, *, attention: boo
 
 
 def _is_detail(key: str, value) -> bool:
-    return key in ("template", "label_words", "shots", "n_test", "n_f2t", "ft_diverged",
-                   "selection", "timing_s")
+    return key in ("template", "label_words", "shots", "n_test", "n_ft_fixed", "n_f2t",
+                   "ft_diverged", "ft_diverged_reason", "notes", "selection", "timing_s")
 
 
 def grid(items) -> str:
@@ -158,14 +158,19 @@ def _slug(text: str) -> str:
 
 
 def dai_table(results: dict) -> str:
-    """The paper-layout table: one row per task (and its untrained baseline) plus the paper."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in COLUMNS)
-    rows = "".join(
-        f"<tr><td>{html.escape(label)}</td>"
-        + "".join(f'<td class="num">{html.escape(row[k])}</td>' for _, k in COLUMNS) + "</tr>"
-        for label, row in dai_rows(results)
-    )
-    return f'<table class="dai"><tr><th>task / model</th>{head}</tr>{rows}</table>'
+    """The paper-layout tables (:data:`dualform.viz.tables.TABLES`): one row per task (and its
+    untrained baseline), the main table also the paper's rows."""
+    parts = []
+    for spec in TABLES:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in spec.columns)
+        rows = "".join(
+            f"<tr><td>{html.escape(label)}</td>"
+            + "".join(f'<td class="num">{html.escape(row[k])}</td>' for _, k in spec.columns) + "</tr>"
+            for label, row in dai_rows(results, spec)
+        )
+        parts.append(f'<h3>{html.escape(spec.title)}</h3>'
+                     f'<table class="dai"><tr><th>task / model</th>{head}</tr>{rows}</table>')
+    return "".join(parts)
 
 
 def fmt(value) -> str:

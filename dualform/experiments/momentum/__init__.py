@@ -7,13 +7,17 @@
 * :func:`momentum_dual_form` — the dual form with the momentum meta-gradient pieces.
 * :func:`icl_accuracy_vs_eta` / :func:`run_eta_ablation` — inference-time η on a pretrained model.
 
-    functional.py   the trainable model's attention pieces, one equation each (rotary, EMA, …)
+    functional.py   the trainable model's attention pieces, one equation each (rotary, scores, SDPA)
     model.py        MomentumLM: a TransformerLens-native LM with (learnable) momentum
-    data.py         offline training and in-context recall data
-    train.py        training loop and evaluation (perplexity by context, ICL accuracy)
+    data.py         offline training and in-context recall data, ICL prompts (explicit generators)
+    train.py        training loop and evaluation (perplexity by context, ICL correctness)
     experiment.py   run_momentum: vanilla vs momentum twins over seeds, resumable
-    summary.py      aggregation, verdict and figures of a momentum run
+    summary.py      paired momentum − vanilla differences with intervals, failure rates, verdict
     ablation.py     inference-time η on a pretrained model (ICL accuracy vs η)
+
+The equations (``momentum_term``, ``momentum_attention``) live in :mod:`dualform.core.momentum`,
+the dual form with momentum in :mod:`dualform.core.momentum_dual`, the figures in
+:mod:`dualform.viz.momentum`.
 """
 
 from dualform.core.momentum import (

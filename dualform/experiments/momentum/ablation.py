@@ -8,7 +8,6 @@ extra EMA of values (and whether small η helps), not the paper's claim itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 from jaxtyping import Int
@@ -16,7 +15,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualform.core.momentum import momentum_attention
-from dualform.probes import hook_name, hooks, n_layers
+from dualform.experiments.stats import mean_std
+from dualform.models.compat import finite_padding_patterns
 
 DEFAULT_ETAS = tuple(round(0.1 * i, 1) for i in range(10))
 
@@ -56,25 +56,10 @@ def label_logits(
     for start in range(0, len(prompts), batch_size):
         tokens, mask = left_pad(prompts[start : start + batch_size], pad_id)
         tokens, mask = tokens.to(device), mask.to(device)
-        with momentum_attention(model, eta, attention_mask=mask), _finite_padding(model, mask):
+        with momentum_attention(model, eta, attention_mask=mask), finite_padding_patterns(model, mask):
             logits = model(tokens, attention_mask=mask)
         rows.append(logits[:, -1, labels].float().cpu())
     return torch.cat(rows)
-
-
-def _finite_padding(model, mask: Tensor):
-    """Zero the NaN pattern rows of fully masked (left-padding) queries.
-
-    The TransformerLens 4.3 bridge gives NaN attention rows for padded query positions; the NaN
-    then reaches real tokens through ``0 · NaN`` in the next layer. Zeroing those rows changes
-    nothing at real positions (their keys are masked anyway).
-    """
-    if bool(mask.all()):
-        return nullcontext()
-    names = [hook_name("pattern", layer) for layer in range(n_layers(model))]
-    fix = lambda pattern, hook: pattern.nan_to_num(0.0)  # noqa: E731
-    hook_dict = model.hook_dict
-    return hooks(model, [(name, fix) for name in names if name in hook_dict])
 
 
 def predictions_vs_eta(
@@ -171,7 +156,7 @@ def run_eta_ablation(
         zero = predictions_vs_eta(model, zsl, label_ids, (0.0,), batch_size=batch_size,
                                   pad_id=pad_id, progress=False)[0.0]
         results["tasks"][name] = {
-            "icl_accuracy": {e: _mean_std([s[e] for s in per_seed]) for e in per_seed[0]},
+            "icl_accuracy": {e: mean_std([s[e] for s in per_seed]) for e in per_seed[0]},
             "icl_accuracy_per_seed": per_seed,
             "predicted_label_share_per_seed": shares,
             "zsl_accuracy_eta0": accuracy(zero, gold),
@@ -185,8 +170,3 @@ def run_eta_ablation(
 def _label_shares(preds: Tensor, n_labels: int) -> list[float]:
     return (torch.bincount(preds, minlength=n_labels).double() / max(len(preds), 1)).tolist()
 
-
-def _mean_std(values: list[float]) -> dict[str, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": var**0.5}

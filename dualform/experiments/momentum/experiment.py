@@ -1,36 +1,40 @@
 """Vanilla vs momentum twins trained from scratch (Dai et al. 2023, §5), scaled down.
 
-:func:`run_momentum` trains, for every seed, a vanilla model and its momentum twin (same seed,
-data stream, architecture and steps), plus an η sweep (and a learned-η twin) at the first seed,
-and reports perplexity at several context lengths and in-context-learning accuracy next to the
-paper's numbers. See :mod:`dualform.experiments.momentum.data` for the data (a real text corpus when
-reachable, else the offline in-context associative-recall corpus).
+:func:`run_momentum` trains, for every seed, a vanilla model and its momentum twin (same initial
+weights, data stream, architecture and steps), plus an η sweep (and a learned-η twin) at the
+first seed, and reports perplexity at several context lengths and in-context-learning accuracy
+as paired ``momentum − vanilla`` differences with 95 % intervals, the training-failure rate per
+arm, and the paper's numbers (:mod:`dualform.experiments.momentum.summary`). See
+:mod:`dualform.experiments.momentum.data` for the data (a real text corpus when reachable, else
+the offline in-context associative-recall corpus). Runs go through
+:class:`dualform.infra.executors.LocalExecutor` (``workers`` processes). Every random draw comes
+from an explicit ``torch.Generator``: initial weights from ``seed``, training batches from
+``10_000 + seed`` (the same for both twins of a seed), evaluation data from fixed seeds.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from dualform.experiments.momentum.data import demo_counts, make_source
 from dualform.experiments.momentum.model import MomentumLM, MomentumLMConfig
-from dualform.experiments.momentum.summary import summarise, write_figures
-from dualform.experiments.momentum.train import icl_accuracy, perplexity, train_lm
+from dualform.experiments.momentum.summary import summarise
+from dualform.experiments.momentum.train import icl_correct, perplexity, train_lm
+from dualform.infra.executors import LocalExecutor
+from dualform.infra.io import as_stored, read_json, write_json_atomic
 
 PAPER = {
     "model": "350M-parameter LMs trained from scratch (fairseq), vanilla vs momentum attention",
     "context_lengths": [256, 512, 1024],
     "perplexity": {"vanilla": [19.50, 16.87, 15.14], "momentum": [19.37, 16.73, 15.02]},
-    "icl_accuracy": {"vanilla": 51.9, "momentum": 54.7},
+    "icl_accuracy": {"vanilla": 0.519, "momentum": 0.547},  # fractions (paper: 51.9 %, 54.7 %)
     "eta": "not stated",
 }
 
@@ -48,15 +52,18 @@ class MomentumConfig:
     parameters, training length 64 instead of 1024, so perplexity is reported at 16/32/64
     tokens (paper 256/512/1024, the same ratios). 4000 steps because on the recall data small
     models sit on a loss plateau until an induction circuit forms (vanilla: between ≈ 1300 and
-    3500 steps here, seed-dependent); fewer steps compare two untrained models. Measured: 10
-    runs, ≈ 1000 CPU-seconds in all, 17.5 min wall on the shared 2-core machine (other jobs
-    running), ≈ 9 min with both cores free. :meth:`gpu` is a bigger setting.
+    3500 steps here, seed-dependent); fewer steps compare two untrained models.
+
+    Cost (``python analyses/bench_momentum.py --per-seed``): one run (4000 steps of 32 × 64
+    tokens, evaluation < 1 CPU-s) ≈ 67 CPU-s vanilla, 81 CPU-s momentum on one core (≈ 80 on a
+    loaded machine), so ≈ 150 CPU-s per seed; 8 seeds + 3 extra sweep twins = 19 runs ≈ 1,400–
+    1,600 CPU-s ≈ 12–13 min on 2 free cores. :meth:`gpu` is a bigger setting.
     """
 
     corpus: str = "auto"  # auto | recall | tinystories | wikitext103 | path/to/text.txt
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = tuple(range(8))
     eta: float | None = None  # None: chosen from eta_sweep on validation perplexity
-    eta_sweep: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 0.9)  # twins at seeds[0]
+    eta_sweep: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)  # twins at seeds[0]
     learned_eta: bool = False  # also a twin with learnable per-head η (init eta) at seeds[0]
     steps: int = 4000
     batch_size: int = 32
@@ -84,8 +91,8 @@ class MomentumConfig:
     def gpu(cls, device: str = "cuda") -> MomentumConfig:
         """A bigger run for one GPU: TinyStories (if reachable), context 1024, 8×512 model.
 
-        Perplexity at 256/512/1024 as in the paper; 10 runs, several hours on one modern GPU
-        (not run here: this machine has no GPU).
+        Perplexity at 256/512/1024 as in the paper; 8 seeds × 2 twins + 4 extra sweep η + the
+        learned-η twin = 21 runs, many hours on one modern GPU (not run here: no GPU).
         """
         return cls(
             corpus="tinystories", steps=20_000, batch_size=32, seq_len=1024,
@@ -162,21 +169,23 @@ def model_config(config: MomentumConfig, job: Job, d_vocab: int) -> MomentumLMCo
 
 
 def run_job(config: MomentumConfig, job: Job, out_dir: str, progress: bool = False) -> dict:
-    """Train one model and evaluate it; returns a JSON-ready record."""
+    """Train one model and evaluate it in ``config.threads`` torch threads; a JSON-ready record."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
     try:
-        return _train_and_evaluate(config, job, out_dir, progress)
+        return train_and_evaluate(config, job, out_dir, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_and_evaluate(config: MomentumConfig, job: Job, out_dir: str, progress: bool) -> dict:
+def train_and_evaluate(config: MomentumConfig, job: Job, out_dir: str, progress: bool) -> dict:
+    """Initial weights from ``seed``, batches from ``10_000 + seed``: the twins share both."""
     source, _ = make_source(config.corpus, config.n_keys, config.n_values)
-    model = MomentumLM(model_config(config, job, source.d_vocab))
-    gen = torch.Generator().manual_seed(10_000 + job.seed)  # same stream for both twins
+    init = torch.Generator().manual_seed(job.seed)
+    model = MomentumLM(model_config(config, job, source.d_vocab), generator=init)
+    data = torch.Generator().manual_seed(10_000 + job.seed)
     log = train_lm(
-        model, lambda step: source.train_batch(config.batch_size, config.seq_len, gen),
+        model, lambda step: source.train_batch(config.batch_size, config.seq_len, data),
         steps=config.steps, lr=config.lr, warmup=config.warmup, device=config.device,
         progress=progress, desc=f"{job.variant} η={job.eta:g} seed={job.seed}",
     )
@@ -187,17 +196,18 @@ def _train_and_evaluate(config: MomentumConfig, job: Job, out_dir: str, progress
     longest = config.context_lengths[-1]
     windows = source.eval_windows(longest, config.n_eval_tokens, split="validation")
     validation = perplexity(model, windows, device=config.device)
-    icl = {}
+    correct = {}
     for n_demos in demo_counts(config.icl_demos, source.spec):
         prompts, gold = source.icl_prompts(config.n_icl_prompts, n_demos)
-        icl[str(n_demos)] = icl_accuracy(
+        correct[str(n_demos)] = icl_correct(
             model, prompts, gold, source.spec.value_ids, device=config.device
-        )
+        ).tolist()
+    icl = {d: statistics.fmean(c) for d, c in correct.items()}
     if config.save_models:
         model.save(Path(out_dir) / "models" / f"{job.variant}-eta{job.eta:g}-seed{job.seed}")
     return {
         **asdict(job), "perplexity": ppl, "validation_perplexity": validation,
-        "icl_accuracy": icl,
+        "icl_accuracy": icl, "icl_correct": correct,
         "icl_mean": statistics.fmean(icl.values()) if icl else float("nan"),
         "initial_loss": statistics.fmean(log.losses[:5]),
         "final_loss": statistics.fmean(log.losses[-20:]), "train_seconds": log.seconds,
@@ -210,16 +220,21 @@ def run_momentum(
     out_dir: str | Path, *, config: MomentumConfig | None = None, progress: bool = True
 ) -> dict:
     """Train vanilla/momentum twins, evaluate, write ``out_dir/results.json`` and figures."""
+    from dualform.viz.momentum import write_figures
+
     config = config or MomentumConfig()
+    if len(config.seeds) < 2:
+        raise ValueError("the momentum experiment needs at least 2 seeds for paired intervals")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     source, notes = make_source(config.corpus, config.n_keys, config.n_values)
     config = replace(config, corpus=source.name)  # workers reuse the resolved source
-    records = _run_jobs(config, jobs_for(config), str(out), progress)
+    records = run_jobs(config, jobs_for(config), str(out), progress)
     eta, candidates = select_eta(config, records)
-    records += _run_jobs(config, second_phase(config, eta), str(out), progress)
-    results = summarise(config, records, PAPER)
+    records += run_jobs(config, second_phase(config, eta), str(out), progress)
+    chance = 1.0 / len(source.spec.value_ids)
+    results = summarise(config, records, PAPER, chance)
     results["eta_selection"] = {
         "eta": eta,
         "method": "fixed by the config" if config.eta is not None else (
@@ -229,30 +244,78 @@ def run_momentum(
         "validation_perplexity": candidates,
     }
     results["data"] = {"source": source.name, "notes": notes, "d_vocab": source.d_vocab}
-    results["figures"] = write_figures(out, records, results, png=config.write_png)
+    results["cost"] = run_cost(records, time.perf_counter() - start, config)
+    results["figures"] = write_figures(out, results, png=config.write_png)
     results["wall_seconds"] = time.perf_counter() - start
-    _atomic_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     return results
 
 
-def _run_jobs(config: MomentumConfig, jobs: list[Job], out_dir: str, progress: bool) -> list[dict]:
-    """Run the jobs sequentially or in ``config.workers`` spawned processes; keep job order."""
-    if not jobs:
-        return []
-    if config.workers <= 1 or len(jobs) == 1:
-        bar = tqdm(jobs, desc="momentum runs", disable=not progress)
-        return [run_job(config, job, out_dir, progress) for job in bar]
-    results: dict[int, dict] = {}
-    ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx) as pool:
-        futures = {pool.submit(run_job, config, job, out_dir): i for i, job in enumerate(jobs)}
-        for future in tqdm(as_completed(futures), total=len(jobs), desc="momentum runs",
-                           disable=not progress):
-            results[futures[future]] = future.result()
-    return [results[i] for i in range(len(jobs))]
+def run_cost(records: list[dict], wall: float, config: MomentumConfig) -> dict:
+    """CPU-seconds of training per run and per seed (both twins), and the run's wall time."""
+    cpu = [r["train_cpu_seconds"] for r in records]
+    twins = [r["train_cpu_seconds"] for r in records if r["variant"] in ("vanilla", "momentum")]
+    return {
+        "runs": len(records), "train_cpu_seconds": sum(cpu),
+        "train_cpu_seconds_per_run": statistics.fmean(cpu),
+        "train_cpu_seconds_per_seed": 2 * statistics.fmean(twins),
+        "wall_seconds_before_figures": wall, "workers": config.workers,
+    }
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+def run_jobs(config: MomentumConfig, jobs: list[Job], out_dir: str, progress: bool) -> list[dict]:
+    """Run the jobs through a :class:`LocalExecutor` (``config.workers`` processes); job order kept.
+
+    Each finished run is saved to ``out_dir/runs/`` at once and reused by a rerun with the same
+    settings and code (:func:`code_fingerprint`), so a killed experiment resumes. A failed run
+    stops the experiment (a pair without its twin would bias the comparison).
+    """
+    done = {job: record for job in jobs if (record := load_run(config, job, out_dir)) is not None}
+    todo = [job for job in jobs if job not in done]
+    executor = LocalExecutor(progress=progress, workers=config.workers)
+    task = partial(run_job, config, out_dir=out_dir, progress=progress and config.workers <= 1)
+    for job, record, error in executor.map(task, todo):
+        if error is not None:
+            raise RuntimeError(
+                f"momentum run {job.variant} η={job.eta:g} seed={job.seed} failed: {error}"
+            ) from error
+        write_json_atomic(run_path(job, out_dir), {"settings": run_settings(config), "record": record})
+        done[job] = record
+    return [done[job] for job in jobs]
+
+
+def run_path(job: Job, out_dir: str | Path) -> Path:
+    learn = "-learned" if job.learn_eta else ""
+    return Path(out_dir) / "runs" / f"eta{job.eta:g}{learn}-seed{job.seed}.json"
+
+
+RUN_CODE = ("core/momentum.py", "experiments/momentum/model.py", "experiments/momentum/functional.py",
+            "experiments/momentum/data.py", "experiments/momentum/train.py",
+            "experiments/momentum/experiment.py")
+
+
+def code_fingerprint() -> str:
+    """SHA-256 of the sources that decide a run's numbers, and the torch version.
+
+    A saved run is reused only when this matches, so code edits never mix old and new runs.
+    """
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in RUN_CODE:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
+
+
+def run_settings(config: MomentumConfig) -> dict:
+    """What a saved run depends on: the config (not seeds, sweep, workers, output) and the code."""
+    skip = {"seeds", "eta", "eta_sweep", "learned_eta", "workers", "save_models", "write_png"}
+    settings = {k: v for k, v in asdict(config).items() if k not in skip}
+    return as_stored({**settings, "code": code_fingerprint()})
+
+
+def load_run(config: MomentumConfig, job: Job, out_dir: str) -> dict | None:
+    """The saved record of ``job`` if it was trained with the same settings, else ``None``."""
+    saved = read_json(run_path(job, out_dir))
+    if saved is None or saved.get("settings") != run_settings(config):
+        return None
+    return {**saved["record"], "variant": job.variant}  # a sweep run may become "momentum"

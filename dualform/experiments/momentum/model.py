@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from einops import einsum
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
@@ -50,6 +49,7 @@ from dualform.experiments.momentum.functional import (
     rotary_tables,
     softmax_pattern,
 )
+from dualform.infra.io import write_bytes_atomic, write_json_atomic
 from dualform.probes import repeat_kv
 
 
@@ -71,7 +71,7 @@ class MomentumLMConfig:
     eta: float = 0.0  # initial / fixed η in [0, 1); 0 → no momentum
     learn_eta: bool = False
     momentum: bool = True
-    seed: int = 0
+    seed: int = 0  # initial weights: ``torch.Generator().manual_seed(seed)`` unless one is passed
 
     def __post_init__(self) -> None:
         self.n_key_value_heads = self.n_key_value_heads or self.n_heads
@@ -92,15 +92,15 @@ class MomentumLMConfig:
 class MomentumAttention(nn.Module):
     """Multi-head (optionally grouped-query) causal attention plus the momentum term."""
 
-    def __init__(self, cfg: MomentumLMConfig) -> None:
+    def __init__(self, cfg: MomentumLMConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.cfg = cfg
         h, kv, dm, dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head
-        std = 0.02
-        self.W_Q = nn.Parameter(torch.randn(h, dm, dh) * std)
-        self.W_K = nn.Parameter(torch.randn(kv, dm, dh) * std)
-        self.W_V = nn.Parameter(torch.randn(kv, dm, dh) * std)
-        self.W_O = nn.Parameter(torch.randn(h, dh, dm) * std / math.sqrt(2 * cfg.n_layers))
+        std, g = 0.02, generator
+        self.W_Q = nn.Parameter(torch.randn(h, dm, dh, generator=g) * std)
+        self.W_K = nn.Parameter(torch.randn(kv, dm, dh, generator=g) * std)
+        self.W_V = nn.Parameter(torch.randn(kv, dm, dh, generator=g) * std)
+        self.W_O = nn.Parameter(torch.randn(h, dh, dm, generator=g) * std / math.sqrt(2 * cfg.n_layers))
         self.b_Q, self.b_K = nn.Parameter(torch.zeros(h, dh)), nn.Parameter(torch.zeros(kv, dh))
         self.b_V, self.b_O = nn.Parameter(torch.zeros(kv, dh)), nn.Parameter(torch.zeros(dm))
         logit = torch.full((h,), logit_from_eta(cfg.eta) if cfg.eta > 0 else -30.0)
@@ -151,12 +151,12 @@ class MomentumAttention(nn.Module):
 class MLP(nn.Module):
     """``MLP(x) = GELU(x W_in + b_in) W_out + b_out``."""
 
-    def __init__(self, cfg: MomentumLMConfig) -> None:
+    def __init__(self, cfg: MomentumLMConfig, generator: torch.Generator) -> None:
         super().__init__()
-        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) * 0.02)
+        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp, generator=generator) * 0.02)
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         std_out = 0.02 / math.sqrt(2 * cfg.n_layers)
-        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model) * std_out)
+        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model, generator=generator) * std_out)
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
@@ -181,13 +181,13 @@ class LayerNorm(nn.Module):
 class Block(nn.Module):
     """Pre-LN block: ``r ← r + Attn(LN(r))``, ``r ← r + MLP(LN(r))``."""
 
-    def __init__(self, cfg: MomentumLMConfig) -> None:
+    def __init__(self, cfg: MomentumLMConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.cfg = cfg
-        self.ln1, self.attn = LayerNorm(cfg.d_model), MomentumAttention(cfg)
+        self.ln1, self.attn = LayerNorm(cfg.d_model), MomentumAttention(cfg, generator)
         names = ["resid_pre", "attn_out", "resid_post"]
         if not cfg.attn_only:
-            self.ln2, self.mlp = LayerNorm(cfg.d_model), MLP(cfg)
+            self.ln2, self.mlp = LayerNorm(cfg.d_model), MLP(cfg, generator)
             names += ["resid_mid", "mlp_out"]
         for name in names:
             setattr(self, f"hook_{name}", HookPoint())
@@ -204,18 +204,23 @@ class Block(nn.Module):
 
 
 class MomentumLM(HookedRootModule):
-    """Causal LM with momentum attention; ``MomentumLM(cfg with eta=0)`` is its vanilla twin."""
+    """Causal LM with momentum attention; ``MomentumLM(cfg with eta=0)`` is its vanilla twin.
 
-    def __init__(self, cfg: MomentumLMConfig) -> None:
+    Initial weights are drawn from ``generator`` (default: a fresh one seeded with ``cfg.seed``),
+    never from the global RNG, so the twins of one seed start from the same weights whatever
+    else the process has drawn.
+    """
+
+    def __init__(self, cfg: MomentumLMConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        torch.manual_seed(cfg.seed)
-        self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model) * 0.02)
+        g = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model, generator=g) * 0.02)
         if cfg.positional == "learned":
-            self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.01)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+            self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model, generator=g) * 0.01)
+        self.blocks = nn.ModuleList([Block(cfg, g) for _ in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg.d_model)
-        self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab) * 0.02)
+        self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab, generator=g) * 0.02)
         self.hook_embed = HookPoint()
         if cfg.positional == "learned":
             self.hook_pos_embed = HookPoint()
@@ -244,9 +249,8 @@ class MomentumLM(HookedRootModule):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp))
-        text = json.dumps(asdict(self.cfg), indent=2)
-        _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text))
+        write_bytes_atomic(path / "model.safetensors", safetensors_bytes(state))
+        write_json_atomic(path / "config.json", asdict(self.cfg))
         return path
 
     @classmethod
@@ -261,14 +265,3 @@ class MomentumLM(HookedRootModule):
         model.load_state_dict(state)
         return model.to(device)
 
-
-def _atomic_write(target: Path, write) -> None:
-    """``write(tmp_path)`` to a temporary file next to ``target``, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,76 +1,134 @@
-"""Aggregation, verdict and figures for :func:`dualform.experiments.momentum.experiment.run_momentum`."""
+"""Aggregation and verdict for :func:`dualform.experiments.momentum.experiment.run_momentum`.
+
+The unit of replication is the seed: the vanilla and the momentum twin of one seed share their
+initial weights and their data stream, so the paper's claim is tested on paired differences
+``momentum − vanilla`` (same seed) with 95 % bootstrap intervals (:mod:`dualform.experiments.stats`):
+
+* perplexity per context length — one difference per seed, resampled over seeds;
+* ICL accuracy — one difference per seed *and* test prompt (the prompts are the same for both
+  twins), resampled over seeds, then prompts within each seed.
+
+A twin *failed* when it did not learn the in-context task: mean ICL accuracy below
+:func:`learned_threshold` (halfway between chance and 1; a twin that never leaves the loss
+plateau sits at chance). Failure rates per arm carry Wilson intervals, and the paired
+differences are reported again over the seeds where both twins learned.
+"""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict
-from pathlib import Path
+
+from dualform.experiments.stats import (
+    bootstrap_ci,
+    mean_std,
+    paired_difference,
+    proportion_ci,
+)
+
+ARMS = ("vanilla", "momentum")
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    """``{"mean", "std", "n"}`` with the sample standard deviation (0 for one value)."""
-    values = [float(v) for v in values]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+def learned_threshold(chance: float) -> float:
+    """ICL accuracy halfway between chance and perfect: ``(chance + 1) / 2``."""
+    return (chance + 1.0) / 2.0
 
 
-LEARNED_ICL = 0.8  # a model "learned the in-context task" at this mean ICL accuracy
+def learned(run: dict, threshold: float) -> bool:
+    """The twin learned the in-context task (mean ICL accuracy ≥ ``threshold``)."""
+    return run["icl_mean"] >= threshold
 
 
-def summarise(config, records: list[dict], paper: dict) -> dict:
-    """Mean ± std over seeds per variant, paired momentum − vanilla deltas, η sweep, verdict."""
-    ctxs = [str(c) for c in config.context_lengths]
-    by = {
-        v: sorted((r for r in records if r["variant"] == v), key=lambda r: r["seed"])
-        for v in ("vanilla", "momentum")
+def failure_rate(runs: list[dict], threshold: float) -> dict:
+    """Share of runs that did not learn the in-context task, with its Wilson interval."""
+    failed = [r["seed"] for r in runs if not learned(r, threshold)]
+    return {"failed": len(failed), "seeds": failed, **proportion_ci(len(failed), len(runs)).to_json()}
+
+
+def pair_runs(records: list[dict]) -> list[tuple[dict, dict]]:
+    """``(vanilla, momentum)`` twins of every seed, in seed order."""
+    by = {arm: {r["seed"]: r for r in records if r["variant"] == arm} for arm in ARMS}
+    if set(by["vanilla"]) != set(by["momentum"]):
+        raise ValueError(
+            f"momentum summary needs both twins at every seed; vanilla seeds {sorted(by['vanilla'])}, "
+            f"momentum seeds {sorted(by['momentum'])}"
+        )
+    return [(by["vanilla"][s], by["momentum"][s]) for s in sorted(by["vanilla"])]
+
+
+def with_interval(values: list[float]) -> dict:
+    """Mean, sample std, n and the 95 % bootstrap interval of the mean (over seeds)."""
+    return {**mean_std(values), "ci": bootstrap_ci(values).to_json()}
+
+
+def arm_table(runs: list[dict], ctxs: list[str], threshold: float) -> dict:
+    """Per arm: perplexity per context, ICL accuracy (mean and per demo count), failures."""
+    return {
+        "perplexity": {c: with_interval([r["perplexity"][c] for r in runs]) for c in ctxs},
+        "icl_mean": with_interval([r["icl_mean"] for r in runs]),
+        "icl_accuracy": {
+            d: with_interval([r["icl_accuracy"][d] for r in runs]) for d in runs[0]["icl_accuracy"]
+        },
+        "final_loss": mean_std([r["final_loss"] for r in runs]),
+        "failure": failure_rate(runs, threshold),
     }
-    table = {variant: _variant_table(rows, ctxs) for variant, rows in by.items()}
-    pairs = list(zip(by["vanilla"], by["momentum"], strict=True))
-    both = [(v, m) for v, m in pairs if min(v["icl_mean"], m["icl_mean"]) >= LEARNED_ICL]
+
+
+def icl_per_prompt(run: dict) -> list[float]:
+    """1/0 per test prompt, all demonstration counts in a row (same order in both twins)."""
+    return [float(x) for d in run["icl_accuracy"] for x in run["icl_correct"][d]]
+
+
+def paired_deltas(pairs: list[tuple[dict, dict]], ctxs: list[str]) -> dict:
+    """Paired ``momentum − vanilla`` differences with 95 % intervals; ``{}`` without pairs."""
+    if not pairs:
+        return {"seeds": []}
+    vanilla, momentum = [v for v, _ in pairs], [m for _, m in pairs]
+    return {
+        "seeds": [v["seed"] for v in vanilla],
+        "perplexity": {
+            c: paired_difference([m["perplexity"][c] for m in momentum],
+                                 [v["perplexity"][c] for v in vanilla]).to_json()
+            for c in ctxs
+        },
+        "icl_mean": paired_difference([icl_per_prompt(m) for m in momentum],
+                                      [icl_per_prompt(v) for v in vanilla]).to_json(),
+    }
+
+
+def summarise(config, records: list[dict], paper: dict, chance: float) -> dict:
+    """Per-arm table, failure rates, paired differences (all seeds / both learned), verdict."""
+    ctxs = [str(c) for c in config.context_lengths]
+    threshold = learned_threshold(chance)
+    pairs = pair_runs(records)
+    arms = {arm: [p[i] for p in pairs] for i, arm in enumerate(ARMS)}
+    both = [(v, m) for v, m in pairs if learned(v, threshold) and learned(m, threshold)]
+    failed = {arm: [float(not learned(r, threshold)) for r in runs] for arm, runs in arms.items()}
+    paired = {
+        "all_seeds": paired_deltas(pairs, ctxs),
+        "both_learned": paired_deltas(both, ctxs),
+        "failure": paired_difference(failed["momentum"], failed["vanilla"]).to_json(),
+    }
     return {
         "config": asdict(config),
-        "summary": table,
-        "delta_momentum_minus_vanilla": _deltas(pairs, ctxs),
-        "delta_where_both_learned_icl": {
-            "threshold": LEARNED_ICL, "seeds": [v["seed"] for v, _ in both],
-            **(_deltas(both, ctxs) if both else {}),
-        },
+        "learned_threshold": {"icl_mean": threshold, "chance": chance},
+        "summary": {arm: arm_table(runs, ctxs, threshold) for arm, runs in arms.items()},
+        "paired": paired,
         "eta_sweep": eta_sweep(records, config),
         "learned_eta": next(
             (r["learned_etas"] for r in records if r["variant"] == "learned"), None
         ),
         "paper": paper,
-        "verdict": verdict(pairs, both, ctxs),
+        "verdict": verdict(paired, len(pairs), ctxs),
         "runs": [
-            {**{k: v for k, v in r.items() if k != "losses"}, "loss_curve": r["losses"][::10]}
+            {**{k: v for k, v in r.items() if k not in ("losses", "icl_correct")},
+             "loss_curve": r["losses"][::10]}
             for r in records
         ],
     }
 
 
-def _variant_table(rows: list[dict], ctxs: list[str]) -> dict:
-    return {
-        "perplexity": {c: mean_std([r["perplexity"][c] for r in rows]) for c in ctxs},
-        "icl_mean": mean_std([r["icl_mean"] for r in rows]),
-        "icl_accuracy": {
-            d: mean_std([r["icl_accuracy"][d] for r in rows]) for d in rows[0]["icl_accuracy"]
-        },
-        "final_loss": mean_std([r["final_loss"] for r in rows]),
-    }
-
-
-def _deltas(pairs: list[tuple[dict, dict]], ctxs: list[str]) -> dict:
-    """Paired (same seed) momentum − vanilla differences, mean ± std."""
-    return {
-        "perplexity": {
-            c: mean_std([m["perplexity"][c] - v["perplexity"][c] for v, m in pairs]) for c in ctxs
-        },
-        "icl_mean": mean_std([m["icl_mean"] - v["icl_mean"] for v, m in pairs]),
-    }
-
-
 def eta_sweep(records: list[dict], config) -> list[dict]:
-    """Perplexity (longest context) and mean ICL accuracy per η at the first seed."""
+    """Perplexity (every context) and mean ICL accuracy per η at the first seed."""
     seed, longest = config.seeds[0], str(config.context_lengths[-1])
     rows = [r for r in records if r["seed"] == seed and r["variant"] != "learned"]
     return sorted(
@@ -85,107 +143,58 @@ def eta_sweep(records: list[dict], config) -> list[dict]:
     )
 
 
-def tally(diffs: list[float], better_if_negative: bool) -> dict[str, int]:
-    """How many paired differences favour momentum, tie (|d| < 1e-12), or favour vanilla."""
-    sign = -1.0 if better_if_negative else 1.0
-    better = sum(sign * d > 1e-12 for d in diffs)
-    equal = sum(abs(d) <= 1e-12 for d in diffs)
-    return {"momentum_better": better, "equal": equal, "vanilla_better": len(diffs) - better - equal}
+def direction(interval: dict | None, better_if_negative: bool) -> str:
+    """``"momentum better"``/``"vanilla better"`` when the interval excludes 0, else ``"no difference"``."""
+    if interval is None:
+        return "no pairs"
+    low, high = interval["low"], interval["high"]
+    if (high < 0) if better_if_negative else (low > 0):
+        return "momentum better"
+    if (low > 0) if better_if_negative else (high < 0):
+        return "vanilla better"
+    return "no difference"
 
 
-def verdict(pairs: list[tuple[dict, dict]], both: list[tuple[dict, dict]], ctxs: list[str]) -> dict:
-    """Seed-by-seed comparison, overall and where both twins learned the in-context task."""
-    n = len(pairs)
-    ppl = {
-        c: tally([m["perplexity"][c] - v["perplexity"][c] for v, m in pairs], True) for c in ctxs
-    }
-    icl = tally([m["icl_mean"] - v["icl_mean"] for v, m in pairs], False)
-    ppl_all = all(t["momentum_better"] == n for t in ppl.values())
-    reproduced = ppl_all and icl["momentum_better"] > n / 2
-    ppl_text = "; ".join(
-        f"ctx {c}: momentum lower in {t['momentum_better']}/{n}" for c, t in ppl.items()
+def verdict(paired: dict, n_pairs: int, ctxs: list[str]) -> dict:
+    """The paper's two claims judged by the paired 95 % intervals, all seeds and both-learned."""
+    out: dict = {"n_pairs": n_pairs, "n_both_learned": len(paired["both_learned"]["seeds"])}
+    for subset in ("all_seeds", "both_learned"):
+        deltas = paired[subset]
+        out[subset] = {
+            "perplexity": {
+                c: direction(deltas.get("perplexity", {}).get(c), True) for c in ctxs
+            },
+            "icl_mean": direction(deltas.get("icl_mean"), False),
+        }
+    claims = out["all_seeds"]
+    out["reproduces_paper_direction"] = (
+        all(d == "momentum better" for d in claims["perplexity"].values())
+        and claims["icl_mean"] == "momentum better"
     )
-    icl_text = (
-        f"ICL accuracy: momentum higher in {icl['momentum_better']}/{n}, equal in "
-        f"{icl['equal']}/{n}, lower in {icl['vanilla_better']}/{n} seeds"
-    )
-    text = (
-        ("Reproduces" if reproduced else "Does not reproduce")
-        + f" the paper's direction at this scale (seed by seed). Perplexity: {ppl_text}. "
-        + icl_text + ". " + _both_text(both, n, ctxs)
-        + " The paper's gains are small (−0.12…−0.14 perplexity, +2.8 ICL points, 350M models)."
-    )
-    return {
-        "perplexity": ppl, "icl": icl, "both_learned_icl": len(both),
-        "reproduces_paper_direction": reproduced, "text": text,
-    }
-
-
-def _both_text(both: list[tuple[dict, dict]], n: int, ctxs: list[str]) -> str:
-    if not both:
-        return f"In no seed did both twins learn the in-context task (ICL ≥ {LEARNED_ICL})."
-    deltas = [
-        f"ctx {c}: {mean_std([m['perplexity'][c] - v['perplexity'][c] for v, m in both])['mean']:+.4f}"
-        for c in ctxs
-    ]
-    return (
-        f"In the {len(both)}/{n} seeds where both twins learned the in-context task "
-        f"(ICL ≥ {LEARNED_ICL}), momentum − vanilla perplexity is {', '.join(deltas)}."
-    )
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-    """Trailing moving average ``s_t = mean(x_{t−w+1..t})``."""
-    out, total = [], 0.0
-    for i, x in enumerate(values):
-        total += x
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+    out["text"] = verdict_text(paired, out, n_pairs, ctxs)
     return out
 
 
-def sweep_figure(sweep: list[dict]):
-    """ICL accuracy and perplexity (every context) against η, first seed."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def verdict_text(paired: dict, out: dict, n_pairs: int, ctxs: list[str]) -> str:
+    """One paragraph: the paired differences with intervals and what they say about the claims."""
+    def fmt(interval: dict) -> str:
+        return f"{interval['mean']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]"
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("mean ICL accuracy", "test perplexity"))
-    etas = [row["eta"] for row in sweep]
-    fig.add_trace(go.Scatter(x=etas, y=[row["icl_mean"] for row in sweep], mode="lines+markers",
-                             name="ICL accuracy"), row=1, col=1)
-    for ctx in sweep[0]["perplexity"]:
-        fig.add_trace(go.Scatter(x=etas, y=[row["perplexity"][ctx] for row in sweep],
-                                 mode="lines+markers", name=f"perplexity @ {ctx}"), row=1, col=2)
-    fig.update_xaxes(title_text="η (0 = vanilla)")
-    fig.update_layout(title="η sweep (first seed)")
-    return fig
-
-
-def write_figures(out: Path, records: list[dict], results: dict, png: bool = True) -> dict:
-    """Loss curves and perplexity/η figures as HTML (and PNG when kaleido can render)."""
-    import plotly.graph_objects as go
-
-    written: dict = {"html": [], "png": [], "png_error": None}
-    curves = go.Figure()
-    for r in records:
-        label = f"{r['variant']} η={r['eta']:g} seed {r['seed']}"
-        dash = "solid" if r["variant"] == "momentum" else "dot"
-        window = max(1, len(r["losses"]) // 50)
-        curves.add_trace(go.Scatter(y=smooth(r["losses"], window), name=label, line={"dash": dash}))
-    curves.update_layout(title="Training loss (moving average)", xaxis_title="step",
-                         yaxis_title="cross-entropy (nats)")
-    eta_fig = sweep_figure(results["eta_sweep"])
-    for name, fig in (("loss_curves", curves), ("eta_sweep", eta_fig)):
-        html = out / f"{name}.html"
-        fig.write_html(html)
-        written["html"].append(html.name)
-        if not png:
-            written["png_error"] = "PNG export switched off (write_png=False)"
+    parts = [
+        ("Reproduces" if out["reproduces_paper_direction"] else "Does not reproduce")
+        + f" the paper's direction at this scale ({n_pairs} paired seeds, 95 % intervals)."
+    ]
+    for subset, label in (("all_seeds", "all seeds"), ("both_learned", "seeds where both learned")):
+        deltas = paired[subset]
+        if not deltas["seeds"]:
+            parts.append("No seed where both twins learned the in-context task.")
             continue
-        try:
-            fig.write_image(out / f"{name}.png")
-            written["png"].append(f"{name}.png")
-        except Exception as err:  # noqa: BLE001 — kaleido needs Chrome; keep the HTML
-            written["png_error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
-    return written
+        ppl = ", ".join(f"ctx {c} {fmt(deltas['perplexity'][c])}" for c in ctxs)
+        parts.append(
+            f"Momentum − vanilla over {label} (n = {len(deltas['seeds'])}): perplexity {ppl}; "
+            f"ICL accuracy {fmt(deltas['icl_mean'])}."
+        )
+    parts.append(f"Failure rate, momentum − vanilla: {fmt(paired['failure'])}.")
+    parts.append("The paper's gains are small (−0.12…−0.14 perplexity, +0.028 ICL accuracy, "
+                 "350M models).")
+    return " ".join(parts)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -109,7 +109,7 @@ def perplexity(
 
 
 @torch.no_grad()
-def icl_accuracy(
+def icl_correct(
     model,
     prompts: Int[Tensor, "n pos"],
     gold: Int[Tensor, " n"],
@@ -117,11 +117,17 @@ def icl_accuracy(
     *,
     batch_size: int = 128,
     device="cpu",
-) -> float:
-    """Share of prompts whose last-position argmax over ``label_ids`` is the gold label."""
-    labels = torch.as_tensor(label_ids)
-    correct = 0
+) -> Bool[Tensor, " n"]:
+    """Per prompt: is the last-position argmax over ``label_ids`` the gold label?"""
+    labels = torch.as_tensor(label_ids).to(device)
+    rows = []
     for p_chunk, g_chunk in zip(prompts.split(batch_size), gold.split(batch_size), strict=True):
-        logits = model(p_chunk.to(device))[:, -1, labels.to(device)]
-        correct += int((labels.to(device)[logits.argmax(-1)] == g_chunk.to(device)).sum())
-    return correct / max(len(gold), 1)
+        logits = model(p_chunk.to(device))[:, -1, labels]
+        rows.append((labels[logits.argmax(-1)] == g_chunk.to(device)).cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.bool)
+
+
+def icl_accuracy(model, prompts, gold, label_ids, **kwargs) -> float:
+    """Share (fraction in [0, 1]) of prompts answered correctly: mean of :func:`icl_correct`."""
+    correct = icl_correct(model, prompts, gold, label_ids, **kwargs)
+    return float(correct.float().mean()) if len(correct) else 0.0
