@@ -290,7 +290,7 @@ def task_details(t: dict) -> str:
     rows.append(("chosen learning rate", fmt(sel.get("lr"))))
     if t.get("ft_diverged"):
         rows.append(("learning rates that diverged", fmt(t["ft_diverged"])))
-    out = pairs_table(rows, ("", "value"))
+    out = pairs_table(rows)
     choices = [("demonstration seed", sel.get("demo_seed_val_acc", {}), sel.get("demo_seed"),
                 "ICL validation accuracy"),
                ("learning rate", sel.get("lr_val_acc", {}), sel.get("lr"), "FT validation accuracy")]
