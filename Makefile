@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT ?= results/dai
 
-.PHONY: demo test install chromium lint bench clean
+.PHONY: demo test install chromium notebooks lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: install chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DUALFORM_NO_CHROMIUM="$$(cat $(NO_CHROMIUM) 2>/dev/null)" \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider; \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Re-execute notebooks/*.ipynb and store their outputs with static PNGs (GitHub draws those).
+notebooks: install chromium
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python analyses/run_notebooks.py
 
 lint: install
 	$(BIN)/ruff check .
