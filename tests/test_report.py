@@ -170,3 +170,21 @@ def test_png_export_with_kaleido_and_the_local_chromium(tmp_path):
     (png,) = module.export({"heads_simam": figs["heads_simam"]}, tmp_path, scale=1)
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_the_run_records_the_attention_example_the_report_draws(tmp_path):
+    from dualform import DaiConfig, run_dai
+
+    config = DaiConfig(model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4,
+                       n_test=4, demo_seeds=(1,), lr_grid=(0.1,), untrained_baseline=False,
+                       attribution=False)
+    results = run_dai(tmp_path, config, progress=False)
+    recorded = read_json(tmp_path / ATTENTION_NAME)
+    assert recorded["key"]["task"] == "afinn-sentiment"
+    assert recorded["example"]["meta"]["lr"] == results["tasks"]["afinn-sentiment"]["selection"]["lr"]
+    mtime = (tmp_path / ATTENTION_NAME).stat().st_mtime_ns
+    run_dai(tmp_path, config, progress=False)  # resumed: nothing recomputed
+    assert (tmp_path / ATTENTION_NAME).stat().st_mtime_ns == mtime
+    text = write_report(tmp_path).read_text(encoding="utf-8")
+    assert text.count("CircuitsVis.AttentionPatterns") == 3
+    assert results["versions"]["transformer_lens"] not in ("unknown", "not installed")
