@@ -34,8 +34,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
 reproduce_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                             help="Reproduce a paper's experiment: dai, regression or momentum.")
 app.add_typer(reproduce_app, name="reproduce")
-
-
 console = Console()
 
 
