@@ -40,7 +40,8 @@ def execute(path: Path, *, png: bool = True) -> float:
 
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory(prefix="dualform-nb-") as tmp:
-        env = {"TMPDIR": tmp, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {"TMPDIR": tmp, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # no weight-loading bars in the outputs
         if png:
             env["PLOTLY_RENDERER"] = "plotly_mimetype+png"
         saved = {k: os.environ.get(k) for k in env}
