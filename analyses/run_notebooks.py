@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-TIMEOUT_S = 600  # per cell
+TIMEOUT_S = 1800  # per cell (a loaded shared machine is slow)
 
 
 def code_sha256(nb) -> str:
