@@ -40,7 +40,7 @@ def _warnings(outputs: list) -> list[str]:
 def _run(nb, cwd: Path) -> None:
     # "python3" resolves to this interpreter: jupyter_client swaps a kernelspec's bare
     # "python" for sys.executable, and ipykernel provides the spec when none is installed.
-    NotebookClient(nb, kernel_name="python3", timeout=240,
+    NotebookClient(nb, kernel_name="python3", timeout=1800,  # a guard against hangs only
                    resources={"metadata": {"path": str(cwd)}}).execute()
 
 
