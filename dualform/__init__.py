@@ -3,6 +3,7 @@
 The package reads as its architecture; data flows one way, core → experiments → views::
 
     probes.py     hook capture on any TransformerLens model (standalone: torch + TL only)
+    errors.py     DualformError (expected failures: one message, exit 2) and argument checks
     core/         the papers' math: equations, dual form, relaxed attention, momentum, K/V
                   finetuning, attribution, metrics (torch + TransformerLens, no I/O, no plots)
     models/       loading the embedded / tiny / Hugging Face models; compatibility shims

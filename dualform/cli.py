@@ -17,6 +17,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from dualform.errors import check_count, check_learning_rate, is_expected
 
 # Heavy modules (torch, TransformerLens, plotly, the experiments) are imported inside the
 # commands, so `dualform --help` starts in well under a second.
@@ -29,28 +34,71 @@ DEFAULT_TASKS = ("afinn-sentiment", "vader-valence", "country-region")
 #: cuda, then mps, then cpu (dualform.models.load.resolve_device).
 DEVICE_HELP = "auto (cuda → mps → cpu), cpu, cuda or mps."
 
+
+class ErrorReportingGroup(TyperGroup):
+    """The one error path of every command: an expected failure (:class:`DualformError`, an
+    ``OSError`` such as a full disk) prints one line and exits 2; a bug keeps its traceback."""
+
+    def invoke(self, ctx):  # ctx: the click Context of typer's own (vendored) click
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own exits and usage errors
+            raise
+        except Exception as err:
+            if not is_expected(err):
+                raise
+            print_error(error_message(err))
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
-                  rich_markup_mode="rich")
+                  rich_markup_mode="rich", cls=ErrorReportingGroup)
 reproduce_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                             help="Reproduce a paper's experiment: dai, regression or momentum.")
 app.add_typer(reproduce_app, name="reproduce")
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def error_message(err: BaseException) -> str:
+    """The text of an expected failure; a bare ``OSError`` gets its file and a hint."""
+    message = str(err)
+    if isinstance(err, OSError) and type(err) in (OSError, PermissionError, FileNotFoundError,
+                                                  IsADirectoryError, NotADirectoryError):
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}{err.strerror or err}"
+        if err.errno == 28:
+            message += " (the disk is full: free some space and rerun; finished parts are kept)"
+    return message
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, the message printed literally (no rich markup)."""
+    err_console.print(f"[red]error:[/] {escape(message)}")
+
+
+def check_output_dir(out: Path) -> None:
+    """Create ``out`` and check it is writable before any model is loaded or anything runs."""
+    from dualform.infra.results_dir import prepare_output_dir
+
+    prepare_output_dir(out)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(2)
 
 
 @app.command()
 def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name: smollm2-135m (embedded), tiny-llama, tiny-gpt2, a Hugging Face id or directory.")) -> None:
-    """Print the model card and the hook names of one layer.
+    """Print the model card (attention features included) and the hook names of one layer.
 
     Examples:
 
       dualform info
       dualform info tiny-gpt2
     """
+    from dualform.models.features import attention_features
     from dualform.models.load import ModelLoadError, load_model
     from dualform.probes import available_short_names, head_counts
     from dualform.viz.tables import print_table
@@ -66,6 +114,7 @@ def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name: smollm2-13
         ("layers", cfg.n_layers), ("heads", n_heads), ("KV heads", n_kv),
         ("d_model", cfg.d_model), ("d_head", cfg.d_head), ("context length", cfg.n_ctx),
         ("positional embedding", cfg.positional_embedding_type),
+        ("attention features", attention_features(bridge).summary()),
         ("parameters", f"{sum(p.numel() for p in bridge.parameters()):,}"),
     ]
     print_table(console, ("property", "value"), [(k, str(v)) for k, v in card],
@@ -104,6 +153,9 @@ def walkthrough(
     from dualform.models.load import ModelLoadError
     from dualform.viz.tables import print_walkthrough
 
+    check_learning_rate(lr, "--lr")
+    if out is not None:
+        check_output_dir(out.parent)
     try:
         result = run_walkthrough(model, task=task, shots=shots, seed=seed, lr=lr)
     except (ModelLoadError, ValueError) as err:
@@ -113,7 +165,7 @@ def walkthrough(
         from dualform.infra.io import write_json_atomic
 
         write_json_atomic(out, result)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}")
 
 
 # Options shared by `reproduce dai` and `sweep` (one definition, same meaning in both).
@@ -127,6 +179,7 @@ FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
 LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
 DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
 DEVICE = typer.Option("auto", help=DEVICE_HELP)
+OVERWRITE = typer.Option(False, help="Results of other settings in --out: rename them aside (never deleted) and start afresh.")
 
 
 @reproduce_app.command("dai")
@@ -149,6 +202,12 @@ def reproduce_dai(
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
+    scaled_queries: bool = typer.Option(
+        True, "--scaled-queries/--unscaled-queries",
+        help="Kendall's FT map q·q/d_head as the authors' recorder scales it (default), or raw q·q."),
+    keep_separator: bool = typer.Option(
+        False, help="Train on and rank each demonstration's separator too (the authors leave it out)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable.
 
@@ -169,13 +228,14 @@ def reproduce_dai(
                          layer_causal=layer_causal, untrained_baseline=untrained,
                          attribution=attribution, batch_size=batch_size or None,
                          reuse_prefix=reuse_prefix, device=device, dtype=dtype,
-                         device_map=device_map or None)
+                         device_map=device_map or None, scaled_queries=scaled_queries,
+                         keep_separator=keep_separator)
     try:
-        results = run_dai(out, config)
+        results = run_dai(out, config, overwrite=overwrite)
     except (ModelLoadError, ValueError) as err:
         _fail(str(err))
     print_dai_table(results, console)
-    console.print(f"wrote {out / 'results.json'}")
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
     if report:
         _write_report(out)
 
@@ -219,6 +279,7 @@ def sweep(
     device: str = typer.Option("auto", help=DEVICE_HELP + " Resolved on each worker."),
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread each large HF model over its job's GPUs."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """The LR grid × demo seeds × tasks × models sweep of reproduce dai, on an executor.
 
@@ -242,20 +303,22 @@ def sweep(
     kwargs = {"cpus_per_job": cpus_per_job, "gpus_per_job": gpus_per_job} if executor == "ray" else {}
     try:
         runner = get_executor(executor, address=address or None, **kwargs)
-        results = run_sweep(out, config, [m for m in models.split(",") if m], runner)
+        results = run_sweep(out, config, [m for m in models.split(",") if m], runner,
+                            overwrite=overwrite)
     except (ModelLoadError, ValueError, ImportError) as err:
         _fail(str(err))
     for name, result in results.items():
         print_dai_table(result, console)
         for failure in result["failed_jobs"]:
-            console.print(f"[red]failed job[/] {failure['job']}: {failure['error']} (rerun to retry)")
-        console.print(f"wrote {out / model_slug(name) / 'results.json'}")
+            console.print(f"[red]failed job[/] {escape(failure['job'])}: {escape(failure['error'])} "
+                          "(rerun to retry)")
+        console.print(f"wrote {escape(str(out / model_slug(name) / 'results.json'))}")
 
 
 def _write_report(out: Path) -> None:
     from dualform.viz.report import write_report
 
-    console.print(f"wrote {write_report(out)}")
+    console.print(f"wrote {escape(str(write_report(out)))}")
 
 
 @reproduce_app.command("regression")
@@ -273,6 +336,7 @@ def reproduce_regression(
     from dualform.models.load import resolve_device
     from dualform.viz.tables import print_table
 
+    check_output_dir(out)
     result = run_regression(out, config=RegressionConfig(device=resolve_device(device).type))
     rows = [[f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "–"))
              for k in ("steps", "gd", "gd_eta", "gdpp", "lsa", "paper", "model_cos",
@@ -282,7 +346,7 @@ def reproduce_regression(
                 title="LSA vs GD (½·MSE test loss)")
     for name, check in result["targets"].items():
         console.print(f"  {'✓' if check['met'] else '✗'} {name}: {check['value']:.4g} (target {check['target']})")
-    console.print(f"wrote {out}/results.json")
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
 
 
 @reproduce_app.command("momentum")
@@ -303,13 +367,15 @@ def reproduce_momentum(
     from dualform.viz.momentum import summary_rows
     from dualform.viz.tables import print_table
 
+    check_output_dir(out)
     config = MomentumConfig(device=resolve_device(device).type, seeds=tuple(range(seeds)),
                             workers=workers)
     result = run_momentum(out, config=config)
     header, rows = summary_rows(result)
-    print_table(console, header, rows, title="vanilla vs momentum: mean [95 % interval] over seeds")
-    console.print(result["verdict"]["text"])
-    console.print(f"wrote {out}/results.json")
+    print_table(console, header, [[escape(str(c)) for c in row] for row in rows],
+                title="vanilla vs momentum: mean [95 % interval] over seeds")
+    console.print(escape(result["verdict"]["text"]))
+    console.print(f"wrote {escape(str(out / 'results.json'))}")
 
 
 @app.command()
@@ -328,7 +394,7 @@ def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A resul
 
     if not (results_dir / "results.json").exists():
         _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
-    console.print(f"wrote {write_report(results_dir)}")
+    console.print(f"wrote {escape(str(write_report(results_dir)))}")
 
 
 @app.command()
@@ -338,6 +404,7 @@ def bench(
     device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     end_to_end: bool = typer.Option(False, help="Also time the default reproduce dai, reuse+batching on vs off (~10 min on 2 CPU cores)."),
+    pythia_shape: bool = typer.Option(True, help="Also time capture and dual_form on a random Pythia-160M-shaped model."),
     dtype: str = DTYPE,
 ) -> None:
     """Performance ratios against baselines measured in the same run.
@@ -355,9 +422,10 @@ def bench(
     from dualform.models.load import resolve_device
     from dualform.viz.tables import print_table
 
+    check_count(repeats, "--repeats")
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
         result = run_bench(model, repeats=repeats, device=resolve_device(device).type,
-                           end_to_end=end_to_end, dtype=dtype)
+                           end_to_end=end_to_end, dtype=dtype, pythia_shape=pythia_shape)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -377,6 +445,12 @@ def bench(
     for k, p in result["prefix_reuse"].items():
         rows.append((f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
                      f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)"))
+    if "pythia_shape" in result:
+        pc, pd = result["pythia_shape"]["capture"], result["pythia_shape"]["dual_form"]
+        rows.append((f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
+                     f"{pc['capture_ratio']:.2f}x ({pc['capture_s']:.2f} s vs {pc['bare_forward_s']:.2f} s)"))
+        rows.append((f"Pythia-160M shape: dual_form ({pd['tokens']} tok) / bare forward",
+                     f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)"))
     if "end_to_end" in result:
         e = result["end_to_end"]
         rows.append(("default reproduce dai: reuse+batching off / on",

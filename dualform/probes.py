@@ -44,8 +44,30 @@ _LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _PER_KV_HEAD = ("k", "v", "rot_k")
 
 
-class ProbeError(ValueError):
+try:  # inside dualform an expected failure (one message in the CLI); copied elsewhere, a ValueError
+    from dualform.errors import DualformError as ExpectedError
+except ImportError:  # pragma: no cover - this file copied into another project
+    ExpectedError = Exception
+
+
+class ProbeError(ExpectedError, ValueError):
     """Bad hook name or layer index; the message lists the valid ones."""
+
+
+class ContextLengthError(ProbeError):
+    """A prompt or text is longer than the model's context window (nothing is truncated)."""
+
+
+def check_context(model, n_tokens: int, what: str = "The prompt") -> None:
+    """Raise :class:`ContextLengthError` if ``n_tokens`` exceeds ``model.cfg.n_ctx``: the one
+    context check of capture, dual_form, finetune_kv and prompt_tokens."""
+    n_ctx = int(model.cfg.n_ctx)
+    if n_tokens > n_ctx:
+        name = getattr(model.cfg, "model_name", None) or "the model"
+        raise ContextLengthError(
+            f"{what} has {n_tokens} tokens but {name} has a context window of {n_ctx} "
+            "tokens (cfg.n_ctx); nothing is truncated: use fewer or shorter demonstrations/texts."
+        )
 
 
 def n_layers(model) -> int:
@@ -204,6 +226,10 @@ def capture(
     ``hooks`` are short names (:data:`HOOK_ALIASES`) or full TL hook names. Extra keyword
     arguments go to the model's forward (e.g. ``attention_mask``, ``past_key_values``).
     """
+    if isinstance(tokens, str):
+        tokens = model.to_tokens(tokens, truncate=False)
+    if isinstance(tokens, Tensor) and getattr(model, "cfg", None) is not None:
+        check_context(model, tokens.shape[-1])
     names = resolve_hooks(model, hooks, layers)
     store: dict[str, Tensor] = {}
 
@@ -220,10 +246,23 @@ def capture(
     bound = [(name, partial(record, name=name)) for name in names]
     with _hooked(model, bound), torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
         logits = model(tokens, **forward_kwargs)
+    silent = [n for n in names if n not in store]
+    if silent:
+        raise ProbeError(silent_hooks_message(model, silent))
     layer_ids = sorted({int(m.group(1)) for n in names if (m := _LAYER_RE.match(n))})
     n_heads, n_kv = head_counts(model)
     logits = logits if isinstance(logits, Tensor) else getattr(logits, "logits", None)
     return Capture(store, n_heads, n_kv, logits=logits, layers=tuple(layer_ids))
+
+
+def silent_hooks_message(model, silent: Sequence[str]) -> str:
+    """The error for hooks a model declares but did not fire in a forward (fused-QKV and other
+    bridges whose attention runs outside the hooks): never hand back a partial capture."""
+    name = type(getattr(model, "original_model", model)).__name__
+    return (f"{name} declares {', '.join(silent[:4])}{' …' if len(silent) > 4 else ''} but its "
+            "forward never fired them, so they cannot be captured. Models from "
+            "dualform.load_model fire every declared attention hook; for a bridge built "
+            "elsewhere, capture inside dualform.models.compat.attention_hooks(model).")
 
 
 _hooked = hooks  # the context manager, under a name the ``hooks`` argument does not shadow

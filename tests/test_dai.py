@@ -10,7 +10,7 @@ from dualform.viz.tables import dai_markdown
 
 CONFIG = DaiConfig(
     model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,
-    demo_seeds=(1,), lr_grid=(0.1, float("inf")),
+    demo_seeds=(1,), lr_grid=(0.1, 1e6),
 )
 
 
@@ -26,7 +26,7 @@ def test_results_are_complete_and_strict_json(run):
     task = on_disk["tasks"]["afinn-sentiment"]
     assert set(task["accuracy"]) == {"zsl", "icl", "ft"}
     assert task["selection"]["lr"] == 0.1  # the absurd rate diverged and was recorded
-    assert task["selection"]["lr_val_acc"]["inf"].startswith("diverged")
+    assert task["selection"]["lr_val_acc"]["1000000.0"].startswith("diverged")
     n_layers = 2
     assert len(task["simaou"]["normalized"]["per_layer"]) == n_layers
     assert len(task["simam"]["delta"]["per_head"][0]) == 4  # heads
@@ -36,7 +36,16 @@ def test_results_are_complete_and_strict_json(run):
     assert len(task["dual_form"]["norm_delta_w_icl"]) == n_layers
     assert len(task["dual_form"]["cos_icl_update_ft"]["per_head"][0]) == 4
     assert on_disk["config"]["tasks"] == ["afinn-sentiment"]
-    assert "afinn-sentiment (tiny-llama)" in dai_markdown(on_disk)
+    assert on_disk["config"]["scaled_queries"] and not on_disk["config"]["keep_separator"]
+    assert len(task["kendall"]["example"]["per_layer"]) == n_layers
+    recall = task["topk_recall"]
+    assert recall["token"]["k"] == 100 and len(recall["token"]["value"]["per_layer"]) == n_layers
+    assert "at least 5 demonstrations, there are 4" in recall["example"]["not_applicable"]
+    assert task["notes"]["topk_recall.example"] == recall["example"]["not_applicable"]
+    assert ("not_applicable" in task["f2t"]) == (task["n_f2t"] == 0)
+    markdown = dai_markdown(on_disk)
+    assert "afinn-sentiment (tiny-llama)" in markdown and "top-100 recall token" in markdown
+    assert "f2t mode" in markdown and "n/a" in markdown
 
 
 def test_resume_keeps_finished_tasks(run, tmp_path):

@@ -10,6 +10,8 @@ from dualform.core.finetune import (
     kv_parameters,
     next_token_loss,
 )
+from dualform.errors import InvalidArgumentError
+from dualform.models.features import fused_parameters
 
 TEXTS = ["Sentence: a fine film Label: Positive", "Sentence: a dull film Label: Negative"]
 
@@ -37,8 +39,11 @@ def test_only_kv_change_and_caller_model_untouched(tiny64):
     before = {n: p.detach().clone() for n, p in tiny64.named_parameters()}
     result = finetune_kv(tiny64, TEXTS, 0.1)
     kv_ids = {id(p) for p in kv_parameters(result.model).values()}
+    fused_ids = {id(p) for p in fused_parameters(result.model)}  # Q rows: test_architectures
     changed = 0
     for (name, p), (_, p0) in zip(result.model.named_parameters(), tiny64.named_parameters(), strict=True):
+        if id(p) in fused_ids:
+            continue
         if id(p) in kv_ids:
             changed += int(not torch.equal(p, p0))
         else:
@@ -87,10 +92,12 @@ def test_divergence_names_the_step(smol):
         finetune_kv(smol, TEXTS * 2, 100.0)
 
 
-def test_non_finite_update_is_an_error():
+def test_non_finite_rate_is_refused_and_an_absurd_one_diverges():
     model = load_model("tiny-llama", dtype=torch.float32)
-    with pytest.raises(FinetuneDivergedError, match=r"step 0.*not finite"):
+    with pytest.raises(InvalidArgumentError, match=r"finite number > 0, got inf"):
         finetune_kv(model, TEXTS, float("inf"))
+    with pytest.raises(FinetuneDivergedError, match=r"lr=1e\+30"):
+        finetune_kv(model, TEXTS, 1e30)
 
 
 def test_finetuned_copy_shares_all_but_kv_and_leaves_flags_alone():

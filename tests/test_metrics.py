@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dualform.core import metrics as M
+from dualform.experiments.dai.conditions import DemoLayout, RankedTokens
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics_fixture.npz"
 
@@ -101,6 +103,70 @@ def test_kendall_token_and_example_level():
     assert M.kendall(np.stack([icl, ft], 2), np.stack([ft, ft], 2)).shape == (1, 1, 2)
     with pytest.raises(ValueError, match="segments"):
         M.kendall(icl, ft, segments=[1, 1])
+
+
+def test_vectorised_kendall_equals_scipy_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 6, size=(40, 3, 25)).astype(float)  # many ties
+    y = np.where(rng.random((40, 3, 25)) < 0.5, x, rng.normal(size=(40, 3, 25)))
+    x[0, 0], y[1, 0] = 1.0, 2.0  # constant rows
+    y[2, 1, 3] = np.nan
+    expected = np.array([scipy.stats.kendalltau(a, b)[0] for a, b in
+                         zip(x.reshape(-1, 25), y.reshape(-1, 25), strict=True)]).reshape(40, 3)
+    got = M.kendall_tau_b(x, y)
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[0, 0]) and np.isnan(got[1, 0]) and np.isnan(got[2, 1])
+
+
+def test_kendall_finetuning_map_uses_scaled_queries():
+    """Official: q_query·q_train / d_head (recorded queries carry 1/√d_head each)."""
+    q_query, q_train = np.array([[[1.0, 2.0]]]), np.array([[[3.0, 0.0], [0.0, 1.0]]])
+    assert M.finetuning_scores(q_query, q_train, d_head=2).tolist() == [[[1.5, 1.0]]]
+    assert M.finetuning_scores(q_query, q_train, d_head=2, scaled=False).tolist() == [[[3.0, 2.0]]]
+    # raw scores 0, −800, −900, −1000 underflow to probabilities 1, 0, 0, 0: three FT ties, so
+    # τ_b = (3 − 0) / √(6 · 3) = 1/√2 against ICL 4 > 3 > 2 > 1; scaled by 1/64 they stay
+    # distinct (0, −12.5, −14.1, −15.6) and τ = 1.
+    icl, raw = np.array([[[4.0, 3.0, 2.0, 1.0]]]), np.array([[[0.0, -800.0, -900.0, -1000.0]]])
+    assert M.kendall(icl, raw)[0, 0] == pytest.approx(1 / math.sqrt(2))
+    assert M.kendall(icl, raw / 64)[0, 0] == pytest.approx(1.0)
+
+
+def test_ranked_tokens_leave_the_separators_out():
+    """Two demonstrations of 2 and 3 tokens, each followed by a 1-token separator: span
+    [a a | b b b |]; official ranks positions 0 1 3 4 5 (segments 2, 3); keeping: all 7."""
+    layout = DemoLayout(n_tokens=(2, 3), n_separator=(1, 1), texts=())
+    assert layout.ranked() == RankedTokens((0, 1, 3, 4, 5), (2, 3))
+    assert layout.ranked(keep_separator=True) == RankedTokens((0, 1, 2, 3, 4, 5, 6), (3, 4))
+
+
+def test_random_baselines_use_the_official_streams():
+    """Seed s gives the values of ``np.random.seed(s); np.random.random(...)`` and of
+    ``random.seed(s); random.randint(...)`` bit for bit, leaving the global streams alone."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        np.random.seed(5)
+        expected = np.random.random((2, 3))
+        random.seed(5)
+        picks = [random.randint(0, 3) for _ in range(4)]
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    assert np.array_equal(M.official_stream(5).random((2, 3)), expected)
+    # top-2 recall of random picks over 4 tokens whose FT top-2 is {0, 1}: hits / 2 per draw pair
+    ft = np.array([[[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]]])  # [example, layer, n]
+    got = M.topk_recall_random_baseline(ft, 2, 5)
+    assert got.tolist() == [[sum(p < 2 for p in picks[:2]) / 2, sum(p < 2 for p in picks[2:]) / 2]]
+
+
+def test_topk_recall_worked_example():
+    icl = np.array([[[5.0, 4.0, 3.0, 2.0, 1.0]]])  # ICL top-2 = {0, 1}
+    ft = np.array([[[5.0, 1.0, 4.0, 2.0, 3.0]]])  # FT top-2 = {0, 2}; top-3 = {0, 2, 4}
+    assert M.topk_recall(icl, ft, 2)[0, 0] == 0.5
+    assert M.topk_recall(icl, ft, 3)[0, 0] == pytest.approx(2 / 3)  # ICL {0, 1, 2}
+    # demonstrations of 2, 2, 1 tokens: summed probabilities rank demo 0 first for both
+    assert M.topk_recall(icl, ft, 1, segments=[2, 2, 1])[0, 0] == 1.0
+    with pytest.raises(M.MetricNotApplicableError, match="at least 6 demonstration tokens"):
+        M.topk_recall(icl, ft, 6)
 
 
 def test_reductions_follow_the_official_order():
@@ -246,7 +312,9 @@ def official_np_softmax(x, axis=-1):
 
 
 def official_compute_training_attn(ft_attn_q, ftzs_attn_q, icl_attn_map_ctx, level='token'):
-    """Kendall part of ``compute_training_attn``; returns (kendall, random_kendall) per layer."""
+    """``compute_training_attn`` line for line (the global ``np.random`` and ``random`` streams
+    as there); returns the per-layer ``save_rlts`` entries instead of writing them."""
+    save_rlts = {}
     icl_attn_map_ctx, stored_slice_range = official_slice_icl_attn_map(np.array(icl_attn_map_ctx), ft_attn_q)
     ft_attn_q = np.array(official_compact_ft_attn_q(ft_attn_q))  # (n_layers, tot_len, q_hidden_dim)
     expand_ftzs_attn_q = np.array(ftzs_attn_q)[:, :, np.newaxis, :]
@@ -263,6 +331,28 @@ def official_compute_training_attn(ft_attn_q, ftzs_attn_q, icl_attn_map_ctx, lev
             tmp_icl_attn_map[:, :, i] = icl_attn_map[:, :, slice_range].sum(axis=-1)
         ftzs_attn_map = tmp_ftzs_attn_map
         icl_attn_map = tmp_icl_attn_map
+    # =================== analyze recall of attention top-k ========================
+    topk_k = 5 if level == 'example' else 100
+    recall_topk = [0 for i in range(icl_attn_map.shape[1])]
+    random_recall_topk = [0 for i in range(icl_attn_map.shape[1])]
+    total_topk = 0
+    for i in range(icl_attn_map.shape[0]):
+        for j in range(icl_attn_map.shape[1]):
+            ftzs_topk = np.argsort(-ftzs_attn_map[i][j])[:topk_k].tolist()
+            icl_topk = np.argsort(-icl_attn_map[i][j])[:topk_k].tolist()
+            for l in range(topk_k):  # noqa: E741 (the original's name)
+                if icl_topk[l] in ftzs_topk:
+                    recall_topk[j] += 1
+                random_idx = random.randint(0, icl_attn_map.shape[2] - 1)
+                if random_idx in ftzs_topk:
+                    random_recall_topk[j] += 1
+            total_topk += topk_k
+    total_topk /= icl_attn_map.shape[1]
+    recall_topk = [recall_topk[i] / total_topk for i in range(icl_attn_map.shape[1])]
+    random_recall_topk = [random_recall_topk[i] / total_topk for i in range(icl_attn_map.shape[1])]
+    save_rlts[f'{level}-level recall_topk'] = recall_topk
+    save_rlts[f'{level}-level random_recall_topk'] = random_recall_topk
+    # =================== analyze kendall of attention weights ========================
     kendall = [0 for i in range(len(icl_attn_map[0]))]
     random_kendall = [0 for i in range(len(icl_attn_map[0]))]
     for i in range(icl_attn_map.shape[0]):
@@ -274,7 +364,25 @@ def official_compute_training_attn(ft_attn_q, ftzs_attn_q, icl_attn_map_ctx, lev
             random_kendall[j] += scipy.stats.kendalltau(cur_icl_map, random_map)[0]
     kendall = [kendall[i] / icl_attn_map.shape[0] for i in range(icl_attn_map.shape[1])]
     random_kendall = [random_kendall[i] / icl_attn_map.shape[0] for i in range(icl_attn_map.shape[1])]
-    return np.array(kendall), np.array(random_kendall)
+    save_rlts[f'{level}-level kendall'] = kendall
+    save_rlts[f'{level}-level random_kendall'] = random_kendall
+    return save_rlts
+
+
+def official_training_attn_script(ft_attn_q, ftzs_attn_q, icl_attn_map_ctx, seed):
+    """The script's two calls (example level, then token level) after seeding both global
+    streams with ``seed`` (the script itself never seeds); the streams are restored after."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        np.random.seed(seed)
+        random.seed(seed)
+        out = {}
+        for level in ('example', 'token'):
+            out |= official_compute_training_attn(ft_attn_q, ftzs_attn_q, icl_attn_map_ctx, level)
+        return out
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
 
 
 # --- port of GiilDe/ft-vs-icl scripts/metrics.py (test-only reference) ----------------------
@@ -315,7 +423,8 @@ def deutch_analyze_attn_map(zs_attn_map, icl_attn_map, ftzs_attn_map):
 # =========================================================================== the fixture
 
 N_EX, N_LAYERS, D, N_HEADS = 9, 3, 12, 2
-TRAIN_LENS = (4, 3, 5)  # training examples (tokens after BOS) = demonstrations
+D_HEAD = 4  # of the recorded queries (3 heads of 4); √4 = 2 scales floats exactly
+TRAIN_LENS = (25, 22, 30, 18, 27, 9)  # training examples (tokens after BOS) = demonstrations
 
 
 def make_fixture(seed: int = 0) -> dict[str, np.ndarray]:
@@ -334,6 +443,7 @@ def make_fixture(seed: int = 0) -> dict[str, np.ndarray]:
     pred["icl"][2] = 1 - gold[2]  # ICL misses one example that finetuning fixes
     ft_q = [rng.normal(size=(N_LAYERS, n + 1, D)) for n in TRAIN_LENS]  # with BOS at 0
     ftzs_q = rng.normal(size=(N_EX, N_LAYERS, D))
+    ftzs_q[:3] *= 40  # saturated softmax: FT probabilities tie at exactly 0 (argsort/τ_b ties)
     icl_ctx = rng.normal(size=(N_EX, N_LAYERS, 1 + sum(n + 1 for n in TRAIN_LENS)))
     data = {f"h_{c}": v for c, v in h.items()} | {f"s_{c}": v for c, v in s.items()}
     data |= {"q_len": q_len, "gold": gold} | {f"pred_{c}": v for c, v in pred.items()}
@@ -360,17 +470,22 @@ def ft_queries(data):
 def official_outputs(data) -> dict[str, np.ndarray]:
     zs, icl, ft = infos(data)
     out = {"rec2ftp": np.array(official_count_f2t(zs, icl, ft))}
-    for mode in ("all", "f2t"):
+    state = np.random.get_state()
+    for mode in ("all", "f2t"):  # one compute_sim.py run per mode, after np.random.seed(7)
         np.random.seed(7)
         out[f"simaou_{mode}"], out[f"simaou_random_{mode}"] = official_analyze_sim(
             zs, icl, ft, mode, "self_attn_out_hiddens", normalize=True)
         out[f"simam_zsl_{mode}"], out[f"simam_ft_{mode}"] = official_analyze_attn_map(
             zs, icl, ft, mode, "attn_map")
-    for level in ("token", "example"):
-        np.random.seed(11)
-        out[f"kendall_{level}"], out[f"kendall_random_{level}"] = official_compute_training_attn(
-            ft_queries(data), data["ftzs_q"].tolist(), data["icl_ctx"].tolist(), level)
-    return out
+    np.random.set_state(state)
+    script = official_training_attn_script(ft_queries(data), data["ftzs_q"].tolist(),
+                                           data["icl_ctx"].tolist(), seed=11)
+    return out | {training_key(k): np.array(v) for k, v in script.items()}
+
+
+def training_key(key: str) -> str:
+    """``'token-level random_kendall'`` → ``'token_level_random_kendall'`` (an npz name)."""
+    return key.replace("-", "_").replace(" ", "_")
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +521,7 @@ def test_simaou_and_simam_match_compute_sim(fixture, mode):
     h = {c: fixture[f"h_{c}"][keep] for c in ("zsl", "icl", "ft")}
     np.testing.assert_allclose(M.layer_mean(M.simaou(h["zsl"], h["icl"], h["ft"])),
                                fixture[f"simaou_{mode}"], rtol=1e-12)
-    random = M.simaou_random_baseline(h["zsl"], h["icl"], np.random.RandomState(7))
+    random = M.simaou_random_baseline(h["zsl"], h["icl"], 7)  # the official stream, seed 7
     np.testing.assert_allclose(M.layer_mean(random), fixture[f"simaou_random_{mode}"], rtol=1e-12)
     s = {c: [m for m, k in zip(ragged(fixture, c), keep, strict=True) if k] for c in ("zsl", "icl", "ft")}
     np.testing.assert_allclose(M.layer_mean(M.simam(s["icl"], s["zsl"])), fixture[f"simam_zsl_{mode}"], rtol=1e-12)
@@ -414,28 +529,73 @@ def test_simaou_and_simam_match_compute_sim(fixture, mode):
     assert M.overall(M.simam(s["icl"], s["ft"])) == pytest.approx(fixture[f"simam_ft_{mode}"].mean())
 
 
-def kendall_inputs(data):
-    """Align as the official script: ICL context minus BOS and separators; FT = q_query · q_train."""
-    ctx, starts = data["icl_ctx"], np.cumsum([1] + [n + 1 for n in TRAIN_LENS])[:-1]
-    icl = np.concatenate([ctx[..., s:s + n] for s, n in zip(starts, TRAIN_LENS, strict=True)], -1)
-    q_train = np.concatenate([data[f"ft_q_{i}"][:, 1:] for i in range(len(TRAIN_LENS))], 1)
-    ft = np.einsum("eld,ltd->elt", data["ftzs_q"], q_train)
-    return icl, ft
+def training_inputs(data, scaled=True):
+    """Our pipeline on the official arrays: the ranked tokens of :class:`DemoLayout` (BOS and
+    separators out) and :func:`finetuning_scores` of the *raw* queries (the recorder's ×2)."""
+    ranked = DemoLayout(TRAIN_LENS, (1,) * len(TRAIN_LENS), ()).ranked()
+    icl = data["icl_ctx"][..., 1:][..., list(ranked.positions)]  # the span after BOS
+    raw = np.concatenate([data[f"ft_q_{i}"][:, 1:] for i in range(len(TRAIN_LENS))], 1) * 2
+    ft = M.finetuning_scores(data["ftzs_q"] * 2, raw, d_head=D_HEAD, scaled=scaled)
+    return icl, ft, ranked.segments
 
 
 @pytest.mark.parametrize("level", ["token", "example"])
-def test_kendall_matches_compute_training_example_attn(fixture, level):
-    icl, ft = kendall_inputs(fixture)
-    segments = list(TRAIN_LENS) if level == "example" else None
-    np.testing.assert_allclose(M.layer_mean(M.kendall(icl, ft, segments=segments)),
-                               fixture[f"kendall_{level}"], rtol=1e-12)
-    if level == "token":  # the official example level draws throwaway randoms first
-        random = M.kendall_random_baseline(icl, np.random.RandomState(11))
-        np.testing.assert_allclose(M.layer_mean(random), fixture["kendall_random_token"], rtol=1e-12)
-        same_icl = np.repeat(icl[:1], N_EX, axis=0)
-        seeded = M.kendall_random_baseline(same_icl, 3)
-        assert np.array_equal(seeded, M.kendall_random_baseline(same_icl, 3))
-        assert len(np.unique(seeded[:, 0])) > 1  # a fresh draw for every example
+def test_training_attention_matches_compute_training_example_attn(fixture, level):
+    """Kendall, top-k recall and both random baselines, level by level, equal the script's
+    (seeded with 11) with official conventions: scaled queries, separators out, official streams."""
+    icl, ft, segments = training_inputs(fixture)
+    ours = M.training_attention(icl, ft, segments, seed=11)[level]
+    names = {"kendall": "kendall", "kendall_random": "random_kendall",
+             "recall": "recall_topk", "recall_random": "random_recall_topk"}
+    for name, official in names.items():
+        np.testing.assert_allclose(M.layer_mean(ours[name]), fixture[f"{level}_level_{official}"],
+                                   rtol=1e-12, atol=1e-15, err_msg=name)
+    assert 0 < fixture[f"{level}_level_recall_topk"].mean() < 1
+
+
+def test_unscaled_queries_are_an_explicit_deviation(fixture):
+    """Raw q·q saturates the softmax more (exact-0 ties) and moves Kendall away from the script's."""
+    icl, ft_scaled, segments = training_inputs(fixture)
+    _, ft_raw, _ = training_inputs(fixture, scaled=False)
+    np.testing.assert_array_equal(ft_raw, ft_scaled * D_HEAD)
+    tau = M.layer_mean(M.kendall(icl, ft_raw))
+    assert np.abs(tau - fixture["token_level_kendall"]).max() > 1e-3
+
+
+def test_official_crash_cases_are_marked_not_applicable(fixture):
+    """Too few tokens (< 100) or demonstrations (< 5): the script raises IndexError; we say why."""
+    short_ctx = fixture["icl_ctx"][..., : 1 + 26 + 23 + 31]  # BOS + 3 demonstrations + separators
+    with pytest.raises(IndexError):
+        official_training_attn_script(ft_queries(fixture)[:3], fixture["ftzs_q"].tolist(),
+                                      short_ctx.tolist(), 0)
+    icl, ft, _ = training_inputs(fixture)
+    n = 25 + 22 + 30
+    got = M.training_attention(icl[..., :n], ft[..., :n], TRAIN_LENS[:3], seed=0)
+    assert "at least 5 demonstrations, there are 3" in got["example"]["recall"]
+    assert "at least 100 demonstration tokens, there are 77" in got["token"]["recall_random"]
+    assert np.isfinite(got["token"]["kendall"]).all()
+    with pytest.raises(M.MetricNotApplicableError, match="top-100"):
+        M.topk_recall(icl[..., :n], ft[..., :n], 100)
+
+
+def test_random_baselines_leave_the_global_streams_alone(fixture):
+    icl, ft, segments = training_inputs(fixture)
+    first = M.training_attention(icl, ft, segments, seed=3)
+    np.random.random(5), random.random()  # the global streams move on; ours do not follow them
+    again = M.training_attention(icl, ft, segments, seed=3)
+    M.simaou_random_baseline(fixture["h_zsl"], fixture["h_icl"], 3)
+    for level in first:
+        for name in first[level]:
+            np.testing.assert_array_equal(first[level][name], again[level][name])
+    # numpy's global state is untouched (Python's is drawn by the suite's beartype checks)
+    state = np.random.get_state()[1].copy()
+    M.training_attention(icl, ft, segments, seed=3)
+    M.simaou_random_baseline(fixture["h_zsl"], fixture["h_icl"], 3)
+    assert np.array_equal(np.random.get_state()[1], state)
+    same_icl = np.repeat(icl[:1], N_EX, axis=0)
+    seeded = M.kendall_random_baseline(same_icl, 3)
+    assert np.array_equal(seeded, M.kendall_random_baseline(same_icl, 3))
+    assert len(np.unique(seeded[:, 0])) > 1  # a fresh draw for every example
 
 
 def test_unnormalised_simaou_and_simam_delta_match_ft_vs_icl(fixture):

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from collections import Counter
 
 import pytest
 
 from dualform.models.load import byte_tokenizer, load_model
 from dualform.tasks.prompts import (
-    HUB_TASKS,
     OFFLINE_TASKS,
     ContextLengthError,
     Example,
-    HubUnavailableError,
     LabelTokenError,
     PromptTokenizationError,
     Task,
@@ -29,7 +25,12 @@ from dualform.tasks.prompts import (
     prompt_tokens,
     sample_demos,
 )
-from dualform.tasks.sources import countries
+from dualform.tasks.sources import (
+    OBJECTIVE_MAX,
+    SUBJECTIVE_MIN,
+    countries,
+    textblob_subjectivity_senses,
+)
 
 EXPECTED_LABELS = {
     "afinn-sentiment": ["Negative", "Positive"],
@@ -37,6 +38,7 @@ EXPECTED_LABELS = {
     "vader-valence": ["unpleasant", "pleasant"],
     "country-region": ["Africa", "Americas", "Asia", "Europe"],
     "capital-region": ["Africa", "Americas", "Asia", "Europe"],
+    "textblob-subjectivity": ["objective", "subjective"],
 }
 
 
@@ -86,6 +88,22 @@ def test_offline_task_sizes_and_labels_are_real_data():
         assert region.label_words[example.label] == truth[example.fields["x"]]
 
 
+def test_subjectivity_task_is_the_lexicons_hand_tags_in_the_papers_template():
+    task = load_task("textblob-subjectivity")
+    assert task.template == "Input: {x} Type: {y}"  # Dai et al.'s Subj template
+    senses = textblob_subjectivity_senses()
+    examples = task.train + task.validation + task.test
+    assert len(examples) == 2 * sum(max(v) <= OBJECTIVE_MAX for v in senses.values())
+    for example in examples:
+        values = senses[example.fields["x"]]
+        assert (max(values) <= OBJECTIVE_MAX) if example.label == 0 else (
+            min(values) >= SUBJECTIVE_MIN)
+    labels = {e.fields["x"]: task.label_words[e.label] for e in examples}
+    assert labels["daily"] == labels["digital"] == "objective"  # the smaller class is whole
+    assert labels.get("beautiful", "subjective") == "subjective"
+    assert "good" not in labels  # senses tagged 0.4 and 0.8: neither class
+
+
 def test_changing_n_train_keeps_the_evaluation_sets():
     small = load_task("vader-valence", n_train=10, n_validation=20, n_test=30)
     big = load_task("vader-valence", n_train=100, n_validation=20, n_test=30)
@@ -93,58 +111,22 @@ def test_changing_n_train_keeps_the_evaluation_sets():
     assert keys(small.test) == keys(big.test) and keys(small.validation) == keys(big.validation)
 
 
+def test_uneven_evaluation_sizes_leave_train_whole():
+    """24 test + 12 validation over 5 classes leave unequal class remainders: train takes them."""
+    task = load_task("afinn-sentiment-5", n_validation=12, n_test=24)
+    total = len(task.train) + len(task.validation) + len(task.test)
+    assert (len(task.validation), len(task.test), total) == (12, 24, 1205)
+    counts = Counter(e.label for e in task.train)
+    assert max(counts.values()) - min(counts.values()) <= 2
+    with pytest.raises(TaskError, match="can't be split evenly"):
+        load_task("afinn-sentiment-5", n_validation=12, n_test=24, n_train=len(task.train) - 1)
+
+
 def test_too_many_examples_and_unknown_names_raise():
     with pytest.raises(TaskError, match="only .* left"):
         load_task("country-region", n_test=10_000)
     with pytest.raises(TaskError, match="afinn-sentiment.*sst2"):
         load_task("no-such-task")
-
-
-# --------------------------------------------------------------------------- hub tasks
-
-
-def test_hub_task_without_datasets_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets → ImportError
-    assert set(HUB_TASKS) == {"sst2", "sst5", "mr", "subj", "agnews", "cb"}
-    with pytest.raises(HubUnavailableError, match=r"network and `pip install dualform\[hub\]`"):
-        load_task("sst2")
-
-
-def test_hub_loader_maps_fields_labels_and_splits(monkeypatch):
-    """A fake ``datasets`` module stands in for the hub: CB's test comes from its validation."""
-    rows = lambda n, off: [{"premise": f"p{i + off}", "hypothesis": "h", "label": i % 3}  # noqa: E731
-                           for i in range(n)]
-    fake = types.SimpleNamespace(calls=[])
-
-    def load_dataset(dataset_id, config):
-        fake.calls.append((dataset_id, config))
-        if dataset_id == "aps/super_glue":
-            raise ConnectionError("offline")
-        return {"train": rows(30, 0), "validation": rows(9, 100), "test": rows(5, 200)}
-
-    fake.load_dataset = load_dataset
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    task = load_task("cb", n_validation=6)
-    assert fake.calls == [("aps/super_glue", "cb"), ("super_glue", "cb")]
-    assert task.label_words == ["True", "False", "Neither"]
-    assert (len(task.train), len(task.validation), len(task.test)) == (24, 6, 9)
-    assert {e.fields["premise"] for e in task.test} == {f"p{i}" for i in range(100, 109)}
-    assert not set(keys(task.train)) & set(keys(task.validation))
-    assert task.format(task.test[0], with_label=False).endswith("True, False, or Neither? Answer:")
-
-
-def test_hub_label_text_decides_the_label(monkeypatch):
-    """SetFit rows carry ``label_text``; it wins over the integer, unknown texts fail loudly."""
-    rows = [{"text": f"s{i}", "label": i % 2, "label_text": ["subjective", "objective"][i % 2]}
-            for i in range(40)]
-    fake = types.SimpleNamespace(load_dataset=lambda i, c: {"train": rows, "test": rows[:0]})
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    task = load_task("subj", n_validation=4)
-    assert task.template == "Input: {x} Type: {y}"
-    assert all(e.label == 1 - int(e.fields["x"][1:]) % 2 for e in task.train)
-    rows[0]["label_text"] = "opinion"
-    with pytest.raises(TaskError, match="Unexpected label_text 'opinion'"):
-        load_task("subj")
 
 
 # --------------------------------------------------------------------------- templates
@@ -203,7 +185,7 @@ def test_user_csv_with_label_words_and_errors(tmp_path):
     assert labels["review 1"] == 1 and labels["review 2"] == 0  # case-insensitive label word
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nfine,maybe\n")
-    with pytest.raises(TaskError, match="row 1.*'maybe' is not one of"):
+    with pytest.raises(TaskError, match="record 1.*'maybe' is not one of"):
         load_user_task(bad, "{x} {y}", ["no", "yes"])
     with pytest.raises(TaskError, match="lacks column"):
         load_user_task(path, "{x} {y}", ["no", "yes"])

@@ -27,12 +27,21 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualform.core.equations import delta_w_ft
+from dualform.errors import (
+    DualformError,
+    InvalidArgumentError,
+    check_count,
+    check_learning_rate,
+    check_not_empty,
+)
+from dualform.models.features import fused_parameters, sync_fused_kv
 from dualform.models.load import clone_model, resolve_device
-from dualform.probes import head_counts, hook_name, hooks, n_layers
+from dualform.probes import check_context, head_counts, hook_name, hooks, n_layers
 
 
-class FinetuneDivergedError(RuntimeError):
-    """The finetuning loss became NaN/inf or exploded; the message names the step and lr."""
+class FinetuneDivergedError(DualformError, RuntimeError):
+    """The finetuning loss became NaN/inf or exploded, or the update outgrew the weights; the
+    message names the step (or parameter) and lr."""
 
 
 def kv_parameters(model) -> dict[str, torch.nn.Parameter]:
@@ -80,19 +89,25 @@ def finetune_kv(
     device: str | torch.device | None = None,
     layer_causal: bool = False,
     explode_factor: float = 4.0,
+    max_update_ratio: float = 1.0,
     progress: bool = False,
 ) -> FinetuneResult:
     """Dai's explicit finetuning: SGD on W_K/W_V only; the caller's model is not modified.
+
+    With a fused QKV projection only its K and V rows move; its query rows stay bit for bit.
 
     The returned ``.model`` shares every parameter except W_K/W_V with ``model`` (unless
     ``device`` moves it elsewhere): finetuning many rates costs one K/V set each, not a model.
     Treat both as read-only, or ``clone_model`` the result before changing other weights.
 
     ``texts`` are strings (tokenised with the model's tokenizer, BOS prepended) or token
-    tensors. Raises :class:`FinetuneDivergedError` when a loss is NaN/inf or exceeds
-    ``explode_factor`` × the first loss. For a bfloat16/float16 model the update is kept in
+    tensors (each at least 2 tokens and at most the context window: nothing is truncated).
+    Raises :class:`FinetuneDivergedError` when a loss or gradient is NaN/inf, a loss exceeds
+    ``explode_factor`` × the first loss, or ``‖ΔW‖ > max_update_ratio · ‖W‖`` for a K/V
+    projection (the update no longer adjusts the weights, it replaces them). For a bfloat16/float16 model the update is kept in
     float32 master copies of W_K/W_V (the half-precision weights are rounded from them).
     """
+    check_finetune_args(texts, lr, epochs=epochs, batch_size=batch_size)
     tuned = _copy_for_finetuning(model, device)
     tuned.eval()  # no dropout: the update must be a deterministic function of the data
     params = kv_parameters(tuned)
@@ -119,19 +134,50 @@ def finetune_kv(
     for p in params.values():
         p.requires_grad_(False)
     delta = {name: delta_w_ft(master[name], before[name]) for name in params}
+    sync_fused_kv(tuned)
+    check_update(delta, before, lr, max_update_ratio)
     _, n_kv = head_counts(tuned)
     return FinetuneResult(tuned, delta, losses, lr, layer_causal, n_kv)
+
+
+def check_finetune_args(texts, lr: float, *, epochs: int = 1, batch_size: int = 1) -> None:
+    """The argument checks of :func:`finetune_kv` (and the grid): a positive finite rate,
+    counts >= 1, at least one text."""
+    check_learning_rate(lr)
+    check_count(epochs, "epochs")
+    check_count(batch_size, "batch_size")
+    check_not_empty(texts, "texts (the finetuning data)")
+
+
+def check_update(delta: dict[str, Tensor], before: dict[str, Tensor], lr: float,
+                 max_ratio: float) -> None:
+    """Raise :class:`FinetuneDivergedError` if ``‖ΔW‖ / ‖W‖ > max_ratio`` for a K/V projection
+    (weight and bias together, so a zero-initialised bias does not count as infinite growth)."""
+    groups: dict[str, list[str]] = {}
+    for name in delta:
+        groups.setdefault(name.rsplit(".", 1)[0], []).append(name)
+    for proj, names in groups.items():
+        change = math.sqrt(sum(float(delta[n].double().square().sum()) for n in names))
+        size = math.sqrt(sum(float(before[n].double().square().sum()) for n in names))
+        if not math.isfinite(change) or change > max_ratio * max(size, 1e-12):
+            raise FinetuneDivergedError(
+                f"Finetuning diverged: the update of {proj} has norm {change:.4g}, more than "
+                f"{max_ratio:g}× the weights' norm {size:.4g} (lr={lr}). Use a smaller lr."
+            )
 
 
 def _copy_for_finetuning(model, device):
     """The model to train: on the model's own device it shares every parameter but W_K/W_V with
     ``model`` (memory of one K/V set, not of a model); on another device, a full copy there.
-    Gradients are only ever asked for W_K/W_V, so the shared parameters are never written."""
+    Gradients are only ever asked for W_K/W_V, so the shared parameters are never written.
+    A fused QKV weight (GPT-2, GPT-NeoX, Phi-3, Falcon, …) is copied too: the bridge computes
+    with split q/k/v copies of it, and :func:`sync_fused_kv` writes the trained K/V rows back."""
+    sync_fused_kv(model, check=True)  # refuse an unknown fused layout before any training
     if device is not None:
         here, target = next(model.parameters()).device, resolve_device(device)
         if target.type != here.type or target.index not in (None, here.index):
             return clone_model(model).to(target)
-    kv = {id(p) for p in kv_parameters(model).values()}
+    kv = {id(p) for p in (*kv_parameters(model).values(), *fused_parameters(model))}
     frozen = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in kv]
     return clone_model(model, share=frozen)
 
@@ -167,7 +213,14 @@ def _train_only_kv(model) -> dict[str, torch.nn.Parameter]:
 
 def _batches(model, texts, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     """Right-padded token batches with a mask of real tokens."""
-    seqs = [model.to_tokens(t)[0] if isinstance(t, str) else t.reshape(-1) for t in texts]
+    seqs = [model.to_tokens(t, truncate=False)[0] if isinstance(t, str) else t.reshape(-1)
+            for t in texts]
+    for i, s in enumerate(seqs):
+        if len(s) < 2:
+            raise InvalidArgumentError(
+                f"Finetuning text {i} has {len(s)} token(s); a next-token loss needs at least 2 "
+                "(is the text empty?).")
+        check_context(model, len(s), f"Finetuning text {i}")
     pad = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
     device = next(model.parameters()).device
     out = []

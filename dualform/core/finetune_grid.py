@@ -32,9 +32,13 @@ from dualform.core.finetune import (
     _copy_for_finetuning,
     _master_weights,
     _sgd_step,
+    check_finetune_args,
+    check_update,
     kv_parameters,
     next_token_loss,
 )
+from dualform.errors import check_learning_rates
+from dualform.models.features import sync_fused_kv
 from dualform.probes import head_counts
 
 
@@ -53,10 +57,13 @@ class GridLinear(nn.Module):
 
 def finetune_kv_grid(
     model, texts: Sequence[str] | Sequence[Tensor], lrs: Sequence[float], *,
-    explode_factor: float = 4.0, progress: bool = False,
+    explode_factor: float = 4.0, max_update_ratio: float = 1.0, progress: bool = False,
 ) -> list[FinetuneResult | FinetuneDivergedError]:
     """``[finetune_kv(model, texts, lr) for lr in lrs]`` in one batched run (batch size 1, one
     epoch, in order, plain loss); a diverged rate gives its :class:`FinetuneDivergedError`."""
+    check_learning_rates(lrs)
+    for lr in lrs:
+        check_finetune_args(texts, lr)
     grid, params = _grid_model(model, len(lrs))
     master = _master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
@@ -88,6 +95,11 @@ def finetune_kv_grid(
                 _sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
         for r, loss in row_losses.items():
             losses[r].append(loss.item())
+    for r in range(len(lrs)):
+        if r not in failed:
+            _drop_if_diverged(r, failed, {r: None}, check_update,
+                              {n: master[n][r] - before[n][r] for n in master},
+                              {n: before[n][r] for n in before}, lrs[r], max_update_ratio)
     return [failed.get(r) or _result(model, master, before, r, lrs[r], losses[r])
             for r in range(len(lrs))]
 
@@ -130,5 +142,6 @@ def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[f
     with torch.no_grad():
         for name, p in kv_parameters(tuned).items():
             p.copy_(master[name][r])
+    sync_fused_kv(tuned)
     delta = {name: delta_w_ft(master[name][r], before[name][r]) for name in master}
     return FinetuneResult(tuned, delta, losses, lr, False, head_counts(tuned)[1])

@@ -11,6 +11,18 @@ inputs). Reduce them as the official code does with :func:`layer_mean` (``[layer
 :func:`head_mean` (``[layer, head]``) and :func:`overall` (a number). For the official ``f2t``
 mode select the examples first: ``h[f2t_mask(zsl_ok, icl_ok, ft_ok)]``.
 
+**Official conventions** (the authors' scripts, by default; each deviation is an option):
+
+* Kendall's finetuning map multiplies *scaled* queries, ``q_query·q_train / d_head``
+  (:func:`finetuning_scores`; ``scaled=False`` for raw ``q·q``);
+* random baselines draw from numpy's legacy Mersenne-Twister stream, ``RandomState(seed)``
+  (:func:`official_stream`) — bit for bit the values of ``np.random.seed(seed)`` followed by the
+  scripts' ``np.random.random`` calls — and the top-k recall baseline from Python's
+  ``random.Random(seed)`` (the scripts' ``random.randint``); numpy's and Python's global states
+  are never touched. The scripts themselves never seed: their baselines change run to run;
+* which demonstration tokens are ranked (the separators are left out) is decided by the caller
+  (``dualform.experiments.dai.conditions.DemoLayout.ranked``).
+
 Checked against ports of ``microsoft/LMOps`` ``understand_icl/icl_ft/compute_sim.py`` and
 ``compute_training_example_attn.py`` and ``GiilDe/ft-vs-icl`` ``scripts/metrics.py``
 (see ``tests/test_metrics.py``).
@@ -18,22 +30,38 @@ Checked against ports of ``microsoft/LMOps`` ``understand_icl/icl_ft/compute_sim
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import scipy.stats
 import torch
 from jaxtyping import Bool, Float
 
+from dualform.core.rank import kendall_tau_b
+
 #: The official code's cosine/normalisation epsilon (``+ 1e-20`` in the denominator).
 EPS = 1e-20
+#: The official top-k of ``compute_training_example_attn.py`` per level.
+TOPK = {"token": 100, "example": 5}
 
 __all__ = [
-    "accuracy", "cosine", "f2t_mask", "head_mean", "kendall", "kendall_random_baseline",
-    "l2_normalize", "layer_mean", "overall", "pad_left", "rec2ftp", "simam", "simam_delta",
-    "simaou", "simaou_random_baseline",
+    "TOPK", "MetricNotApplicableError", "accuracy", "cosine", "f2t_mask", "finetuning_scores",
+    "head_mean", "kendall", "kendall_random_baseline", "kendall_tau_b", "l2_normalize", "layer_mean",
+    "official_stream", "overall", "pad_left", "rec2ftp", "simam", "simam_delta", "simaou",
+    "simaou_random_baseline", "topk_recall", "topk_recall_random_baseline", "training_attention",
 ]
+
+
+class MetricNotApplicableError(ValueError):
+    """A metric does not apply to these inputs (where the official script would crash)."""
+
+
+def official_stream(seed: int) -> np.random.RandomState:
+    """The official scripts' random stream, seeded: ``official_stream(s).random(shape)`` equals
+    ``np.random.seed(s); np.random.random(shape)`` bit for bit (legacy Mersenne Twister), without
+    touching numpy's global state."""
+    return np.random.RandomState(seed)
 
 
 def _np(x: Any, dtype=np.float64) -> np.ndarray:
@@ -104,16 +132,16 @@ def simaou(h_zsl: Any, h_icl: Any, h_ft: Any, *, normalize: bool = True) -> np.n
 
 
 def simaou_random_baseline(
-    h_zsl: Any, h_update: Any, rng: Any = None, *, normalize: bool = True
+    h_zsl: Any, h_update: Any, rng: Any = 0, *, normalize: bool = True
 ) -> np.ndarray:
     """SimAOU against a random update, per example and layer (and head):
 
         cos(ĥ_X − ĥ_ZSL, U),   U ~ Uniform[0, 1)^shape   (``np.random.random``, as official)
 
     The official code passes X = ICL (``icl_updates`` vs ``random_updates``); pass ``h_ft`` to
-    compare finetuning with a random update instead. ``rng``: a ``np.random.Generator`` or
-    ``RandomState`` (``RandomState(s)`` reproduces the official ``np.random.seed(s)`` draws),
-    an int seed, or ``None`` (numpy's global state, as official).
+    compare finetuning with a random update instead. ``rng``: an int seed (the official stream,
+    :func:`official_stream`: ``compute_sim.py``'s one draw, after ``np.random.seed(seed)``), a
+    ``RandomState`` or a ``np.random.Generator`` (not the official stream).
     """
     h_zsl, h_update = _prepare(h_zsl, h_update, normalize=normalize)
     update = h_update - h_zsl
@@ -128,11 +156,11 @@ def _prepare(*hs: Any, normalize: bool) -> list[np.ndarray]:
 
 
 def _as_rng(rng: Any) -> Any:
-    """Something with ``.random(shape)``: numpy's global state, a seeded Generator, or ``rng``."""
-    if rng is None:
-        return np.random  # the official scripts' global ``np.random.random``
+    """Something with ``.random(shape)``: the official stream of an int seed, or ``rng``."""
     if isinstance(rng, int | np.integer):
-        return np.random.default_rng(int(rng))
+        return official_stream(int(rng))
+    if rng is None or not hasattr(rng, "random"):
+        raise TypeError(f"Expected a seed, RandomState or Generator; got {rng!r}.")
     return rng
 
 
@@ -194,7 +222,28 @@ def simam_delta(
     return cosine(icl - zsl, ft - zsl)
 
 
-# --------------------------------------------------------------------------- Kendall
+# --------------------------------------------------------------------------- training attention
+
+
+def finetuning_scores(
+    q_query: Any, q_train: Any, *, d_head: int, scaled: bool = True
+) -> Float[np.ndarray, "example layer n"]:
+    """Kendall's finetuning-side scores: the finetuned model's last query against every training
+    token's query (all heads concatenated, ``[example, layer, d]`` and ``[layer, n, d]``):
+
+        s_FT = q_query · q_train / d_head     (scaled=True, official)
+        s_FT = q_query · q_train              (scaled=False)
+
+    The official recorder stores each query already multiplied by 1/√d_head (fairseq scales
+    ``q`` before recording it), so its product of two recorded queries carries 1/d_head.
+    Unscaled products are ~d_head times larger and saturate the softmax (ties at exactly 0).
+    """
+    q_query, q_train = _np(q_query), _np(q_train)
+    if q_query.ndim != 3 or q_train.ndim != 3 or q_query.shape[1:] != (q_train.shape[0], q_train.shape[2]):
+        raise ValueError(f"Expected q_query [example, layer, d] and q_train [layer, n, d]; got "
+                         f"{q_query.shape}, {q_train.shape}.")
+    scores = np.einsum("eld,lnd->eln", q_query, q_train)
+    return scores / d_head if scaled else scores
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -225,27 +274,25 @@ def kendall(
     Inputs: pre-softmax scores ``[example, layer, n]`` or ``[example, layer, head, n]``, token i
     of the ICL demonstrations aligned with training token i. The official code
     (``compute_training_example_attn.py``) sums the ICL scores over heads and uses
-    ``q_query · q_train`` (all heads) for FT, then softmaxes both. ``segments`` (token counts
-    per demonstration) gives Dai's example-level variant: softmax probabilities summed per
-    demonstration. Constant inputs give ``nan`` (scipy).
+    :func:`finetuning_scores` for FT, then softmaxes both. ``segments`` (token counts per
+    demonstration) gives the example level: softmax probabilities summed per demonstration.
+    Constant inputs give ``nan`` (scipy).
     """
     icl, ft = _kendall_inputs(icl_attention_to_demos, ft_attention_to_train, segments)
-    out = np.empty(icl.shape[:-1])
-    for index in np.ndindex(*out.shape):
-        out[index] = scipy.stats.kendalltau(icl[index], ft[index])[0]
-    return out
+    return kendall_tau_b(icl, ft)
 
 
 def kendall_random_baseline(
-    icl_attention_to_demos: Any, rng: Any = None, *, segments: Sequence[int] | None = None
+    icl_attention_to_demos: Any, rng: Any = 0, *, segments: Sequence[int] | None = None
 ) -> np.ndarray:
-    """Kendall's τ_b between the ICL attention and a random map U ~ Uniform[0, 1)^n, one draw per
-    example and layer (and head) in C order, as the official ``random_kendall``."""
+    """Kendall's τ_b between the ICL attention and a random map U ~ Uniform[0, 1)^n, one
+    ``rng.random(n)`` per example and layer (and head) in C order, as the official
+    ``random_kendall``; ``rng`` as in :func:`simaou_random_baseline`."""
     icl, _ = _kendall_inputs(icl_attention_to_demos, icl_attention_to_demos, segments)
-    rng, out = _as_rng(rng), np.empty(icl.shape[:-1])
-    for index in np.ndindex(*out.shape):
-        out[index] = scipy.stats.kendalltau(icl[index], rng.random(icl.shape[-1:]))[0]
-    return out
+    rng, random_maps = _as_rng(rng), np.empty_like(icl)
+    for index in np.ndindex(*icl.shape[:-1]):
+        random_maps[index] = rng.random(icl.shape[-1:])
+    return kendall_tau_b(icl, random_maps)
 
 
 def _kendall_inputs(icl: Any, ft: Any, segments) -> tuple[np.ndarray, np.ndarray]:
@@ -255,6 +302,92 @@ def _kendall_inputs(icl: Any, ft: Any, segments) -> tuple[np.ndarray, np.ndarray
             f"kendall needs two [example, layer, (head,) n] arrays; got {icl.shape}, {ft.shape}."
         )
     return _segment_sums(_softmax(icl), segments), _segment_sums(_softmax(ft), segments)
+
+
+def _top(p: np.ndarray, k: int) -> np.ndarray:
+    """The official top-k: ``np.argsort(-p)[:k]`` (numpy's default sort breaks ties)."""
+    return np.argsort(-p)[:k]
+
+
+def _check_topk(n: int, k: int, segments) -> None:
+    if n < k:
+        items = "demonstrations" if segments is not None else "demonstration tokens"
+        raise MetricNotApplicableError(
+            f"top-{k} recall needs at least {k} {items}, there are {n} (the official "
+            "compute_training_example_attn.py fails with an IndexError here).")
+
+
+def topk_recall(
+    icl_attention_to_demos: Any, ft_attention_to_train: Any, k: int, *,
+    segments: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Top-k recall, per example and layer (and head): the share of the ICL top-k found in the
+    FT top-k,
+
+        recall = |top_k(p_ICL) ∩ top_k(p_FT)| / k,   p = softmax(a) (summed per demonstration)
+
+    Inputs and ``segments`` as :func:`kendall`; Dai: k = 100 tokens, k = 5 demonstrations
+    (:data:`TOPK`). Raises :class:`MetricNotApplicableError` with fewer than k items.
+    """
+    icl, ft = _kendall_inputs(icl_attention_to_demos, ft_attention_to_train, segments)
+    _check_topk(icl.shape[-1], k, segments)
+    out = np.empty(icl.shape[:-1])
+    for index in np.ndindex(*out.shape):
+        out[index] = np.isin(_top(icl[index], k), _top(ft[index], k)).sum() / k
+    return out
+
+
+def topk_recall_random_baseline(
+    ft_attention_to_train: Any, k: int, rng: int | random.Random = 0, *,
+    segments: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Top-k recall of random picks, per example and layer (and head): the share of k uniform
+    indices, drawn with replacement by ``rng.randint(0, n − 1)`` (k per example and layer, in C
+    order, as the official ``random_recall_topk``), that fall in top_k(p_FT). ``rng``: an int
+    seed (``random.Random(seed)``, the official ``random.randint`` after ``random.seed(seed)``)
+    or a ``random.Random``."""
+    _, ft = _kendall_inputs(ft_attention_to_train, ft_attention_to_train, segments)
+    n = ft.shape[-1]
+    _check_topk(n, k, segments)
+    rng = random.Random(rng) if isinstance(rng, int | np.integer) else rng
+    out = np.empty(ft.shape[:-1])
+    for index in np.ndindex(*out.shape):
+        top = set(_top(ft[index], k).tolist())
+        out[index] = sum(rng.randint(0, n - 1) in top for _ in range(k)) / k
+    return out
+
+
+def training_attention(
+    icl_attention_to_demos: Any, ft_attention_to_train: Any, segments: Sequence[int], *,
+    seed: int = 0,
+) -> dict[str, dict[str, np.ndarray | str]]:
+    """``compute_training_example_attn.py`` in one call. Per level (``"example"``, then
+    ``"token"``): ``kendall``, ``kendall_random``, ``recall``, ``recall_random`` per example and
+    layer (``[example, layer, n]`` inputs), or a string saying why a recall does not apply.
+
+    The random baselines come from the official streams, drawn in the official order, so they
+    equal the script's after ``np.random.seed(seed); random.seed(seed)``: numpy — two
+    ``[example, layer, n_demos]`` placeholder arrays the script fills and overwrites, the
+    example-level Kendall draws, the token-level ones; Python — the example-level recall draws,
+    then the token-level ones.
+    """
+    icl, ft = _np(icl_attention_to_demos), _np(ft_attention_to_train)
+    stream, picks = official_stream(seed), random.Random(seed)
+    out: dict[str, dict[str, np.ndarray | str]] = {}
+    for level, seg in (("example", segments), ("token", None)):
+        if level == "example":
+            for _ in range(2):  # the script's np.random.random placeholders
+                stream.random([icl.shape[0], icl.shape[1], len(segments)])
+        res: dict[str, np.ndarray | str] = {}
+        try:
+            res["recall"] = topk_recall(icl, ft, TOPK[level], segments=seg)
+            res["recall_random"] = topk_recall_random_baseline(ft, TOPK[level], picks, segments=seg)
+        except MetricNotApplicableError as err:
+            res["recall"] = res["recall_random"] = str(err)
+        res["kendall"] = kendall(icl, ft, segments=seg)
+        res["kendall_random"] = kendall_random_baseline(icl, stream, segments=seg)
+        out[level] = res
+    return out
 
 
 # --------------------------------------------------------------------------- reductions

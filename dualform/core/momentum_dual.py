@@ -32,6 +32,7 @@ from dualform.core.dual_form import DualForm, demo_mask, dual_form, score_hooks,
 from dualform.core.equations import linear_attention
 from dualform.core.momentum import eta_per_head, momentum_attention
 from dualform.core.relaxed import relaxed_linear_attention
+from dualform.models.compat import attention_hooks
 from dualform.probes import capture, head_counts
 
 
@@ -108,6 +109,7 @@ def momentum_dual_form(
     n_layers_total = int(model.cfg.n_layers)
     layer_ids = tuple(range(n_layers_total) if layers is None else layers)
     with ExitStack() as stack:
+        stack.enter_context(attention_hooks(model))
         if relaxed:
             stack.enter_context(relaxed_linear_attention(model, layers=layer_ids))
         if eta is not None:

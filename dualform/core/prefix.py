@@ -10,7 +10,8 @@ Queries are right-padded: a real token never attends to a later (pad) position, 
 mask is needed and each row is read at its own last real position.
 
 TransformerLens 4.3 reads the cache from the ``past_key_values`` keyword while transformers 5.x
-passes it as ``cache``; :func:`enable_kv_cache` bridges the two on a model instance.
+passes it as ``cache``; :func:`dualform.models.compat.kv_cache` bridges the two for the duration
+of each forward here, so the caller's model is left as it was.
 """
 
 from __future__ import annotations
@@ -23,24 +24,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from dualform.models.compat import attention_hooks, kv_cache
 from dualform.probes import Capture, capture, head_counts
-
-
-def enable_kv_cache(model) -> None:
-    """Make the bridge's attention read a cache passed as ``cache=`` (transformers ≥ 5). Idempotent."""
-    for block in model.blocks:
-        attn = block.attn
-        if getattr(attn, "_dualform_cache_shim", False):
-            continue
-        original = attn._update_kv_cache
-
-        def update(k: Tensor, v: Tensor, _original=original, **kwargs):
-            if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-                kwargs["past_key_values"] = kwargs["cache"]
-            return _original(k, v, **kwargs)
-
-        attn._update_kv_cache = update
-        attn._dualform_cache_shim = True
 
 
 def new_cache(model):
@@ -66,16 +51,21 @@ def pad_queries(queries: Sequence[Tensor], pad_id: int) -> QueryBatch:
 
 
 class PrefixRun:
-    """A prefix (``[1, P]`` tokens) run once; :meth:`run` runs query batches on top of it."""
+    """A prefix (``[1, P]`` tokens) run once; :meth:`run` runs query batches on top of it.
+
+    An empty prefix (a zero-shot prompt of a tokenizer without BOS, e.g. GPT-2's) needs no
+    cache: the queries then run on their own."""
 
     def __init__(self, model, prefix: Tensor, hooks: Sequence[str] = ()) -> None:
-        enable_kv_cache(model)
         self.model = model
         self.prefix = prefix.reshape(1, -1)
         self.length = self.prefix.shape[-1]
-        self.cache = new_cache(model)
+        self.cache = new_cache(model) if self.length else None
         device = next(model.parameters()).device
-        with torch.no_grad():
+        if not self.length:
+            self.capture = Capture({}, *head_counts(model))
+            return
+        with torch.no_grad(), kv_cache(model), attention_hooks(model):
             self.capture: Capture = capture(
                 model, self.prefix.to(device), hooks=hooks, cache=self.cache, use_cache=True
             )
@@ -90,9 +80,11 @@ class PrefixRun:
         """Capture ``hooks`` on the query tokens; scores/patterns span prefix + query keys."""
         device = next(self.model.parameters()).device
         tokens = queries.tokens.to(device)
-        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
-            return capture(self.model, tokens, hooks=hooks, detach=detach,
-                           cache=self._cache_for(tokens.shape[0]), use_cache=True)
+        cached = {} if self.cache is None else {"cache": self._cache_for(tokens.shape[0]),
+                                                "use_cache": True}
+        with (torch.set_grad_enabled(not detach and torch.is_grad_enabled()),
+              kv_cache(self.model), attention_hooks(self.model)):
+            return capture(self.model, tokens, hooks=hooks, detach=detach, **cached)
 
     def prefix_kv(self, layer: int, *, rotated: bool = True) -> tuple[Tensor, Tensor]:
         """The prefix's keys (rotated when captured) and values, per query head: ``[pos, head, d]``."""

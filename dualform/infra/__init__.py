@@ -1,7 +1,9 @@
 """Infrastructure: nothing here knows about attention.
 
-    io.py          atomic JSON writes, strict JSON, resume helpers
-    executors.py   local (in-process or worker processes) and Ray executors for sweeps
-    bench.py       ``dualform bench``: ratios against baselines timed in the same run
-    rng.py         seeded construction that leaves the caller's random state untouched
+    io.py           atomic JSON writes, strict JSON, resume helpers, named file errors
+    lock.py         exclusive directory lock (flock) and cleanup of orphaned temporaries
+    results_dir.py  results directories: writable check, lock, settings per entry, merge/refuse
+    executors.py    local (in-process or worker processes) and Ray executors for sweeps
+    bench.py        ``dualform bench``: ratios against baselines timed in the same run
+    rng.py          seeded construction that leaves the caller's random state untouched
 """

@@ -9,7 +9,9 @@ same process on the same input:
 * one ``finetune_kv`` SGD step vs a plain forward+backward with gradients only on W_K/W_V;
 * per-query ICL cost with prefix reuse + batching vs one full forward per query (8/16/32 shots);
 * optionally (``--end-to-end``) the default ``reproduce dai`` with reuse+batching on vs off;
-* the second load of the embedded model (seconds).
+* the second load of the embedded model (seconds);
+* on a random model of Pythia-160M's shape (GPT-NeoX: fused QKV, rotary on a quarter of each
+  head): capture of q, k, v, z, scores and ``dual_form``, each vs a bare forward.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dualform.core.finetune import (
     next_token_loss,
 )
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.infra.rng import seeded
 from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.probes import capture
 
@@ -75,13 +78,14 @@ def bench_load(name: str) -> float:
     return time.perf_counter() - start
 
 
-def bench_capture(model, repeats: int, n_tokens: int = 512) -> dict:
+def bench_capture(model, repeats: int, n_tokens: int = 512,
+                  hooks: tuple[str, ...] = CAPTURE_HOOKS) -> dict:
     tokens = _tokens(model, n_tokens)
     with torch.no_grad():
         bare = lambda: model(tokens)  # noqa: E731
-        focused = paired(bare, lambda: capture(model, tokens, hooks=CAPTURE_HOOKS), repeats)
+        focused = paired(bare, lambda: capture(model, tokens, hooks=hooks), repeats)
         full = paired(bare, lambda: model.run_with_cache(tokens), max(2, repeats // 2))
-        cap = capture(model, tokens, hooks=CAPTURE_HOOKS)
+        cap = capture(model, tokens, hooks=hooks)
     captured_mb = sum(t.numel() * t.element_size() for t in cap.activations.values()) / 2**20
     return {"tokens": n_tokens, "bare_forward_s": focused["baseline_s"],
             "capture_s": focused["candidate_s"], "capture_ratio": focused["ratio"],
@@ -180,6 +184,35 @@ def _stage_totals(results: dict) -> dict[str, float]:
     return totals
 
 
+PYTHIA_160M_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                     "intermediate_size": 3072, "rotary_pct": 0.25, "vocab_size": 50304,
+                     "max_position_embeddings": 2048}
+
+
+def pythia_shaped_model(device: str | None = None, *, seed: int = 0, **overrides):
+    """A random GPT-NeoX with Pythia-160M's shape (12 layers, d_model 768, 12 heads, rotary on
+    25 % of each head), float32, through the same bridge code path as ``load_model``."""
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    from dualform.models.load import byte_tokenizer, resolve_device, wrap_hf_model
+
+    config = GPTNeoXConfig(**{**PYTHIA_160M_SHAPE, **overrides}, bos_token_id=0,
+                           eos_token_id=1, pad_token_id=2)
+    config.architectures = ["GPTNeoXForCausalLM"]
+    with seeded(seed):  # transformers draws from the global RNG
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return wrap_hf_model(hf_model.to(resolve_device(device)), byte_tokenizer(), "pythia-160m-shape")
+
+
+def bench_pythia_shape(repeats: int, device: str | None = None, **overrides) -> dict:
+    """Capture of q, k, v, z, scores (512 tokens) and ``dual_form`` (300 tokens), each vs a bare
+    forward, on :func:`pythia_shaped_model`."""
+    model = pythia_shaped_model(device, **overrides)
+    return {"shape": {**PYTHIA_160M_SHAPE, **overrides},
+            "capture": bench_capture(model, repeats, hooks=("q", "k", "v", "z", "scores")),
+            "dual_form": bench_dual_form(model, repeats)}
+
+
 def load_model_copy(model):
     from dualform.models.load import clone_model
 
@@ -187,7 +220,7 @@ def load_model_copy(model):
 
 
 def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = None,
-              end_to_end: bool = False, dtype: str = "float32") -> dict:
+              end_to_end: bool = False, dtype: str = "float32", pythia_shape: bool = True) -> dict:
     model = load_model(name, device=device, dtype=dtype)
     out = {"model": name, "device": str(next(model.parameters()).device), "dtype": dtype,
            "threads": torch.get_num_threads(), "second_load_s": bench_load(name)}
@@ -195,6 +228,8 @@ def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = 
     out["dual_form"] = bench_dual_form(model, repeats)
     out["finetune"] = bench_finetune_step(model, repeats)
     out["prefix_reuse"] = bench_prefix(model)
+    if pythia_shape:
+        out["pythia_shape"] = bench_pythia_shape(repeats, device)
     if end_to_end:
         out["end_to_end"] = bench_end_to_end(name, device, dtype)
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

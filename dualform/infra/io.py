@@ -9,9 +9,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dualform.errors import DualformError
 
-class ResultWriteError(OSError):
+
+class ResultWriteError(DualformError, OSError):
     """A result could not be written (e.g. the disk is full); the previous file is intact."""
+
+
+class ResultsFileError(DualformError, ValueError):
+    """A results file that is not valid JSON (truncated, empty, binary); names file and line."""
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -61,10 +67,23 @@ def _finite(value: Any) -> Any:
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
+    """The JSON in ``path`` (``default`` if there is no such file); a damaged file raises
+    :class:`ResultsFileError` naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return default
-    return json.loads(path.read_text(encoding="utf-8"))
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        problem = f"line {line}: not UTF-8 text (byte {err.start})"
+    except json.JSONDecodeError as err:
+        problem = f"line {err.lineno}, column {err.colno}: {err.msg}" if raw.strip() else "empty file"
+    raise ResultsFileError(
+        f"{path}, {problem}; it is not valid JSON (truncated or damaged?). Move it away, or rerun "
+        "with --overwrite to set it aside (renamed, not deleted) and start afresh."
+    )
 
 
 def _jsonable(value: Any) -> Any:

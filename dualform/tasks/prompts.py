@@ -38,14 +38,14 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from dualform.probes import ContextLengthError, check_context
+from dualform.tasks.hub import HUB_SPECS, load_hub_splits
 from dualform.tasks.sources import (
-    HUB_SPECS,
     OFFLINE_BUILDERS,
     Example,
     HubUnavailableError,
     TaskError,
     TaskSpec,
-    load_hub_splits,
     parse_label,
     read_records,
 )
@@ -54,7 +54,7 @@ from dualform.tasks.splits import split_hub, split_pool
 __all__ = [
     "HUB_TASKS", "OFFLINE_TASKS", "ContextLengthError", "Example", "HubUnavailableError",
     "LabelTokenError", "Prompt", "PromptTokenizationError", "PromptTokens", "Task", "TaskError",
-    "build_prompt", "check_context", "label_token_ids", "label_token_sequences", "load_task",
+    "build_prompt", "check_context", "check_task_name", "label_token_ids", "label_token_sequences", "load_task",
     "load_user_task", "prompt_tokens", "sample_demos",
 ]
 
@@ -64,10 +64,6 @@ HUB_TASKS: tuple[str, ...] = tuple(HUB_SPECS)
 
 class LabelTokenError(TaskError):
     """Two label words start with the same token: a next-token prediction can't tell them apart."""
-
-
-class ContextLengthError(TaskError):
-    """A prompt is longer than the model's context window."""
 
 
 class PromptTokenizationError(TaskError):
@@ -154,9 +150,11 @@ def load_task(
     n_train: int | None = None,
     n_validation: int | None = None,
     n_test: int | None = None,
+    hub_dir: str | Path | None = None,
 ) -> Task:
     """A packaged offline task (:data:`OFFLINE_TASKS`) or one of Dai et al.'s hub tasks
-    (:data:`HUB_TASKS`, needs the network and ``pip install dualform[hub]``).
+    (:data:`HUB_TASKS`, needs ``pip install dualform[hub]`` and the network, or ``hub_dir``: a
+    folder of local copies of the hub repositories, ``<hub_dir>/<owner>/<name>``).
 
     Offline tasks are class-balanced (every class cut to the smallest one) and split from one
     pool (rules in :mod:`dualform.tasks.splits`): ``test`` is drawn first, then ``validation``,
@@ -171,13 +169,18 @@ def load_task(
         spec, pool = OFFLINE_BUILDERS[name]()
         splits = split_pool(pool, len(spec.label_words), sizes, seed=seed, balanced=True, name=name)
         return _make_task(name, spec, splits)
-    if name in HUB_SPECS:
-        spec, hub_splits = load_hub_splits(name)
-        return _make_task(name, spec, split_hub(hub_splits, sizes, seed))
-    raise TaskError(
-        f"Unknown task {name!r}. Offline: {', '.join(OFFLINE_TASKS)}; hub (network + "
-        f"`pip install dualform[hub]`): {', '.join(HUB_TASKS)}; or load_user_task(path, ...)."
-    )
+    check_task_name(name)
+    spec, hub_splits = load_hub_splits(name, hub_dir)
+    return _make_task(name, spec, split_hub(hub_splits, sizes, seed))
+
+
+def check_task_name(name: str) -> None:
+    """Raise :class:`TaskError` listing the known tasks unless ``name`` is one of them."""
+    if name not in OFFLINE_BUILDERS and name not in HUB_SPECS:
+        raise TaskError(
+            f"Unknown task {name!r}. Offline: {', '.join(OFFLINE_TASKS)}; hub (network + "
+            f"`pip install dualform[hub]`): {', '.join(HUB_TASKS)}; or load_user_task(path, ...)."
+        )
 
 
 def load_user_task(
@@ -204,7 +207,7 @@ def load_user_task(
     probe = Task(name or path.stem, template, list(label_words), [], [], [])
     pool = []
     for i, row in enumerate(read_records(path), start=1):
-        where = f"{path.name} row {i}"
+        where = f"{path} record {i}"
         columns = {f: text_field if f == "x" else f for f in probe.fields}
         missing = [c for c in (*columns.values(), label_field) if c not in row]
         if missing:
@@ -214,6 +217,13 @@ def load_user_task(
     spec = TaskSpec(template, tuple(label_words), f"User data from {path.name}.", str(path))
     sizes = {"test": n_test, "validation": n_validation, "train": n_train}
     splits = split_pool(pool, probe.n_classes, sizes, seed=seed, balanced=balanced, name=probe.name)
+    empty = [s for s in ("train", "validation", "test") if not splits[s]]
+    if empty:
+        raise TaskError(
+            f"{path}: {len(pool)} example(s) leave the {', '.join(empty)} split(s) empty "
+            f"(train {len(splits['train'])}, validation {len(splits['validation'])}, test "
+            f"{len(splits['test'])}); add examples or set n_test / n_validation / n_train."
+        )
     return _make_task(probe.name, spec, splits)
 
 
@@ -367,14 +377,3 @@ def prompt_tokens(
         check_context(model, len(ids))
     device = getattr(cfg, "device", None) or "cpu"
     return PromptTokens(torch.tensor([ids], device=device), len(demo_ids), len(bos))
-
-
-def check_context(model, n_tokens: int) -> None:
-    """Raise :class:`ContextLengthError` if ``n_tokens`` exceeds ``model.cfg.n_ctx``."""
-    n_ctx = int(model.cfg.n_ctx)
-    if n_tokens > n_ctx:
-        name = getattr(model.cfg, "model_name", "the model")
-        raise ContextLengthError(
-            f"The prompt has {n_tokens} tokens but {name} has a context window of {n_ctx} "
-            "tokens (cfg.n_ctx); use fewer or shorter demonstrations."
-        )

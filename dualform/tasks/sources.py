@@ -1,4 +1,4 @@
-"""Where task examples come from: lexicons shipped by PyPI packages, the Hugging Face hub, files.
+"""Where task examples come from: lexicons shipped by PyPI packages, and user files.
 
 Offline sources (no network, real human labels; located with ``importlib.util.find_spec`` so the
 packages are never imported):
@@ -10,25 +10,34 @@ packages are never imported):
   lower-case alphabetic words are used (no emoticons or abbreviations with digits/punctuation).
 * ``countryinfo`` — ``countryinfo/data*/*.json``: countries and territories with capital and
   UN region (Africa, Americas, Asia, Europe, Oceania).
+* ``textblob`` — ``textblob/en/en-sentiment.xml``: the Pattern subjectivity lexicon (De Smedt &
+  Daelemans 2012), 2,918 word senses of 1,528 English words (mostly adjectives from product
+  reviews), each annotated by hand with a polarity and a subjectivity from 0.0 (objective) to
+  1.0 (subjective) and a confidence of 0.8–0.9.
 
 Every builder returns a :class:`TaskSpec` (template, label words, description, source) plus the
 pool of :class:`Example` objects; :mod:`dualform.tasks.prompts` (which re-exports ``Example`` and the
-errors) splits the pool.
+errors) splits the pool. The Hugging Face hub tasks (Dai et al.'s datasets) are in
+:mod:`dualform.tasks.hub`.
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import re
-from collections.abc import Callable, Iterable
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dualform.errors import DualformError
 
-class TaskError(ValueError):
+
+class TaskError(DualformError, ValueError):
     """A task could not be built or used; the message says what to do."""
 
 
@@ -119,12 +128,27 @@ def countries() -> list[dict[str, Any]]:
     return [records[name] for name in sorted(records)]
 
 
+def textblob_subjectivity_senses() -> dict[str, list[float]]:
+    """Pattern / TextBlob lexicon: lower-case word → hand-tagged subjectivity of each sense."""
+    path = package_file("textblob", "en/en-sentiment.xml")
+    senses: dict[str, list[float]] = {}
+    for node in ElementTree.parse(path).getroot().iter("word"):
+        word = node.get("form", "").strip()
+        if _WORD.fullmatch(word):
+            senses.setdefault(word, []).append(float(node.get("subjectivity", "nan")))
+    return senses
+
+
 # --------------------------------------------------------------------------- offline tasks
 
 SENTIMENT_2 = ("Negative", "Positive")
 SENTIMENT_5 = ("terrible", "bad", "neutral", "good", "great")
 VALENCE = ("unpleasant", "pleasant")
 REGIONS = ("Africa", "Americas", "Asia", "Europe")
+SUBJECTIVITY = ("objective", "subjective")
+#: A TextBlob word is objective when every sense has subjectivity ≤ this, subjective when every
+#: sense has ≥ ``SUBJECTIVE_MIN``; words in between (or with mixed senses) are left out.
+OBJECTIVE_MAX, SUBJECTIVE_MIN = 0.1, 0.8
 #: |mean| below which (and rater std below which) a VADER word counts as neutral.
 NEUTRAL_MEAN, NEUTRAL_STD = 0.3, 1.0
 #: |mean| a VADER word needs to be used in the binary valence task.
@@ -223,115 +247,31 @@ def capital_region() -> tuple[TaskSpec, list[Example]]:
     return spec, _region_pool("capital")
 
 
+def textblob_subjectivity() -> tuple[TaskSpec, list[Example]]:
+    """TextBlob words: every sense ≤ 0.1 → objective (0), every sense ≥ 0.8 → subjective (1)."""
+    spec = TaskSpec(
+        "Input: {x} Type: {y}", SUBJECTIVITY,
+        "Subjectivity of English words (Pattern/TextBlob lexicon, hand-tagged per sense: every "
+        f"sense ≤ {OBJECTIVE_MAX} objective, every sense ≥ {SUBJECTIVE_MIN} subjective).",
+        "textblob: en/en-sentiment.xml",
+    )
+    pool = []
+    for word, values in textblob_subjectivity_senses().items():
+        if max(values) <= OBJECTIVE_MAX:
+            pool.append(_word(word, 0))
+        elif min(values) >= SUBJECTIVE_MIN:
+            pool.append(_word(word, 1))
+    return spec, pool
+
+
 OFFLINE_BUILDERS: dict[str, Callable[[], tuple[TaskSpec, list[Example]]]] = {
     "afinn-sentiment": afinn_sentiment,
     "afinn-sentiment-5": afinn_sentiment5,
     "vader-valence": vader_valence,
     "country-region": country_region,
     "capital-region": capital_region,
+    "textblob-subjectivity": textblob_subjectivity,
 }
-
-
-# --------------------------------------------------------------------------- hub tasks (Dai)
-
-
-@dataclass(frozen=True)
-class HubSpec:
-    """A Hugging Face dataset with Dai et al.'s template and label words.
-
-    ``splits`` maps our split names to the hub's; ``None`` means "carve it from train".
-    ``label_texts`` maps a row's ``label_text`` (SetFit datasets have one) to a label index, so
-    a hub dataset whose integer labels are ordered differently fails loudly instead of being
-    silently mislabelled; rows without ``label_text`` use the integer ``label``.
-    """
-
-    dataset_ids: tuple[str, ...]
-    config: str | None
-    spec: TaskSpec
-    fields: dict[str, str]
-    splits: dict[str, str | None]
-    label_texts: dict[str, int] | None = None
-
-
-def _hub(ids, config, template, labels, fields, splits, label_texts=None, note="") -> HubSpec:
-    source = f"huggingface: {ids[0]}" + (f"/{config}" if config else "")
-    spec = TaskSpec(template, tuple(labels), note, source)
-    return HubSpec(tuple(ids), config, spec, fields, splits, label_texts)
-
-
-_STD = {"train": "train", "validation": "validation", "test": "test"}
-_NO_VAL = {"train": "train", "validation": None, "test": "test"}
-_SST2_TEXTS = {"negative": 0, "positive": 1}
-_SST5_TEXTS = {"very negative": 0, "negative": 1, "neutral": 2, "positive": 3, "very positive": 4}
-HUB_SPECS: dict[str, HubSpec] = {
-    "sst2": _hub(["SetFit/sst2"], None, "Sentence: {x} Label: {y}", SENTIMENT_2, {"x": "text"},
-                 _STD, _SST2_TEXTS, note="SST-2 movie-review sentences, binary sentiment."),
-    "sst5": _hub(["SetFit/sst5"], None, "Sentence: {x} Label: {y}", SENTIMENT_5, {"x": "text"},
-                 _STD, _SST5_TEXTS, note="SST-5 movie-review sentences, 5-way sentiment."),
-    "mr": _hub(["cornell-movie-review-data/rotten_tomatoes", "rotten_tomatoes"], None,
-               "Review: {x} Sentiment: {y}", SENTIMENT_2, {"x": "text"}, _STD,
-               note="MR (rotten tomatoes) movie reviews, binary sentiment."),
-    "subj": _hub(["SetFit/subj"], None, "Input: {x} Type: {y}", ("objective", "subjective"),
-                 {"x": "text"}, _NO_VAL, {"objective": 0, "subjective": 1},
-                 note="Subjectivity: objective vs subjective sentences."),
-    "agnews": _hub(["fancyzhx/ag_news", "ag_news"], None, "News: {x} Type: {y}",
-                   ("World", "Sports", "Business", "Technology"), {"x": "text"}, _NO_VAL,
-                   note="AG News topic classification."),
-    # SuperGLUE CB: the hub test split is unlabelled, so test = hub validation (as Dai: validation).
-    "cb": _hub(["aps/super_glue", "super_glue"], "cb",
-               "{premise} Question: {hypothesis} True, False, or Neither? Answer: {y}",
-               ("True", "False", "Neither"), {"premise": "premise", "hypothesis": "hypothesis"},
-               {"train": "train", "validation": None, "test": "validation"},
-               note="CommitmentBank: entailment → True, contradiction → False, neutral → Neither."),
-}
-
-
-def _import_datasets():
-    try:
-        import datasets
-    except ImportError as err:
-        raise HubUnavailableError(
-            "Hub tasks need the network and `pip install dualform[hub]` (the `datasets` package); "
-            f"offline, use one of the packaged tasks instead. ({err})"
-        ) from err
-    return datasets
-
-
-def load_hub_splits(name: str) -> tuple[TaskSpec, dict[str, list[Example] | None]]:
-    """Download a hub task; returns its spec and our split name → examples (``None``: carve)."""
-    hub = HUB_SPECS[name]
-    datasets = _import_datasets()
-    dataset, errors = None, []
-    for dataset_id in hub.dataset_ids:
-        try:
-            dataset = datasets.load_dataset(dataset_id, hub.config)
-            break
-        except Exception as err:  # noqa: BLE001 - network, auth, missing id: try the next id
-            errors.append(f"{dataset_id}: {err.__class__.__name__}: {err}")
-    if dataset is None:
-        raise HubUnavailableError(
-            f"Could not load hub task {name!r}; it needs the network and `pip install "
-            f"dualform[hub]`. Tried: " + "; ".join(errors)
-        )
-    out = {ours: None if theirs is None else _hub_examples(dataset[theirs], hub)
-           for ours, theirs in hub.splits.items()}
-    return hub.spec, out
-
-
-def _hub_examples(rows: Iterable[dict[str, Any]], hub: HubSpec) -> list[Example]:
-    examples = []
-    for row in rows:
-        label = int(row["label"])
-        if label < 0:
-            continue  # unlabelled (GLUE-style test splits)
-        if hub.label_texts and row.get("label_text") is not None:
-            text = str(row["label_text"]).strip().lower()
-            if text not in hub.label_texts:
-                raise TaskError(f"Unexpected label_text {text!r}; expected {list(hub.label_texts)}.")
-            label = hub.label_texts[text]
-        fields = {ours: str(row[theirs]).strip() for ours, theirs in hub.fields.items()}
-        examples.append(Example(fields, label))
-    return examples
 
 
 # --------------------------------------------------------------------------- user files
@@ -341,12 +281,43 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``.jsonl`` (one JSON object a line) or ``.csv`` (header row) file."""
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return _jsonl_records(path, _utf8_text(path))
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+        return list(csv.DictReader(io.StringIO(_utf8_text(path), newline="")))
     raise TaskError(f"{path}: user data must be .jsonl or .csv, not {path.suffix!r}.")
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; a missing or non-UTF-8 file raises :class:`TaskError` naming file and line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise TaskError(f"Can't read {path}: {err.strerror or err}.") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise TaskError(f"{path}, line {line}: not UTF-8 text (byte {err.start}); is it a "
+                        "binary file?") from err
+
+
+def _jsonl_records(path: Path, text: str) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{path}, line {number}, column {err.colno}: not valid JSON "
+                            f"({err.msg}); each line must be one JSON object.") from err
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}, line {number}: expected a JSON object "
+                            f"({{\"text\": ..., \"label\": ...}}), got {type(row).__name__}.")
+        rows.append(row)
+    if not rows:
+        raise TaskError(f"{path} holds no examples (the file is empty).")
+    return rows
 
 
 def parse_label(value: Any, label_words: tuple[str, ...] | list[str], where: str) -> int:

@@ -5,7 +5,8 @@ Used by :mod:`dualform.tasks.prompts`; the splitting rules in one short place:
 * duplicates (same input fields) are kept once, so no input can land in two splits;
 * each class is sorted (file order never matters), then shuffled with the seed;
 * ``balanced=True`` cuts every class to the smallest one and gives each split equal per-class
-  quotas (the first classes get the remainder);
+  quotas (the first classes get the remainder); a split that takes everything left (train by
+  default) takes it whole, so its class counts differ by at most the evaluation splits' remainders;
 * ``test`` is drawn first, then ``validation``, then ``train`` (default: all the rest), so
   changing ``n_train`` never changes the evaluation sets; ``None`` sizes default to 25% (test,
   at most 400) and 12.5% (validation, at most 200) of the pool.
@@ -69,7 +70,9 @@ def draw(by_class: list[list[Example]], n: int, rng: random.Random, balanced: bo
     available = sum(len(c) for c in by_class)
     if n < 0 or n > available:
         raise TaskError(f"{what}: asked for {n} examples but only {available} are left.")
-    if balanced:
+    if balanced and n == available:  # everything left (train by default), as the classes are
+        quotas = [len(c) for c in by_class]
+    elif balanced:
         k = len(by_class)
         quotas = [n // k + (c < n % k) for c in range(k)]
         if any(q > len(c) for q, c in zip(quotas, by_class, strict=True)):

@@ -73,10 +73,15 @@ def get(data: dict | None, *path: str):
     return data
 
 
+def task_label(task: str, t: dict) -> str:
+    """The task's name on an axis, marked when its finetuning diverged (no FT numbers)."""
+    return f"{task} (FT diverged)" if t.get("ft_diverged") else task
+
+
 def accuracy_figure(results: dict) -> go.Figure:
     """Accuracy of ZSL / ICL / FT per task."""
     names = {"zsl": "ZSL", "icl": "ICL", "ft": "FT"}
-    groups = {task: {names[c]: t["accuracy"].get(c) for c in names}
+    groups = {task_label(task, t): {names[c]: t["accuracy"].get(c) for c in names}
               for task, t in results["tasks"].items() if "accuracy" in t}
     colors = {names[c]: color for c, color in CONDITION_COLORS.items()}
     return grouped_bars(groups, f"Accuracy ({results['config']['model']})", y_title="accuracy %",
@@ -102,7 +107,7 @@ def overview_figure(results: dict) -> go.Figure:
     tasks = results["tasks"]
     for label, path in HEADLINE.items():
         for task, t in tasks.items():
-            groups[label][task] = get(t, *path)
+            groups[label][task_label(task, t)] = get(t, *path)
         groups[label]["untrained (task mean)"] = _mean(get(t.get("untrained"), *path)
                                                        for t in tasks.values())
         if label in RANDOM:
@@ -147,7 +152,14 @@ LINE_FIGURES: dict[str, tuple[str, dict[str, tuple], dict[str, tuple], str]] = {
         "SimAM before": ("simam", "before"), "SimAM after": ("simam", "after")}, {}, "similarity"),
     "simam_delta_layers": ("SimAM_Δ per layer", {"SimAM_Δ": ("simam", "delta")}, {}, "SimAM_Δ"),
     "kendall_layers": ("Kendall τ per layer", {
-        "Kendall": ("kendall", "value")}, {"random": ("kendall", "random")}, "τ"),
+        "Kendall": ("kendall", "value"), "Kendall (example level)": ("kendall", "example")},
+        {"random": ("kendall", "random"), "random (example level)": ("kendall", "example_random")},
+        "τ"),
+    "recall_layers": ("Top-k recall per layer (top-100 tokens, top-5 demonstrations)", {
+        "top-100 tokens": ("topk_recall", "token", "value"),
+        "top-5 demonstrations": ("topk_recall", "example", "value")},
+        {"random top-100": ("topk_recall", "token", "random"),
+         "random top-5": ("topk_recall", "example", "random")}, "recall"),
     "cos_layers": ("cos(ΔW_ICL q, Δz_FT) per layer", {
         "cos": ("dual_form", "cos_icl_update_ft")}, {}, "cosine"),
 }
@@ -189,7 +201,7 @@ def _dual_maps(dual: dict, title: Callable[[str], str]) -> dict[str, go.Figure]:
 
 def task_figures(task: str, t: dict, model: str = "") -> dict[str, go.Figure]:
     """Per-layer lines and layer×head maps of one task's results."""
-    suffix = f"<br><sup>{task}" + (f" ({model})" if model else "") + "</sup>"
+    suffix = (f"<br><sup>{task_label(task, t)}" + (f" ({model})" if model else "") + "</sup>")
 
     def title(text: str) -> str:
         return text + suffix
@@ -207,7 +219,7 @@ def figures_from_results(results: dict) -> dict[str, go.Figure]:
     """Every figure of a ``results.json`` from ``dualform reproduce dai``.
 
     Keys: ``"accuracy"``, ``"overview"``, then ``"{task}/{figure}"`` with figure one of
-    ``simaou_layers``, ``simam_layers``, ``simam_delta_layers``, ``kendall_layers``,
+    ``simaou_layers``, ``simam_layers``, ``simam_delta_layers``, ``kendall_layers``, ``recall_layers``,
     ``cos_layers``, ``heads_simaou_z``, ``heads_simam``, ``heads_attribution``, ``heads_norms``,
     ``heads_cos`` (those whose data the results hold).
     """

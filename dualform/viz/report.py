@@ -39,7 +39,7 @@ from dualform.viz.attention import (
 )
 from dualform.viz.figures import figures_from_results
 from dualform.viz.spectra import spectra_figure
-from dualform.viz.tables import COLUMNS, dai_rows
+from dualform.viz.tables import TABLES, dai_rows
 
 REPORT_NAME = "report.html"
 SIBLINGS = ("regression", "momentum")
@@ -258,14 +258,19 @@ def _slug(text: str) -> str:
 
 
 def dai_table(results: dict) -> str:
-    """The paper-layout table: one row per task (and its untrained baseline) plus the paper."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in COLUMNS)
-    rows = "".join(
-        f"<tr><td>{html.escape(label)}</td>"
-        + "".join(f'<td class="num">{html.escape(row[k])}</td>' for _, k in COLUMNS) + "</tr>"
-        for label, row in dai_rows(results)
-    )
-    return f'<table class="dai"><tr><th>task / model</th>{head}</tr>{rows}</table>'
+    """The paper-layout tables (:data:`dualform.viz.tables.TABLES`): one row per task (and its
+    untrained baseline), the main table also the paper's rows."""
+    parts = []
+    for spec in TABLES:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in spec.columns)
+        rows = "".join(
+            f"<tr><td>{html.escape(label)}</td>"
+            + "".join(f'<td class="num">{html.escape(row[k])}</td>' for _, k in spec.columns) + "</tr>"
+            for label, row in dai_rows(results, spec)
+        )
+        parts.append(f'<h3>{html.escape(spec.title)}</h3>'
+                     f'<table class="dai"><tr><th>task / model</th>{head}</tr>{rows}</table>')
+    return "".join(parts)
 
 
 def pairs_table(rows: Sequence[tuple[str, str]], header: tuple[str, str] | None = None) -> str:
@@ -284,12 +289,17 @@ def task_details(t: dict) -> str:
     sel = t.get("selection", {})
     rows = [("template", fmt(t.get("template"))), ("label words", fmt(t.get("label_words"))),
             ("demonstrations", fmt(t.get("shots"))), ("test examples", fmt(t.get("n_test")))]
+    if "n_ft_fixed" in t:
+        rows.append(("test examples FT fixes (ZSL wrong, FT right)", fmt(t["n_ft_fixed"])))
     if "n_f2t" in t:
         rows.append(("test examples FT fixes and ICL fixes too (f2t)", fmt(t["n_f2t"])))
     rows.append(("chosen demonstration seed", fmt(sel.get("demo_seed"))))
     rows.append(("chosen learning rate", fmt(sel.get("lr"))))
     if t.get("ft_diverged"):
         rows.append(("learning rates that diverged", fmt(t["ft_diverged"])))
+    if t.get("ft_diverged_reason"):
+        rows.append(("finetuning left out", fmt(t["ft_diverged_reason"])))
+    rows += [(f"{metric}: not applicable", fmt(why)) for metric, why in t.get("notes", {}).items()]
     out = pairs_table(rows)
     choices = [("demonstration seed", sel.get("demo_seed_val_acc", {}), sel.get("demo_seed"),
                 "ICL validation accuracy"),

@@ -1,11 +1,20 @@
-"""Paper-style tables (Dai et al. Tables 2–5 layout) from a ``results.json``, for terminal and README."""
+"""Paper-style tables (Dai et al. Tables 2–5 layout) from a ``results.json``, for terminal and README.
+
+Three tables (:data:`TABLES`), each a title, its columns and a row function of one task's
+results: the paper's metrics over all test examples (:data:`COLUMNS`, with the paper's numbers),
+the attention to the training examples (Kendall, top-k recall, random baselines), and the
+similarity metrics in the ``f2t`` mode. Every cell goes through :func:`cell`; a metric that
+does not apply reads ``n/a``, one missing from an older results file ``–``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 #: Dai et al. (2023), averages over their six tasks (reference §1), for comparison.
@@ -21,26 +30,99 @@ COLUMNS = [
     ("SimAM before→after", "simam"), ("SimAM_Δ", "simam_delta"), ("Kendall", "kendall"),
     ("head attr. ρ", "attribution"),
 ]
+TRAINING_COLUMNS = [
+    ("Kendall token", "kendall"), ("rand.", "kendall_random"),
+    ("Kendall example", "kendall_example"), ("rand.", "kendall_example_random"),
+    ("top-100 recall token", "recall_token"), ("rand.", "recall_token_random"),
+    ("top-5 recall example", "recall_example"), ("rand.", "recall_example_random"),
+]
+F2T_COLUMNS = [
+    ("n_f2t", "n"), ("SimAOU", "simaou"), ("SimAOU unnorm.", "simaou_unnorm"),
+    ("SimAOU rand.", "simaou_random"), ("SimAM before→after", "simam"), ("SimAM_Δ", "simam_delta"),
+]
+NOT_APPLICABLE = "n/a"
 
 
 def _fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def metric(t: dict | None, *path: str):
+    """The value at ``path`` in a task's results: a number, ``None`` (missing) or
+    :data:`NOT_APPLICABLE` (a block on the way says ``not_applicable``)."""
+    node = t
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        if "not_applicable" in node:
+            return NOT_APPLICABLE
+        node = node.get(key)
+    return node
+
+
+def cell(value, digits: int = 3) -> str:
+    """One table cell (the one place numbers are formatted)."""
+    return value if isinstance(value, str) else _fmt(value, digits)
+
+
+def _mean(t: dict, *path: str) -> str:
+    return cell(metric(t, *path, "mean"))
+
+
+DIVERGED = "diverged"
+
+
 def task_row(t: dict) -> dict[str, str]:
-    """One table row from one task's results (also used for the untrained baseline)."""
+    """One row of the main table from one task's results (also for the untrained baseline);
+    when finetuning diverged, every column that involves FT says so instead of a number."""
+    if t.get("ft_diverged"):
+        return diverged_row(t)
     acc = t["accuracy"]
-    attribution = t.get("attribution", {}).get("spearman")
     return {
         "acc": f"{acc['zsl']:.1f}/{acc['ft']:.1f}/{acc['icl']:.1f}",
-        "rec2ftp": _fmt(t.get("rec2ftp"), 1),
-        "simaou": _fmt(t["simaou"]["normalized"]["mean"]),
-        "simaou_unnorm": _fmt(t["simaou"]["unnormalized"]["mean"]),
-        "simaou_random": _fmt(t["simaou"]["random"]["mean"]),
-        "simam": f"{_fmt(t['simam']['before']['mean'])}→{_fmt(t['simam']['after']['mean'])}",
-        "simam_delta": _fmt(t["simam"]["delta"]["mean"]),
-        "kendall": _fmt(t["kendall"]["value"]["mean"]),
-        "attribution": _fmt(attribution),
+        "rec2ftp": NOT_APPLICABLE if "rec2ftp" in t.get("notes", {}) else cell(t.get("rec2ftp"), 1),
+        "attribution": cell(metric(t, "attribution", "spearman")),
+        "kendall": _mean(t, "kendall", "value"),
+    } | similarity_cells(t)
+
+
+def similarity_cells(t: dict) -> dict[str, str]:
+    """SimAOU and SimAM cells of one mode's block (the task itself, or its ``f2t`` entry)."""
+    return {
+        "simaou": _mean(t, "simaou", "normalized"),
+        "simaou_unnorm": _mean(t, "simaou", "unnormalized"),
+        "simaou_random": _mean(t, "simaou", "random"),
+        "simam": f"{_mean(t, 'simam', 'before')}→{_mean(t, 'simam', 'after')}",
+        "simam_delta": _mean(t, "simam", "delta"),
+    }
+
+
+def training_row(t: dict) -> dict[str, str]:
+    """Kendall and top-k recall (token / example level) with their random baselines."""
+    row = {"kendall": _mean(t, "kendall", "value"), "kendall_random": _mean(t, "kendall", "random"),
+           "kendall_example": _mean(t, "kendall", "example"),
+           "kendall_example_random": _mean(t, "kendall", "example_random")}
+    for level in ("token", "example"):
+        row[f"recall_{level}"] = _mean(t, "topk_recall", level, "value")
+        row[f"recall_{level}_random"] = _mean(t, "topk_recall", level, "random")
+    return row
+
+
+def f2t_row(t: dict) -> dict[str, str]:
+    """The similarity metrics over the examples both updates fix (ZSL ✗, FT ✓, ICL ✓)."""
+    block = t.get("f2t")
+    n = t.get("n_f2t")
+    return {"n": "–" if n is None else str(n)} | similarity_cells(block if block is not None else {})
+
+
+def diverged_row(t: dict) -> dict[str, str]:
+    """The row of a task whose finetuning diverged: ZSL/ICL numbers, ``diverged`` for FT."""
+    acc, d = t["accuracy"], DIVERGED
+    before = (t.get("simam", {}).get("before") or {}).get("mean")
+    return {
+        "acc": f"{acc['zsl']:.1f}/{d}/{acc['icl']:.1f}", "rec2ftp": d, "simaou": d,
+        "simaou_unnorm": d, "simaou_random": _fmt((t.get("simaou", {}).get("random") or {}).get("mean")),
+        "simam": f"{_fmt(before)}→{d}", "simam_delta": d, "kendall": d, "attribution": d,
     }
 
 
@@ -53,21 +135,65 @@ def paper_row(p: dict) -> dict[str, str]:
     }
 
 
-def dai_rows(results: dict) -> list[tuple[str, dict[str, str]]]:
+@dataclass(frozen=True)
+class TableSpec:
+    """A table: its title, ``(header, key)`` columns, the row of one task's results and, for
+    the main table, the paper's rows."""
+
+    title: str
+    columns: list[tuple[str, str]]
+    row: Callable[[dict], dict[str, str]]
+    paper: Callable[[dict], dict[str, str]] | None = None
+
+
+MAIN = TableSpec("ICL vs finetuning (Dai et al. layout; all test examples)", COLUMNS, task_row, paper_row)
+TABLES = (
+    MAIN,
+    TableSpec("Attention to the training examples (Kendall τ, top-k recall; random baselines)",
+              TRAINING_COLUMNS, training_row),
+    TableSpec("f2t mode: examples both fix (ZSL wrong, FT right, ICL right)", F2T_COLUMNS, f2t_row),
+)
+
+
+def dai_rows(results: dict, spec: TableSpec = MAIN) -> list[tuple[str, dict[str, str]]]:
     model = results["config"]["model"]
     rows = []
     for name, t in results["tasks"].items():
-        rows.append((f"{name} ({model})", task_row(t)))
+        rows.append((f"{name} ({model})", _row(spec, t)))
         if "untrained" in t:
-            rows.append((f"{name} (untrained {model})", task_row(t["untrained"])))
-    rows.extend((label, paper_row(p)) for label, p in PAPER.items())
+            rows.append((f"{name} (untrained {model})", _row(spec, t["untrained"])))
+    if spec.paper is not None:
+        rows.extend((label, spec.paper(p)) for label, p in PAPER.items())
     return rows
 
 
+def _row(spec: TableSpec, t: dict) -> dict[str, str]:
+    """``spec``'s row of one task; where finetuning diverged, the cells it left empty (every
+    number that involves FT) say ``diverged``."""
+    row = spec.row(t)
+    if t.get("ft_diverged"):
+        row = {k: DIVERGED if v == "–" else v for k, v in row.items()}
+    return row
+
+
 def print_dai_table(results: dict, console: Console | None = None) -> None:
-    rows = [(label, *(row[k] for _, k in COLUMNS)) for label, row in dai_rows(results)]
-    print_table(console, ("task / model", *(c for c, _ in COLUMNS)), rows,
-                title="ICL vs finetuning (Dai et al. layout)")
+    for spec in TABLES:
+        rows = [(escape(label), *(escape(row[k]) for _, k in spec.columns))  # printed literally
+                for label, row in dai_rows(results, spec)]
+        print_table(console, ("task / model", *(c for c, _ in spec.columns)), rows, title=spec.title)
+
+
+def dai_markdown(results: dict, tables: tuple[TableSpec, ...] = TABLES) -> str:
+    """The tables in markdown, each under its title in bold."""
+    parts = []
+    for spec in tables:
+        lines = [f"**{spec.title}**", "",
+                 "| task / model | " + " | ".join(c for c, _ in spec.columns) + " |",
+                 "|" + "---|" * (len(spec.columns) + 1)]
+        lines += [f"| {label} | " + " | ".join(row[k] for _, k in spec.columns) + " |"
+                  for label, row in dai_rows(results, spec)]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 # --- terminal rendering that never cuts a cell ---------------------------------------------
@@ -115,14 +241,6 @@ def print_table(console: Console | None, header: Sequence[str], rows: Sequence[S
         for row in rows:
             table.add_row(*(str(row[i]) for i in group))
         console.print(table)
-
-
-def dai_markdown(results: dict) -> str:
-    header = "| task / model | " + " | ".join(c for c, _ in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
-    for label, row in dai_rows(results):
-        lines.append(f"| {label} | " + " | ".join(row[k] for _, k in COLUMNS) + " |")
-    return "\n".join(lines)
 
 
 # --- the walkthrough -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dualform.core.dual_form import (
     demo_mask,
     dual_form,
     dual_form_from_vectors,
+    positional_biases,
     score_hooks,
 )
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
@@ -95,19 +96,86 @@ def prompt_pair(model, task: Task, demos: list[Example], query: Example) -> Prom
     return PromptPair(icl, zsl)
 
 
-def demo_training_texts(model, task: Task, demos: list[Example]) -> list[Tensor]:
-    """The FT training sequences: each demonstration's tokens exactly as in the ICL prompt.
+def demo_training_texts(model, task: Task, demos: list[Example], *,
+                        keep_separator: bool = False) -> list[Tensor]:
+    """The FT training sequences, one per demonstration: BOS + its tokens as in the ICL prompt.
 
-    Each formatted demonstration (with its separator) is tokenised on its own with a BOS in
-    front, so that concatenating them without the BOS gives the ICL prompt's demonstration span
-    token for token (checked by :func:`dualform.tasks.prompts.prompt_tokens`).
+    Official convention (``get_data_for_ft`` of ``microsoft/LMOps`` understand_icl): each
+    demonstration is trained on *without* its end-of-demonstration separator (the ``"\\n"``
+    that follows it in the ICL prompt). ``keep_separator=True`` trains on demonstration +
+    separator instead, so the texts concatenated without their BOS are the ICL prompt's whole
+    demonstration span. Either way the tokens are those of the ICL prompt (checked by
+    :func:`demo_layout`).
     """
-    texts = []
+    layout = demo_layout(model, task, demos)
+    return [text[: len(text) - (0 if keep_separator else n_sep)]
+            for text, n_sep in zip(layout.texts, layout.n_separator, strict=True)]
+
+
+@dataclass(frozen=True)
+class RankedTokens:
+    """The demonstration tokens Kendall and top-k recall rank: ``positions`` index the ICL
+    prompt's demonstration span; ``segments`` count them per demonstration (example level)."""
+
+    positions: tuple[int, ...]
+    segments: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """Token layout of the demonstration span: each demonstration's own tokens, then its
+    separator's; ``texts`` are the BOS + demonstration + separator token sequences."""
+
+    n_tokens: tuple[int, ...]
+    n_separator: tuple[int, ...]
+    texts: tuple[Tensor, ...]
+    n_bos: int = 1
+
+    def ranked(self, *, keep_separator: bool = False) -> RankedTokens:
+        """The ranked tokens: the demonstrations' own tokens (official: the separators are left
+        out, as ``slice_icl_attn_map`` skips them), or every token with ``keep_separator``."""
+        positions, segments, start = [], [], 0
+        for n, n_sep in zip(self.n_tokens, self.n_separator, strict=True):
+            kept = n + n_sep if keep_separator else n
+            positions.extend(range(start, start + kept))
+            segments.append(kept)
+            start += n + n_sep
+        return RankedTokens(tuple(positions), tuple(segments))
+
+
+class DemoLayoutError(ValueError):
+    """A demonstration's tokens change when its separator follows (they would not align)."""
+
+
+def demo_layout(model, task: Task, demos: list[Example], separator: str = "\n") -> DemoLayout:
+    """Each demonstration tokenised alone (BOS + text) and with its separator; the demonstration's
+    tokens must be a prefix of the latter, and all of them together the ICL prompt's span."""
+    if not demos:
+        raise DemoLayoutError("Finetuning needs at least one demonstration.")
+    n_tokens, n_sep, texts, n_bos = [], [], [], 0
     for demo in demos:
-        one = Prompt(task.format(demo) + "\n", "", (demo,), demo, "\n")
-        pt = prompt_tokens(model, one, check=False)
-        texts.append(pt.tokens[0, : pt.demo_start + pt.n_demo_tokens])
-    return texts
+        (bare, n_bos), (full, _) = (_bos_tokens(model, task.format(demo) + tail, demo, separator)
+                                    for tail in ("", separator))
+        if not torch.equal(full[: len(bare)], bare):
+            raise DemoLayoutError(
+                f"Finetuning texts without the separator {separator!r}: demonstration "
+                f"{task.format(demo)!r} tokenises differently when the separator follows; "
+                "use keep_separator=True (train on demonstration + separator).")
+        n_tokens.append(len(bare) - n_bos)
+        n_sep.append(len(full) - len(bare))
+        texts.append(full)
+    span = prompt_tokens(model, build_prompt(task, demos, demos[0], separator=separator), check=False)
+    ids = span.tokens[0, span.demo_start : span.demo_start + span.n_demo_tokens].cpu()
+    if not torch.equal(torch.cat([t[n_bos:].cpu() for t in texts]), ids):
+        raise DemoLayoutError("Demonstrations tokenised one by one differ from the ICL prompt's "
+                              "demonstration span; the finetuning texts would not align with it.")
+    return DemoLayout(tuple(n_tokens), tuple(n_sep), tuple(texts), n_bos)
+
+
+def _bos_tokens(model, text: str, demo: Example, separator: str) -> tuple[Tensor, int]:
+    """BOS + ``text`` as :func:`prompt_tokens` builds it (1-D), and the number of BOS tokens."""
+    pt = prompt_tokens(model, Prompt(text, "", (demo,), demo, separator), check=False)
+    return pt.tokens[0, : pt.demo_start + pt.n_demo_tokens], pt.demo_start
 
 
 @torch.no_grad()
@@ -160,7 +228,8 @@ def _attach_dual(rec: Record, run: PrefixRun, cap, demo: PromptTokens, row: int,
                           for layer in cap.layers])
     q = torch.stack([cap.queries(layer)[row, last] for layer in cap.layers])
     is_demo = demo_mask(keys.shape[1], demo.n_demo_tokens, demo.demo_start)
-    _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers))
+    bias = positional_biases(run.model, cap.layers, keys.shape[1])  # ALiBi, else None
+    _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers, bias))
 
 
 def _store_dual(rec: Record, dual: DualForm) -> None:

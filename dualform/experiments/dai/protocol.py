@@ -2,9 +2,10 @@
 
 Per task: choose the demonstration seed (ICL) and the learning rate (FT) on the validation
 split, then on the test split record ZSL / ICL / FT at the last token and compute accuracy,
-Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ,
-Kendall, per layer and per head, the head-by-head attribution maps, and the same similarity
-metrics on an untrained (random-weights) copy of the model. ``results.json`` is rewritten
+Rec2FTP, SimAOU (normalised, unnormalised, random baseline), SimAM before/after, SimAM_Δ (in
+the ``all`` and ``f2t`` modes), Kendall and top-k recall (token and example level), per layer
+and per head, the head-by-head attribution maps, and the same metrics on an untrained
+(random-weights) copy of the model. ``results.json`` is rewritten
 atomically after every task; a rerun skips the tasks it already holds.
 """
 
@@ -29,12 +30,29 @@ from dualform.core.attribution import (
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_grid
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
+from dualform.errors import check_count, check_learning_rates, check_not_empty
 from dualform.experiments.dai.attention import record_attention
-from dualform.experiments.dai.conditions import Record, demo_training_texts, prompt_pair, record_all
-from dualform.experiments.dai.scoring import similarity_metrics
-from dualform.infra.io import as_stored, read_json, write_json_atomic
-from dualform.models.load import DEFAULT_MODEL, load_model
-from dualform.tasks.prompts import Example, Task, label_token_ids, load_task, sample_demos
+from dualform.experiments.dai.conditions import (
+    Record,
+    demo_layout,
+    demo_training_texts,
+    prompt_pair,
+    record_all,
+)
+from dualform.experiments.dai.scoring import similarity_metrics, without_ft
+from dualform.infra.io import write_json_atomic
+from dualform.infra.results_dir import load_results, record_entry, results_directory
+from dualform.models.load import DEFAULT_MODEL, load_model, resolve_device
+from dualform.tasks.prompts import (
+    Example,
+    Task,
+    build_prompt,
+    check_task_name,
+    label_token_ids,
+    load_task,
+    prompt_tokens,
+    sample_demos,
+)
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
 DEFAULT_LR_GRID = (0.01, 0.005, 0.001, 0.0005)  # a slice of Dai's grid; larger rates collapse SmolLM2-135M
@@ -61,6 +79,19 @@ class DaiConfig:
     dtype: str = "float32"  # forward passes and finetuning (SGD keeps float32 master weights)
     device_map: str | None = None  # "auto": spread a large HF model over GPUs (accelerate)
     seed: int = 0
+    # Metric conventions: the authors' code by default (see dualform.experiments.dai.scoring).
+    scaled_queries: bool = True  # Kendall's FT map q·q/d_head as recorded officially; False: q·q
+    keep_separator: bool = False  # train on and rank each demo's separator too (official: no)
+
+    def __post_init__(self) -> None:  # bad settings fail here, before any work
+        check_not_empty(self.tasks, "The task list (--tasks)")
+        check_not_empty(self.demo_seeds, "The demonstration seeds (--demo-seeds)")
+        for name, value in (("--shots", self.shots), ("--n-test", self.n_test),
+                            ("--n-validation", self.n_validation)):
+            check_count(value, f"{name.removeprefix('--').replace('-', '_')} ({name})")
+        if self.batch_size is not None:
+            check_count(self.batch_size, "batch_size (--batch-size; 0 there: from free memory)")
+        check_learning_rates(self.lr_grid, "learning-rate grid (--lr-grid)")
 
     def with_full_grid(self) -> DaiConfig:
         return dataclasses.replace(self, lr_grid=FULL_LR_GRID)
@@ -74,26 +105,34 @@ class Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
-def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True) -> dict:
-    """Run (or resume) the experiment; returns the results dict also written to disk."""
+def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True,
+            overwrite: bool = False) -> dict:
+    """Run (or resume) the experiment; returns the results dict also written to disk.
+
+    ``out_dir`` is created, checked writable and locked before any model is loaded. Tasks
+    already in its ``results.json`` with the same settings are kept (new tasks are added beside
+    them); other settings raise :class:`SettingsMismatchError` unless ``overwrite`` (the old
+    file is renamed aside, never deleted)."""
     config = config or DaiConfig()
-    path = Path(out_dir) / "results.json"
-    results = read_json(path) or {}
-    if results.get("config") and results["config"] != as_stored(_config_dict(config)):
-        results = {}  # a different configuration: start over rather than mix runs
-    results.update({"config": _config_dict(config), "versions": _versions()})
-    results.setdefault("tasks", {})
-    model = untrained = None
+    resolve_device(config.device)  # a missing device or task fails here, before any work
     for name in config.tasks:
-        if name in results["tasks"]:
-            continue  # resume: finished tasks are kept
-        model = model or _load(config)
-        if config.untrained_baseline:
-            untrained = untrained or _load(config, untrained=True)
-        results["tasks"][name] = run_task(model, untrained, name, config, progress=progress)
+        check_task_name(name)
+    with results_directory(out_dir) as out:
+        path = out / "results.json"
+        results = load_results(path, _config_dict(config), overwrite=overwrite)
+        results["versions"] = _versions()
+        model = untrained = None
+        for name in config.tasks:
+            if name in results["tasks"]:
+                continue  # resume: finished tasks are kept
+            model = model or _load(config)
+            if config.untrained_baseline:
+                untrained = untrained or _load(config, untrained=True)
+            entry = run_task(model, untrained, name, config, progress=progress)
+            record_entry(results, name, entry, _config_dict(config))
+            write_json_atomic(path, results)
         write_json_atomic(path, results)
-    write_json_atomic(path, results)
-    record_attention(out_dir, results, model=model)  # attention_example.json, for the views
+        record_attention(out, results, model=model)  # attention_example.json, for the views
     return results
 
 
@@ -132,7 +171,7 @@ def lr_val_accuracies(model, task: Task, demos: list[Example], label_ids: list[i
         runs = [_finetune_or_error(model, task, demos, lr, config)
                 for lr in tqdm(config.lr_grid, desc=f"{task.name}: lr grid", disable=not progress)]
     else:
-        texts = demo_training_texts(model, task, demos)
+        texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
         runs = finetune_kv_grid(model, texts, config.lr_grid, progress=progress)
     acc = {str(lr): _ft_val_accuracy(model, task, demos, run, label_ids, config)
            for lr, run in zip(config.lr_grid, runs, strict=True)}
@@ -204,7 +243,11 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
              config: DaiConfig, timer: Timer, *, progress: bool = True, ft=None) -> dict:
     """ZSL/ICL/FT on the test split, then every metric; ``lr`` may be ``None`` (FT diverged)."""
     start = time.perf_counter()
-    ft = ft if ft is not None else _finetune(model, task, demos, lr, config)
+    diverged = None
+    if ft is None:
+        ft = _finetune_or_error(model, task, demos, lr, config) if lr is not None else None
+        if isinstance(ft, FinetuneDivergedError):  # e.g. the untrained copy at the chosen rate
+            ft, diverged = None, str(ft)
     timer.add("finetune", start)
     pairs = [prompt_pair(model, task, demos, example) for example in task.test]
     gold = [example.label for example in task.test]
@@ -218,8 +261,13 @@ def evaluate(model, task: Task, demos: list[Example], lr: float | None, label_id
                                    desc=f"{task.name}: attribution", progress=progress)
         timer.add("attribution", start)
     start = time.perf_counter()
-    train_q = _training_queries(model, task, demos, batched=config.batch_size != 1)
-    out = similarity_metrics(recs, np.array(gold), pairs, train_q, seed=config.seed)
+    train_q = _training_queries(model, task, demos, batched=config.batch_size != 1,
+                                keep_separator=config.keep_separator)
+    ranked = demo_layout(model, task, demos).ranked(keep_separator=config.keep_separator)
+    out = similarity_metrics(recs, np.array(gold), pairs, train_q, ranked, seed=config.seed,
+                             scaled_queries=config.scaled_queries)
+    if ft is None:  # no finetuned model: every number involving FT is left out, never faked
+        out = without_ft(out, diverged or "every learning rate diverged on validation")
     out["ft_diverged"] = ft is None
     if attribution is not None:
         out["attribution"] = attribution
@@ -264,7 +312,7 @@ def _records(model, ft_model, pairs, label_ids: list[int], config: DaiConfig) ->
 def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
     if lr is None:
         return None
-    texts = demo_training_texts(model, task, demos)
+    texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
     device = None if config.device_map else config.device  # a dispatched model stays put
     return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
 
@@ -284,12 +332,14 @@ def _val_accuracy(model, task: Task, demos: list[Example], label_ids: list[int],
 
 
 @torch.no_grad()
-def _training_queries(model, task: Task, demos: list[Example], batched: bool = True) -> torch.Tensor:
-    """Raw query vectors of every demonstration token (BOS dropped): ``[layer, n_demo, d]``;
-    ``batched`` runs the demonstrations as right-padded batches of 8 (same numbers)."""
+def _training_queries(model, task: Task, demos: list[Example], batched: bool = True, *,
+                      keep_separator: bool = False) -> torch.Tensor:
+    """Raw query vectors of every token of the finetuning texts (BOS dropped):
+    ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of 8."""
     from dualform.probes import capture
 
-    texts = demo_training_texts(model, task, demos)
+    texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)
+    bos = prompt_tokens(model, build_prompt(task, [], demos[0]), check=False).demo_start
     size = 8 if batched else 1
     rows = []
     for start in range(0, len(texts), size):
@@ -297,7 +347,7 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
         batch = pad_queries(chunk, pad_id=0)
         q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
         for row, last in enumerate(batch.last.tolist()):
-            rows.append(q[:, row, 1 : last + 1].flatten(-2))
+            rows.append(q[:, row, bos : last + 1].flatten(-2))  # BOS dropped, if any
     return torch.cat(rows, dim=1).float().cpu()
 
 

@@ -36,6 +36,7 @@ from dualform.experiments.dai.protocol import (
 )
 from dualform.infra.executors import Executor, LocalExecutor
 from dualform.infra.io import read_json, write_json_atomic
+from dualform.infra.results_dir import EXECUTION_ONLY, pin_settings, results_directory
 from dualform.models.load import load_model
 from dualform.tasks.prompts import label_token_ids, load_task, sample_demos
 
@@ -98,7 +99,21 @@ class SweepFailure:
 
 
 def run_sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | None = None,
-              executor: Executor | None = None) -> dict[str, dict]:
+              executor: Executor | None = None, *, overwrite: bool = False) -> dict[str, dict]:
+    """:func:`sweep` with ``out_dir`` created, checked writable and locked first, and its
+    ``sweep.json`` pinning the settings the job files were made with (other settings are
+    refused unless ``overwrite`` moves the old jobs aside)."""
+    slugs = [model_slug(m) for m in (models or [config.model])]
+    with results_directory(out_dir, subdirs=("jobs", *slugs)) as out:
+        pin_settings(out / "sweep.json", _config_dict(config),
+                     ignore=("model", "tasks", "demo_seeds", "lr_grid", *EXECUTION_ONLY),
+                     overwrite=overwrite,
+                     also_move=[out / "jobs", *(out / s / "results.json" for s in slugs)])
+        return sweep(out, config, models, executor)
+
+
+def sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | None = None,
+          executor: Executor | None = None) -> dict[str, dict]:
     """Run (or resume) the sweep; returns ``{model: results}`` (also written per model).
 
     ``config.lr_grid``, ``config.demo_seeds`` and ``config.tasks`` span the grid; ``models``

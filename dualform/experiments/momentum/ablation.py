@@ -8,7 +8,6 @@ extra EMA of values (and whether small η helps), not the paper's claim itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 from jaxtyping import Int
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 
 from dualform.core.momentum import momentum_attention
 from dualform.experiments.stats import mean_std
-from dualform.probes import hook_name, hooks, n_layers
+from dualform.models.compat import finite_padding_patterns
 
 DEFAULT_ETAS = tuple(round(0.1 * i, 1) for i in range(10))
 
@@ -57,25 +56,10 @@ def label_logits(
     for start in range(0, len(prompts), batch_size):
         tokens, mask = left_pad(prompts[start : start + batch_size], pad_id)
         tokens, mask = tokens.to(device), mask.to(device)
-        with momentum_attention(model, eta, attention_mask=mask), _finite_padding(model, mask):
+        with momentum_attention(model, eta, attention_mask=mask), finite_padding_patterns(model, mask):
             logits = model(tokens, attention_mask=mask)
         rows.append(logits[:, -1, labels].float().cpu())
     return torch.cat(rows)
-
-
-def _finite_padding(model, mask: Tensor):
-    """Zero the NaN pattern rows of fully masked (left-padding) queries.
-
-    The TransformerLens 4.3 bridge gives NaN attention rows for padded query positions; the NaN
-    then reaches real tokens through ``0 · NaN`` in the next layer. Zeroing those rows changes
-    nothing at real positions (their keys are masked anyway).
-    """
-    if bool(mask.all()):
-        return nullcontext()
-    names = [hook_name("pattern", layer) for layer in range(n_layers(model))]
-    fix = lambda pattern, hook: pattern.nan_to_num(0.0)  # noqa: E731
-    hook_dict = model.hook_dict
-    return hooks(model, [(name, fix) for name in names if name in hook_dict])
 
 
 def predictions_vs_eta(
