@@ -281,6 +281,9 @@ def pairs_table(rows: Sequence[tuple[str, str]], header: tuple[str, str] | None 
 
 
 def percent(value) -> str:
+    """An accuracy in percent; a string (e.g. ``"diverged: …"``) as it is."""
+    if isinstance(value, str):
+        return value
     return "–" if value is None else f"{value:.1f} %"
 
 
