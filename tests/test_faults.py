@@ -306,7 +306,7 @@ def test_every_rate_diverged_shows_diverged_not_numbers(tmp_path):
     assert task["ft_diverged"] and task["accuracy"]["ft"] is None
     assert "normalized" not in task["simaou"] and "rec2ftp" not in task
     assert task["selection"]["lr_val_acc"]["1000000.0"].startswith("diverged")
-    page = write_report(tmp_path, attention=False).read_text()
+    page = write_report(tmp_path).read_text()
     assert "afinn-sentiment (FT diverged)" in page and "/diverged/" in page
 
 

@@ -13,7 +13,7 @@ from dualform.core.dual_form import dual_form, score_hooks, softmax_decompositio
 from dualform.core.finetune import finetune_kv
 from dualform.core.momentum_dual import momentum_dual_form
 from dualform.core.prefix import PrefixRun, pad_queries
-from dualform.experiments import walkthrough
+from dualform.experiments.dai.attention import attention_example
 from dualform.experiments.dai.conditions import prompt_pair, record
 from dualform.experiments.momentum.train import TrainLog
 from dualform.experiments.vonoswald.data import sample_tasks
@@ -22,7 +22,6 @@ from dualform.experiments.vonoswald.train import TrainConfig, TrainResult
 from dualform.infra.reprs import brief
 from dualform.probes import capture
 from dualform.tasks.prompts import build_prompt, label_token_ids, load_task, sample_demos
-from dualform.viz.attention import attention_example
 
 LIMIT = 300
 
@@ -64,7 +63,6 @@ def _results(setting) -> dict[str, object]:
                                    [1.0] * 2000, 3.5),
         "TrainLog": TrainLog([1.0] * 5000, [[[0.5] * 4] * 2] * 100, 12.0, 20.0),
         "AttentionExample": attention_example(model, task, demos, query, ft=ft),
-        "WalkthroughPrompt": walkthrough.build_prompt(model),
     }
 
 

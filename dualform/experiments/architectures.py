@@ -131,7 +131,7 @@ def check_momentum(model) -> float:
     return float((mom.dual.z - mom.output()).abs().max())
 
 
-def check_finetune(model, lr: float = 0.5) -> float:
+def check_finetune(model, lr: float = 0.01) -> float:
     """One ``finetune_kv`` step against ``W − lr·∇W`` written by hand on the K/V projections;
     every other parameter bit for bit unchanged, a fused QKV weight's query rows included."""
     tokens = prompt_tokens(model)

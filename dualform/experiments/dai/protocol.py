@@ -31,6 +31,7 @@ from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_grid
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
 from dualform.errors import check_count, check_learning_rates, check_not_empty
+from dualform.experiments.dai.attention import record_attention
 from dualform.experiments.dai.conditions import (
     Record,
     demo_layout,
@@ -131,6 +132,7 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
             record_entry(results, name, entry, _config_dict(config))
             write_json_atomic(path, results)
         write_json_atomic(path, results)
+        record_attention(out, results, model=model)  # attention_example.json, for the views
     return results
 
 
@@ -355,11 +357,15 @@ def _config_dict(config: DaiConfig) -> dict:
 
 
 def _versions() -> dict:
-    import transformer_lens
-    import transformers
+    """Installed versions, by distribution name (TransformerLens has no ``__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    import dualform
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
 
-    return {"dualform": dualform.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "unknown")}
+    return {name: installed(dist) for name, dist in (
+        ("dualform", "dualform"), ("torch", "torch"), ("transformers", "transformers"),
+        ("transformer_lens", "transformer-lens"))}
