@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualform.core.equations import delta_w_ft
+from dualform.core.prefix import pad_tokens
 from dualform.errors import (
     DualformError,
     InvalidArgumentError,
@@ -228,18 +229,10 @@ def _batches(model, texts, batch_size: int) -> list[tuple[Tensor, Tensor]]:
                 f"Finetuning text {i} has {len(s)} token(s); a next-token loss needs at least 2 "
                 "(is the text empty?).")
         check_context(model, len(s), f"Finetuning text {i}")
-    pad = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
+    pad = (model.tokenizer.pad_token_id if model.tokenizer is not None else 0) or 0
     device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i : i + batch_size]
-        width = max(len(s) for s in chunk)
-        tokens = torch.full((len(chunk), width), pad or 0, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for row, s in enumerate(chunk):
-            tokens[row, : len(s)], mask[row, : len(s)] = s, True
-        out.append((tokens.to(device), mask.to(device)))
-    return out
+    return [tuple(t.to(device) for t in pad_tokens(seqs[i : i + batch_size], pad))
+            for i in range(0, len(seqs), batch_size)]
 
 
 def _order(batches: list, shuffle: bool, generator: torch.Generator) -> list:
