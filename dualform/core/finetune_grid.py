@@ -26,16 +26,16 @@ from dualform.core.equations import delta_w_ft
 from dualform.core.finetune import (
     FinetuneDivergedError,
     FinetuneResult,
-    _batches,
-    _check_finite,
-    _check_loss,
-    _copy_for_finetuning,
-    _master_weights,
-    _sgd_step,
     check_finetune_args,
+    check_finite_grads,
+    check_loss,
     check_update,
+    copy_for_finetuning,
     kv_parameters,
+    master_weights,
     next_token_loss,
+    sgd_step,
+    training_batches,
 )
 from dualform.errors import check_learning_rates
 from dualform.models.features import sync_fused_kv
@@ -65,25 +65,25 @@ def finetune_kv_grid(
     for lr in lrs:
         check_finetune_args(texts, lr)
     grid, params = _grid_model(model, len(lrs))
-    master = _master_weights(params)
+    master = master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
     rates = torch.tensor(list(lrs), dtype=torch.float64)
     losses: list[list[float]] = [[] for _ in lrs]
     failed: dict[int, FinetuneDivergedError] = {}
     for step, (tokens, mask) in enumerate(
-        tqdm(_batches(grid, texts, 1), desc="finetune W_K/W_V (LR grid)", disable=not progress)
+        tqdm(training_batches(grid, texts, 1), desc="finetune W_K/W_V (LR grid)", disable=not progress)
     ):
         logits = grid(tokens.expand(len(lrs), -1))
         row_losses = {r: next_token_loss(logits[r : r + 1], tokens, mask)
                       for r in range(len(lrs)) if r not in failed}
         for r in list(row_losses):
-            _drop_if_diverged(r, failed, row_losses, _check_loss, row_losses[r], losses[r], step,
+            _drop_if_diverged(r, failed, row_losses, check_loss, row_losses[r], losses[r], step,
                               lrs[r], explode_factor)
         if not row_losses:
             break
         grads = torch.autograd.grad(sum(row_losses.values()), list(params.values()))
         for r in list(row_losses):
-            _drop_if_diverged(r, failed, row_losses, _check_finite, [g[r] for g in grads], params,
+            _drop_if_diverged(r, failed, row_losses, check_finite_grads, [g[r] for g in grads], params,
                               step, lrs[r])
         if not row_losses:
             break
@@ -92,7 +92,7 @@ def finetune_kv_grid(
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
                 m = master[name]
-                _sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
+                sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
         for r, loss in row_losses.items():
             losses[r].append(loss.item())
     for r in range(len(lrs)):
@@ -116,7 +116,7 @@ def _drop_if_diverged(r: int, failed: dict, live: dict, check, *args) -> None:
 def _grid_model(model, n_rates: int):
     """A copy of ``model`` (frozen weights shared) whose K/V projections hold ``n_rates``
     weights each; returns it and ``{kv parameter name: grid parameter}``."""
-    grid = _copy_for_finetuning(model, None)
+    grid = copy_for_finetuning(model, None)
     grid.eval()
     params: dict[str, nn.Parameter] = {}
     for name, linear in _kv_linears(grid).items():
@@ -137,7 +137,7 @@ def _kv_linears(model) -> dict[str, nn.Module]:
 
 def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[float]) -> FinetuneResult:
     """Rate ``r``'s run as a :class:`FinetuneResult` whose model shares the frozen weights."""
-    tuned = _copy_for_finetuning(model, None)
+    tuned = copy_for_finetuning(model, None)
     tuned.eval()
     with torch.no_grad():
         for name, p in kv_parameters(tuned).items():

@@ -26,10 +26,10 @@ import torch
 
 from dualform.core.dual_form import dual_form
 from dualform.core.finetune import (
-    _copy_for_finetuning,
-    _train_only_kv,
+    copy_for_finetuning,
     finetune_kv,
     next_token_loss,
+    train_only_kv,
 )
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
 from dualform.infra.rng import seeded
@@ -111,7 +111,7 @@ def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 
     tokens = _tokens(model, n_tokens)
     mask = torch.ones_like(tokens, dtype=torch.bool)
     plain = load_model_copy(model)
-    params = list(_train_only_kv(plain).values())
+    params = list(train_only_kv(plain).values())
     hf = plain.original_model  # the Hugging Face model under the bridge
 
     def fwd_bwd() -> None:
@@ -119,7 +119,7 @@ def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 
             loss = next_token_loss(hf(tokens).logits, tokens, mask)
             torch.autograd.grad(loss, params)
 
-    copy_s = median_time(lambda: _copy_for_finetuning(model, None), repeats)
+    copy_s = median_time(lambda: copy_for_finetuning(model, None), repeats)
 
     def finetune() -> None:
         finetune_kv(model, [tokens[0]] * n_steps, 0.01)

@@ -119,8 +119,8 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
         check_task_name(name)
     with results_directory(out_dir) as out:
         path = out / "results.json"
-        results = load_results(path, _config_dict(config), overwrite=overwrite)
-        results["versions"] = _versions()
+        results = load_results(path, config_dict(config), overwrite=overwrite)
+        results["versions"] = package_versions()
         model = untrained = None
         for name in config.tasks:
             if name in results["tasks"]:
@@ -129,7 +129,7 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
             if config.untrained_baseline:
                 untrained = untrained or _load(config, untrained=True)
             entry = run_task(model, untrained, name, config, progress=progress)
-            record_entry(results, name, entry, _config_dict(config))
+            record_entry(results, name, entry, config_dict(config))
             write_json_atomic(path, results)
         write_json_atomic(path, results)
         record_attention(out, results, model=model)  # attention_example.json, for the views
@@ -351,12 +351,12 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
     return torch.cat(rows, dim=1).float().cpu()
 
 
-def _config_dict(config: DaiConfig) -> dict:
+def config_dict(config: DaiConfig) -> dict:
     d = dataclasses.asdict(config)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _versions() -> dict:
+def package_versions() -> dict:
     """Installed versions, by distribution name (TransformerLens has no ``__version__``)."""
     from importlib.metadata import PackageNotFoundError, version
 

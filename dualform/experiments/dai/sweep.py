@@ -26,12 +26,12 @@ from pathlib import Path
 from dualform.experiments.dai.protocol import (
     DaiConfig,
     Timer,
-    _config_dict,
-    _versions,
     choose_demo_seed,
     choose_lr,
+    config_dict,
     evaluate_on_test,
     lr_val_accuracy,
+    package_versions,
     seed_val_accuracy,
 )
 from dualform.infra.executors import Executor, LocalExecutor
@@ -105,7 +105,7 @@ def run_sweep(out_dir: str | Path, config: DaiConfig, models: Sequence[str] | No
     refused unless ``overwrite`` moves the old jobs aside)."""
     slugs = [model_slug(m) for m in (models or [config.model])]
     with results_directory(out_dir, subdirs=("jobs", *slugs)) as out:
-        pin_settings(out / "sweep.json", _config_dict(config),
+        pin_settings(out / "sweep.json", config_dict(config),
                      ignore=("model", "tasks", "demo_seeds", "lr_grid", *EXECUTION_ONLY),
                      overwrite=overwrite,
                      also_move=[out / "jobs", *(out / s / "results.json" for s in slugs)])
@@ -184,7 +184,7 @@ def _collect(out: Path, configs: list[DaiConfig], test_res: dict[str, dict],
             key = next((k for k in test_res if k.startswith(f"test__{model_slug(c.model)}__{t}__")), None)
             if key is not None:
                 tasks[t] = test_res[key]
-        results = {"config": _config_dict(c), "versions": _versions(), "tasks": tasks,
+        results = {"config": config_dict(c), "versions": package_versions(), "tasks": tasks,
                    "failed_jobs": [dataclasses.asdict(f) for f in failures
                                    if f"__{model_slug(c.model)}__" in f.job]}
         write_json_atomic(out / model_slug(c.model) / "results.json", results)
