@@ -23,14 +23,10 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from dualform.experiments.dai.attention import AttentionExample, read_attention
 from dualform.experiments.dai.results import DaiResults
-from dualform.viz.figures import (
-    AttentionExample,
-    demo_attention_figure,
-    figures_from_results,
-    spectra_figure,
-)
-from dualform.viz.report import attention_cache, find_chromium
+from dualform.viz.figures import demo_attention_figure, figures_from_results, spectra_figure
+from dualform.viz.report import find_chromium
 
 #: README figure name → key of figures_from_results ({task} = the chosen task).
 README_FIGURES = {
@@ -56,9 +52,11 @@ def readme_figures(results: DaiResults, task: str | None = None) -> dict[str, go
 
 
 def attention_figures(results: DaiResults, results_dir: Path) -> dict[str, go.Figure]:
-    """Last-token attention (ICL/ZSL/FT) and ΔW spectra, from the report's cached example."""
-    cached = attention_cache(results, results_dir, max_demos=8)
+    """Last-token attention (ICL/ZSL/FT) and ΔW spectra, from the example the run recorded."""
+    cached = read_attention(results_dir, results)
     if cached is None:
+        print("no attention_example.json for these results: rerun `dualform reproduce dai` "
+              "with the same options to record it", file=sys.stderr)
         return {}
     example = AttentionExample.from_dict(cached["example"])
     spectra = {k: np.array(v) for k, v in cached["spectra"].items()}
@@ -95,7 +93,7 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--task", default=None, help="task of the per-task figures")
     parser.add_argument("--no-attention", action="store_true",
-                        help="skip the attention example (it loads the model once, then cached)")
+                        help="skip the attention example (attention_example.json of the run)")
     parser.add_argument("--scale", type=float, default=2.0, help="PNG pixel scale")
     args = parser.parse_args()
     results = DaiResults.load(args.results_dir)

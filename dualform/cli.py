@@ -1,20 +1,39 @@
-"""``dualform`` command line: info, walkthrough, reproduce, report, bench."""
+"""dualform: in-context learning as implicit finetuning, on TransformerLens.
+
+Commands: info, walkthrough, reproduce (dai, regression, momentum), sweep,
+report, bench. Add --help after a command for its options and examples.
+
+Examples:
+
+  dualform info                               # model card, hook names
+  dualform walkthrough --task country-region  # the dual form, explained
+  dualform reproduce dai --out results/dai    # the main job (~2 min CPU)
+  dualform report results/dai                 # rebuild report.html
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from dualform.errors import check_count, check_learning_rate, is_expected
-from dualform.models.load import DEFAULT_MODEL, ModelLoadError
+
+# Heavy modules (torch, TransformerLens, plotly, the experiments) are imported inside the
+# commands, so `dualform --help` starts in well under a second.
+
+#: Same value as dualform.models.load.DEFAULT_MODEL (tests/test_cli.py checks it); kept here so
+#: building the command line does not import torch and TransformerLens.
+DEFAULT_MODEL = "smollm2-135m"
+#: Same as dualform.experiments.dai.protocol.DEFAULT_TASKS (checked by the tests).
+DEFAULT_TASKS = ("afinn-sentiment", "afinn-sentiment-5", "vader-valence", "country-region",
+                 "capital-region", "textblob-subjectivity")
+#: cuda, then mps, then cpu (dualform.models.load.resolve_device).
+DEVICE_HELP = "auto (cuda → mps → cpu), cpu, cuda or mps."
 
 
 class ErrorReportingGroup(TyperGroup):
@@ -33,8 +52,10 @@ class ErrorReportingGroup(TyperGroup):
             raise typer.Exit(2) from None
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, cls=ErrorReportingGroup)
-reproduce_app = typer.Typer(no_args_is_help=True, help="Reproduce a paper's experiment.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
+                  rich_markup_mode="rich", cls=ErrorReportingGroup)
+reproduce_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
+                            help="Reproduce a paper's experiment: dai, regression or momentum.")
 app.add_typer(reproduce_app, name="reproduce")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -70,11 +91,18 @@ def _fail(message: str) -> None:
 
 
 @app.command()
-def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README).")) -> None:
-    """Print the model card and the hook names of one layer."""
+def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name: smollm2-135m (embedded), tiny-llama, tiny-gpt2, a Hugging Face id or directory.")) -> None:
+    """Print the model card (attention features included) and the hook names of one layer.
+
+    Examples:
+
+      dualform info
+      dualform info tiny-gpt2
+    """
     from dualform.models.features import attention_features
-    from dualform.models.load import load_model
+    from dualform.models.load import ModelLoadError, load_model
     from dualform.probes import available_short_names, head_counts
+    from dualform.viz.tables import print_table
 
     try:
         bridge = load_model(model)
@@ -82,17 +110,16 @@ def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README
         _fail(str(err))
     cfg = bridge.cfg
     n_heads, n_kv = head_counts(bridge)
-    card = Table("property", "value", title=f"model card: {model}")
-    for key, value in [
+    card = [
         ("architecture", type(bridge.original_model).__name__),
         ("layers", cfg.n_layers), ("heads", n_heads), ("KV heads", n_kv),
         ("d_model", cfg.d_model), ("d_head", cfg.d_head), ("context length", cfg.n_ctx),
         ("positional embedding", cfg.positional_embedding_type),
         ("attention features", attention_features(bridge).summary()),
         ("parameters", f"{sum(p.numel() for p in bridge.parameters()):,}"),
-    ]:
-        card.add_row(key, str(value))
-    console.print(card)
+    ]
+    print_table(console, ("property", "value"), [(k, str(v)) for k, v in card],
+                title=f"model card: {model}")
     console.print("short hook names: " + ", ".join(available_short_names(bridge)))
     hooks = sorted(h for h in bridge.hook_dict if h.startswith("blocks.0."))
     console.print(f"hooks of layer 0 (same for blocks.0..{cfg.n_layers - 1}):")
@@ -105,19 +132,36 @@ def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name (see README
 @app.command()
 def walkthrough(
     model: str = typer.Option(DEFAULT_MODEL, help="Model name."),
-    lr: float = typer.Option(0.01, help="Learning rate of the K/V finetuning step."),
+    task: str = typer.Option(DEFAULT_TASKS[0], help="Task whose demonstrations and first test example make the prompt."),
+    shots: int = typer.Option(4, min=1, help="Demonstrations in the prompt."),
+    seed: int = typer.Option(1, help="Demonstration seed."),
+    lr: float = typer.Option(0.01, help="Learning rate of the K/V finetuning (one SGD epoch over the demonstrations)."),
     out: Path | None = typer.Option(None, help="Write the numbers as JSON here."),
 ) -> None:
-    """The dual form on one prompt: identities, norms, ICL update vs finetuning, per layer."""
+    """The dual form on one prompt, in float64, layer by layer, each column explained.
+
+    Checks that the attention output equals (W_ZSL + ΔW_ICL) q under relaxed
+    linear attention, compares ‖ΔW_ICL‖ with ‖W_ZSL‖, and asks whether the
+    ICL update ΔW_ICL q points where K/V finetuning on the same
+    demonstrations moves the attention output.
+
+    Examples:
+
+      dualform walkthrough
+      dualform walkthrough --task country-region --shots 8
+    """
     from dualform.experiments.walkthrough import run_walkthrough
+    from dualform.models.load import ModelLoadError
+    from dualform.viz.tables import print_walkthrough
 
     check_learning_rate(lr, "--lr")
     if out is not None:
         check_output_dir(out.parent)
     try:
-        result = run_walkthrough(model, lr=lr, console=console)
-    except ModelLoadError as err:
+        result = run_walkthrough(model, task=task, shots=shots, seed=seed, lr=lr)
+    except (ModelLoadError, ValueError) as err:
         _fail(str(err))
+    print_walkthrough(result, console)
     if out is not None:
         from dualform.infra.io import write_json_atomic
 
@@ -125,14 +169,9 @@ def walkthrough(
         console.print(f"wrote {escape(str(out))}")
 
 
-def _default_tasks() -> tuple[str, ...]:
-    from dualform.experiments.dai.protocol import DEFAULT_TASKS
-
-    return DEFAULT_TASKS
-
-
 # Options shared by `reproduce dai` and `sweep` (one definition, same meaning in both).
-TASKS = typer.Option(",".join(_default_tasks()), help="Comma-separated task names.")
+TASKS = typer.Option(",".join(DEFAULT_TASKS), show_default=False,
+                     help="Comma-separated task names [default: " + ", ".join(DEFAULT_TASKS) + "].")
 SHOTS = typer.Option(32, help="Demonstrations per prompt.")
 N_TEST = typer.Option(200, help="Test examples per task (at most; all of a smaller test split).")
 SEEDS = typer.Option(3, help="Independent demonstration sets (and finetuning orders); intervals over them.")
@@ -141,6 +180,7 @@ DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds each replicate choose
 FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
 LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
 DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
+DEVICE = typer.Option("auto", help=DEVICE_HELP)
 OVERWRITE = typer.Option(False, help="Results of other settings in --out: rename them aside (never deleted) and start afresh.")
 
 
@@ -161,7 +201,7 @@ def reproduce_dai(
     attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
     batch_size: int = typer.Option(0, help="Queries per batch (0: from free memory; 1: no batching of queries, attribution or the LR grid)."),
     reuse_prefix: bool = typer.Option(True, help="Run the demonstrations once per task (KV cache)."),
-    device: str = typer.Option("cpu", help="cpu, cuda, mps or auto."),
+    device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
     report: bool = typer.Option(True, help="Write report.html at the end."),
@@ -172,8 +212,19 @@ def reproduce_dai(
         False, help="Train on and rank each demonstration's separator too (the authors leave it out)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable."""
+    """Dai et al. 2023: ZSL / ICL / FT, every metric per layer and head, resumable.
+
+    Writes OUT/results.json, OUT/attention_example.json and OUT/report.html
+    and prints the paper-layout table. A rerun with the same options skips
+    the finished tasks.
+
+    Examples:
+
+      dualform reproduce dai --out results/dai
+      dualform reproduce dai --tasks country-region --shots 16 --out r/cr
+    """
     from dualform.experiments.dai.protocol import run_dai
+    from dualform.models.load import ModelLoadError
     from dualform.viz.tables import print_dai_table
 
     config = _dai_config(model, tasks, shots, n_test, n_validation, demo_seeds, full_grid, lr_grid,
@@ -194,6 +245,8 @@ def reproduce_dai(
 
 def _dai_config(model: str, tasks: str, shots: int, n_test: int, n_validation: int,
                 demo_seeds: str, full_grid: bool, lr_grid: str, **options):
+    import dataclasses
+
     from dualform.experiments.dai.protocol import DaiConfig
     from dualform.models.load import resolve_dtype
 
@@ -227,17 +280,25 @@ def sweep(
     address: str = typer.Option("", help="Ray cluster address ('auto', 'ray://head:10001'); empty: local Ray."),
     cpus_per_job: float = typer.Option(1, help="Ray: CPUs per job."),
     gpus_per_job: float = typer.Option(0, help="Ray: GPUs per job."),
-    device: str = typer.Option("cpu", help="cpu, cuda, mps or auto (per job)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " Resolved on each worker."),
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread each large HF model over its job's GPUs."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """The LR grid × demo seeds × tasks × models sweep of reproduce dai, on an executor.
 
-    Each job writes OUT/jobs/<job>.json; a rerun skips finished jobs; OUT/<model>/results.json
-    has the layout of reproduce dai (dualform report OUT/<model> works)."""
+    Each job writes OUT/jobs/<job>.json; a rerun skips finished jobs;
+    OUT/<model>/results.json has the layout of reproduce dai (dualform
+    report OUT/<model> works).
+
+    Examples:
+
+      dualform sweep --executor ray --full-grid --demo-seeds 1,2,3
+      dualform sweep --executor ray --address auto --gpus-per-job 1
+    """
     from dualform.experiments.dai.sweep import model_slug, run_sweep
     from dualform.infra.executors import get_executor
+    from dualform.models.load import ModelLoadError
     from dualform.viz.tables import print_dai_table
 
     config = _dai_config(models.split(",")[0], tasks, shots, n_test, n_validation, demo_seeds,
@@ -267,20 +328,26 @@ def _write_report(out: Path) -> None:
 @reproduce_app.command("regression")
 def reproduce_regression(
     out: Path = typer.Option(Path("results/regression"), help="Output directory."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    device: str = DEVICE,
 ) -> None:
-    """von Oswald et al. 2023: LSA ≡ GD construction, trained LSA vs GD / GD++."""
+    """von Oswald et al. 2023: LSA ≡ GD construction, trained LSA vs GD / GD++.
+
+    Example:
+
+      dualform reproduce regression --out results/regression
+    """
     from dualform.experiments.vonoswald import RegressionConfig, run_regression
+    from dualform.models.load import resolve_device
+    from dualform.viz.tables import print_table
 
     check_output_dir(out)
-    result = run_regression(out, config=RegressionConfig(device=device))
-    table = Table("steps / layers", "GD (tuned η)", "η", "GD++", "trained LSA", "paper GD",
-                  "model cos", "model diff", "preds diff", title="LSA vs GD (½·MSE test loss)")
-    for row in result["table"]:
-        table.add_row(*(f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "–"))
-                        for k in ("steps", "gd", "gd_eta", "gdpp", "lsa", "paper", "model_cos",
-                                  "model_diff", "preds_diff")))
-    console.print(table)
+    result = run_regression(out, config=RegressionConfig(device=resolve_device(device).type))
+    rows = [[f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "–"))
+             for k in ("steps", "gd", "gd_eta", "gdpp", "lsa", "paper", "model_cos",
+                       "model_diff", "preds_diff")] for row in result["table"]]
+    print_table(console, ("steps / layers", "GD (tuned η)", "η", "GD++", "trained LSA", "paper GD",
+                          "model cos", "model diff", "preds diff"), rows,
+                title="LSA vs GD (½·MSE test loss)")
     for name, check in result["targets"].items():
         console.print(f"  {'✓' if check['met'] else '✗'} {name}: {check['value']:.4g} (target {check['target']})")
     console.print(f"wrote {escape(str(out / 'results.json'))}")
@@ -289,29 +356,44 @@ def reproduce_regression(
 @reproduce_app.command("momentum")
 def reproduce_momentum(
     out: Path = typer.Option(Path("results/momentum"), help="Output directory."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    device: str = DEVICE,
     seeds: int = typer.Option(8, min=2, help="Seeds 0..N-1: one vanilla and one momentum twin each."),
     workers: int = typer.Option(2, min=1, help="Training processes in parallel (1 thread each)."),
 ) -> None:
-    """Dai et al. 2023 §5: vanilla vs momentum attention, trained from scratch, paired by seed."""
+    """Dai et al. 2023 §5: vanilla vs momentum attention, trained from scratch, paired by seed.
+
+    Example:
+
+      dualform reproduce momentum --out results/momentum
+    """
     from dualform.experiments.momentum import MomentumConfig, run_momentum
+    from dualform.models.load import resolve_device
     from dualform.viz.momentum import summary_rows
+    from dualform.viz.tables import print_table
 
     check_output_dir(out)
-    config = MomentumConfig(device=device, seeds=tuple(range(seeds)), workers=workers)
+    config = MomentumConfig(device=resolve_device(device).type, seeds=tuple(range(seeds)),
+                            workers=workers)
     result = run_momentum(out, config=config)
     header, rows = summary_rows(result)
-    table = Table(*header, title="vanilla vs momentum: mean [95 % interval] over seeds")
-    for row in rows:
-        table.add_row(*(escape(str(c)) for c in row))
-    console.print(table)
+    print_table(console, header, [[escape(str(c)) for c in row] for row in rows],
+                title="vanilla vs momentum: mean [95 % interval] over seeds")
     console.print(escape(result["verdict"]["text"]))
     console.print(f"wrote {escape(str(out / 'results.json'))}")
 
 
 @app.command()
 def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A results directory.")) -> None:
-    """Write RESULTS_DIR/report.html: one self-contained page with tables and every figure."""
+    """Write RESULTS_DIR/report.html: one self-contained page with tables and every figure.
+
+    Works on the output of reproduce dai (and picks up ../regression and
+    ../momentum beside it), of a sweep (OUT/<model>) or of another
+    experiment. Reads results only; loads no model.
+
+    Example:
+
+      dualform report results/dai
+    """
     from dualform.experiments.dai.results import SchemaVersionError
     from dualform.viz.report import write_report
 
@@ -327,61 +409,71 @@ def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A resul
 def bench(
     model: str = typer.Option(DEFAULT_MODEL, help="Model name."),
     repeats: int = typer.Option(5, help="Timed repeats per measurement (median)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     end_to_end: bool = typer.Option(False, help="Also time the default reproduce dai, reuse+batching on vs off (~10 min on 2 CPU cores)."),
     pythia_shape: bool = typer.Option(True, help="Also time capture and dual_form on a random Pythia-160M-shaped model."),
     dtype: str = DTYPE,
 ) -> None:
-    """Performance ratios against baselines measured in the same run."""
+    """Performance ratios against baselines measured in the same run.
+
+    Examples:
+
+      dualform bench
+      dualform bench --json --end-to-end
+    """
     import contextlib
+    import json
     import sys
 
     from dualform.infra.bench import run_bench
+    from dualform.models.load import resolve_device
+    from dualform.viz.tables import print_table
 
     check_count(repeats, "--repeats")
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
-        result = run_bench(model, repeats=repeats, device=device, end_to_end=end_to_end, dtype=dtype,
-                           pythia_shape=pythia_shape)
+        result = run_bench(model, repeats=repeats, device=resolve_device(device).type,
+                           end_to_end=end_to_end, dtype=dtype, pythia_shape=pythia_shape)
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table("measurement", "value",
-                  title=f"dualform bench ({result['device']}, {result['dtype']}, {result['threads']} threads)")
-    table.add_row("second load of the model", f"{result['second_load_s']:.2f} s")
+    rows = [("second load of the model", f"{result['second_load_s']:.2f} s")]
     c, d, f = result["capture"], result["dual_form"], result["finetune"]
-    table.add_row(f"capture q,k,v,z,attn_out,scores ({c['tokens']} tok) / bare forward",
-                  f"{c['capture_ratio']:.2f}x ({c['capture_s']:.2f} s vs {c['bare_forward_s']:.2f} s)")
-    table.add_row("full run_with_cache / bare forward", f"{c['run_with_cache_ratio']:.2f}x")
-    table.add_row("captured activations", f"{c['captured_MiB']:.1f} MiB")
-    table.add_row(f"dual_form ({d['tokens']} tok) / bare forward",
-                  f"{d['dual_form_ratio']:.2f}x ({d['dual_form_s']:.2f} s vs {d['bare_forward_s']:.2f} s)")
-    table.add_row("dual_form result size", f"{d['result_MiB']:.1f} MiB")
-    table.add_row(f"finetune_kv step ({f['tokens']} tok) / fwd+bwd on K,V",
-                  f"{f['finetune_step_ratio']:.2f}x ({f['finetune_step_s']:.3f} s vs {f['forward_backward_s']:.3f} s)")
+    rows += [
+        (f"capture q,k,v,z,attn_out,scores ({c['tokens']} tok) / bare forward",
+         f"{c['capture_ratio']:.2f}x ({c['capture_s']:.2f} s vs {c['bare_forward_s']:.2f} s)"),
+        ("full run_with_cache / bare forward", f"{c['run_with_cache_ratio']:.2f}x"),
+        ("captured activations", f"{c['captured_MiB']:.1f} MiB"),
+        (f"dual_form ({d['tokens']} tok) / bare forward",
+         f"{d['dual_form_ratio']:.2f}x ({d['dual_form_s']:.2f} s vs {d['bare_forward_s']:.2f} s)"),
+        ("dual_form result size", f"{d['result_MiB']:.1f} MiB"),
+        (f"finetune_kv step ({f['tokens']} tok) / fwd+bwd on K,V",
+         f"{f['finetune_step_ratio']:.2f}x ({f['finetune_step_s']:.3f} s vs {f['forward_backward_s']:.3f} s)"),
+    ]
     for k, p in result["prefix_reuse"].items():
-        table.add_row(f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
-                      f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)")
+        rows.append((f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
+                     f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)"))
     g = result["seed_grid"]
-    table.add_row(f"finetuning {g['seeds']} seeds × {g['rates']} rates: per-seed grids / one batch",
-                  f"{g['speedup']:.2f}x ({g['per_seed_grids_s']:.1f} s vs {g['one_batch_s']:.1f} s)")
+    rows.append((f"finetuning {g['seeds']} seeds × {g['rates']} rates: per-seed grids / one batch",
+                 f"{g['speedup']:.2f}x ({g['per_seed_grids_s']:.1f} s vs {g['one_batch_s']:.1f} s)"))
     if "pythia_shape" in result:
         pc, pd = result["pythia_shape"]["capture"], result["pythia_shape"]["dual_form"]
-        table.add_row(f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
-                      f"{pc['capture_ratio']:.2f}x ({pc['capture_s']:.2f} s vs {pc['bare_forward_s']:.2f} s)")
-        table.add_row(f"Pythia-160M shape: dual_form ({pd['tokens']} tok) / bare forward",
-                      f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)")
+        rows.append((f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
+                     f"{pc['capture_ratio']:.2f}x ({pc['capture_s']:.2f} s vs {pc['bare_forward_s']:.2f} s)"))
+        rows.append((f"Pythia-160M shape: dual_form ({pd['tokens']} tok) / bare forward",
+                     f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)"))
     if "end_to_end" in result:
         e = result["end_to_end"]
         d = e["default"]
-        table.add_row("default reproduce dai", f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s")
+        rows.append(("default reproduce dai", f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s"))
         for label, key in (("seeds on their own / shared", "seed_sharing"),
                            ("reuse+batching off / on", "reuse")):
             p = e[key]
-            table.add_row(f"one task: {label}", f"{p['speedup']:.2f}x ({p['naive']['total_s']:.0f} s "
-                          f"vs {p['shared']['total_s']:.0f} s)")
-    table.add_row("peak RSS", f"{result['peak_rss_MiB']:.0f} MiB")
-    console.print(table)
+            rows.append((f"one task: {label}", f"{p['speedup']:.2f}x ({p['naive']['total_s']:.0f} s "
+                         f"vs {p['shared']['total_s']:.0f} s)"))
+    rows.append(("peak RSS", f"{result['peak_rss_MiB']:.0f} MiB"))
+    print_table(console, ("measurement", "value"), rows,
+                title=f"dualform bench ({result['device']}, {result['dtype']}, {result['threads']} threads)")
 
 
 def main() -> None:  # pragma: no cover - console entry point

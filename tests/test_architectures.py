@@ -125,10 +125,16 @@ def test_reproduce_dai_end_to_end(name, family_dirs, tmp_path, single_thread):
     assert (tmp_path / "results.json").exists()
 
 
-def test_readme_table_is_current():
-    """Runs after the matrix (same module): the README table equals the one built from it."""
-    if set(RESULTS) != set(FAMILIES) or any(len(r) < 3 + len(CHECK_FUNCTIONS) for r in RESULTS.values()):
-        pytest.skip("the whole matrix did not run in this session")
+def test_readme_table_is_current(family_dirs):
+    """The README table equals the one built from the matrix: the cells the matrix tests left
+    in RESULTS, and any they have not filled (pytest may order this test first) computed here."""
+    for name in FAMILIES:
+        missing = [c for c in CHECK_FUNCTIONS if c not in RESULTS.get(name, {})]
+        if missing:
+            model = load_model(str(family_dirs[name]), dtype="float64")
+            RESULTS.setdefault(name, feature_columns(model))
+            for check in missing:
+                RESULTS[name][check] = cell(check, CHECK_FUNCTIONS[check](model), model)
     match = re.search(r"<!-- architecture-table -->\n(.*?)<!-- /architecture-table -->",
                       README.read_text(), flags=re.S)
     assert match, "README has no architecture table markers"

@@ -58,15 +58,15 @@ def test_attention_hooks_fire_inside_and_are_undone(family, tmp_path):
     tokens = model.to_tokens("a b c d e f")
     implementation = model.original_model.config._attn_implementation
     with pytest.raises(ProbeError, match="never fired"):
-        capture(model, tokens, hooks=("scores",) if family == "opt" else ("rot_q",))
+        capture(model, tokens, hooks=("attn_scores",) if family == "opt" else ("rot_q",))
     reference = model(tokens)
     with compat.attention_hooks(model):
         q, k = ("rot_q", "rot_k") if family == "gpt_neox" else ("q", "k")
-        cap = capture(model, tokens, hooks=(q, k, "scores"), layers=[1])
+        cap = capture(model, tokens, hooks=(q, k, "attn_scores"), layers=[1])
         torch.testing.assert_close(model(tokens), reference, atol=1e-12, rtol=0)
-    expected = torch.einsum("bqhd,bkhd->bhqk", cap.queries(1), cap.keys(1)) * attention_scale(model, 1)
+    expected = torch.einsum("bqhd,bkhd->bhqk", cap.query_vectors(1), cap.key_vectors(1)) * attention_scale(model, 1)
     causal = torch.ones(tokens.shape[-1], tokens.shape[-1], dtype=torch.bool).tril()
-    torch.testing.assert_close(cap.get("scores", 1)[..., causal], expected[..., causal],
+    torch.testing.assert_close(cap.get("attn_scores", 1)[..., causal], expected[..., causal],
                                atol=1e-12, rtol=0)
     assert model.original_model.config._attn_implementation == implementation
     assert not any({"_apply_rotary_pos_emb", "_masked_softmax"} & set(vars(b.attn))
@@ -76,8 +76,8 @@ def test_attention_hooks_fire_inside_and_are_undone(family, tmp_path):
 def test_float64_softmax_stays_float64():
     model = load_model("tiny-llama", dtype=torch.float64)  # load_model keeps the shims on
     tokens = model.to_tokens("precision of the pattern")
-    cap = capture(model, tokens, hooks=("scores", "pattern"), layers=[0])
-    exact = torch.softmax(cap.get("scores", 0), dim=-1)
+    cap = capture(model, tokens, hooks=("attn_scores", "pattern"), layers=[0])
+    exact = torch.softmax(cap.get("attn_scores", 0), dim=-1)
     torch.testing.assert_close(cap.get("pattern", 0), exact, atol=1e-15, rtol=0)
 
 

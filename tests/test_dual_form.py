@@ -73,10 +73,10 @@ def test_softmax_decomposition_is_exact(tiny64):
     tokens = tiny64.to_tokens(PROMPT)
     n_demo = _n_demo(tiny64)
     split = softmax_decomposition(tiny64, tokens, n_demo)
-    cap = capture(tiny64, tokens, hooks=("scores", "v"))
+    cap = capture(tiny64, tokens, hooks=("attn_scores", "v"))
     for i, layer in enumerate(split.layers):
-        scores = cap.get("scores", layer)[0, :, -1].double()
-        values = cap.values(layer)[0].transpose(0, 1)
+        scores = cap.get("attn_scores", layer)[0, :, -1].double()
+        values = cap.value_vectors(layer)[0].transpose(0, 1)
         z_ref = torch.einsum("hk,hkd->hd", torch.softmax(scores, -1), values)
         torch.testing.assert_close(split.recombined()[i], z_ref, atol=1e-10, rtol=0)
     # The bridge computes the softmax in float32, so the model's own z agrees to float32 precision.

@@ -32,7 +32,7 @@ def tokens():
 def test_tl_hook_names_and_capture(tokens):
     model = make(eta=0.5)
     names = set(available_short_names(model))
-    assert {"q", "k", "v", "rot_q", "rot_k", "scores", "pattern", "z"} <= names
+    assert {"q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"} <= names
     assert {"attn_out", "resid_pre", "resid_mid", "resid_post"} <= names
     assert "blocks.1.attn.hook_momentum" in model.hook_dict
     cap = capture(model, tokens, hooks=("q", "k", "v", "pattern", "z", "resid_post"))

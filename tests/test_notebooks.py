@@ -1,7 +1,9 @@
-"""Every notebook in notebooks/ runs top to bottom (nbclient, tiny models) and is stored clean."""
+"""Every notebook in notebooks/ runs top to bottom (nbclient, the embedded model, offline), cleanly,
+and is stored with the outputs of its current code (static PNGs included, for GitHub)."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from nbclient import NotebookClient
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 PLOTLY = "application/vnd.plotly.v1+json"
+RUNNER = Path(__file__).resolve().parents[1] / "analyses" / "run_notebooks.py"
+REGENERATE = "python analyses/run_notebooks.py (make notebooks)"
 #: What each notebook must show besides running: (mime type or text, minimum count).
 EXPECTED = {
     "01_dual_form.ipynb": [(PLOTLY, 5), ("text/html", 1), ("relaxed: max", 1)],
@@ -21,10 +25,22 @@ EXPECTED = {
 }
 
 
+def _runner():
+    spec = importlib.util.spec_from_file_location("run_notebooks", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _warnings(outputs: list) -> list[str]:
+    return [o["text"] for o in outputs if o.get("output_type") == "stream"
+            and o.get("name") == "stderr" and "warn" in o.get("text", "").lower()]
+
+
 def _run(nb, cwd: Path) -> None:
     # "python3" resolves to this interpreter: jupyter_client swaps a kernelspec's bare
     # "python" for sys.executable, and ipykernel provides the spec when none is installed.
-    NotebookClient(nb, kernel_name="python3", timeout=240,
+    NotebookClient(nb, kernel_name="python3", timeout=1800,  # a guard against hangs only
                    resources={"metadata": {"path": str(cwd)}}).execute()
 
 
@@ -43,21 +59,35 @@ def test_there_are_the_four_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_is_stored_without_outputs(path):
+def test_notebook_is_stored_with_the_outputs_of_its_current_code(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
     assert nb.metadata.kernelspec.name == "python3"
+    recorded = nb.metadata.get("dualform", {}).get("code_sha256")
+    assert recorded == _runner().code_sha256(nb), f"{path.name}: outputs are stale; run {REGENERATE}"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))  # one clean run
+    outputs = _outputs(nb)
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert not _warnings(outputs), _warnings(outputs)
+    figures = [o["data"] for o in outputs if PLOTLY in o.get("data", {})]
+    assert figures and all("image/png" in d for d in figures)  # drawn on GitHub too
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary files land here
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the kernel's temporary files land here
+    monkeypatch.delenv("PLOTLY_RENDERER", raising=False)
     nb = nbformat.read(path, as_version=4)
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        cell.outputs, cell.execution_count = [], None  # run from the source, not the stored run
     _run(nb, tmp_path)  # raises CellExecutionError (with the traceback) if any cell fails
     outputs = _outputs(nb)
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert not _warnings(outputs), _warnings(outputs)
+    assert not list(tmp.iterdir()), f"{path.name} left {[p.name for p in tmp.iterdir()]}"
     for what, minimum in EXPECTED[path.name]:
         assert _count(outputs, what) >= minimum, f"{path.name}: expected {minimum}× {what!r}"
 

@@ -43,3 +43,16 @@ def test_prefix_reuse_equals_full_forward_gpt2_learned_positions():
 @pytest.mark.slow
 def test_prefix_reuse_equals_full_forward_embedded(smol):
     _check(smol, 8, atol=1e-5, rtol=1e-5)
+
+
+def test_pad_tokens_pads_either_side_and_masks_real_tokens():
+    from dualform.core.prefix import pad_queries, pad_tokens
+
+    seqs = [torch.tensor([5, 6, 7]), torch.tensor([8])]
+    tokens, mask = pad_tokens(seqs, pad_id=0)
+    assert tokens.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    tokens, mask = pad_tokens(seqs, pad_id=2, side="left")
+    assert tokens.tolist() == [[5, 6, 7], [2, 2, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert pad_queries(seqs, pad_id=0).last.tolist() == [2, 0]
+    with pytest.raises(ValueError, match="side"):
+        pad_tokens(seqs, 0, side="middle")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dualform import dual_form, finetune_kv, load_model, load_task, prompt_tokens, sample_demos
+from dualform.experiments.dai.attention import AttentionExample, attention_example
 from dualform.experiments.dai.conditions import demo_training_texts
 from dualform.experiments.dai.pooling import pool_task, pooled_attribution
 from dualform.experiments.dai.protocol import pool_tasks
@@ -32,8 +33,6 @@ from dualform.experiments.dai.results import (
 from dualform.infra.io import as_stored
 from dualform.tasks.prompts import build_prompt
 from dualform.viz.figures import (
-    AttentionExample,
-    attention_example,
     attention_views,
     attention_views_html,
     circuitsvis_library,
@@ -247,7 +246,9 @@ def test_attention_example_aligns_zsl_and_ft_on_the_query_tokens(tiny):
     assert not np.allclose(ex.last_row["zsl"], ex.last_row["ft"])  # FT moved the pattern
     fig = demo_attention_figure(ex)
     assert [tr.name.split(":")[0] for tr in fig.data] == ["ICL", "ZSL", "FT"]
-    np.testing.assert_allclose(fig.data[0].y, icl[ex.view_layer].mean(0)[ex.demo_start:], atol=1e-6)
+    np.testing.assert_allclose(fig.data[0].y, icl[ex.view_layer].mean(0), atol=1e-6)  # BOS too
+    matches = {fig.layout[ax.replace("y", "yaxis")].matches for ax in {tr.yaxis for tr in fig.data}}
+    assert len(matches - {None}) == 1  # one shared attention axis for ICL, ZSL and FT
     assert "position %{x}" in fig.data[0].hovertemplate
     again = AttentionExample.from_dict(json.loads(json.dumps(ex.to_dict())))
     assert again == ex

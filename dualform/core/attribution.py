@@ -45,7 +45,7 @@ def icl_head_effects(
         return icl_head_effects_batch(prefix, [tokens.reshape(-1)], demo, label_ids, [gold])[0]
     tokens = tokens.reshape(1, -1)
     with torch.enable_grad():
-        cap = capture(model, tokens, hooks=("scores", "v", "z"), detach=False)
+        cap = capture(model, tokens, hooks=("attn_scores", "v", "z"), detach=False)
         margin = label_margin(cap.logits[0, -1, label_ids], gold)
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
     last = tokens.shape[-1] - 1
@@ -60,12 +60,12 @@ def icl_head_effects_batch(
     pad), so the gradient of the summed margins holds each row's own gradient."""
     batch = pad_queries(queries, pad_id=0)
     with torch.enable_grad():
-        cap = prefix.run(batch, ("scores", "v", "z"), detach=False)
+        cap = prefix.run(batch, ("attn_scores", "v", "z"), detach=False)
         lasts = batch.last.tolist()
         margin = sum(label_margin(cap.logits[row, last, label_ids], gold)
                      for row, (last, gold) in enumerate(zip(lasts, golds, strict=True)))
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
-    values = [prefix.capture.values(layer)[0] for layer in cap.layers]
+    values = [prefix.capture.value_vectors(layer)[0] for layer in cap.layers]
     return torch.stack([_row_effects(cap, grads, row=row, last=last, prefix_values=values, demo=demo)
                         for row, last in enumerate(lasts)])
 
@@ -77,8 +77,8 @@ def _row_effects(cap, grads, *, row: int, last: int, prefix_values: list[Tensor]
     is_demo = demo_mask(n_prefix + last + 1, demo.stop - demo.start, demo.start)
     effects = []
     for i, (layer, grad) in enumerate(zip(cap.layers, grads, strict=True)):
-        scores = cap.get("scores", layer)[row, :, last, : n_prefix + last + 1].detach()
-        values = cap.values(layer)[row, : last + 1].detach()
+        scores = cap.get("attn_scores", layer)[row, :, last, : n_prefix + last + 1].detach()
+        values = cap.value_vectors(layer)[row, : last + 1].detach()
         if prefix_values is not None:
             values = torch.cat([prefix_values[i], values])
         values = rearrange(values, "key head d -> head key d")
@@ -159,6 +159,11 @@ class HeadAttribution:
     ft: Float[np.ndarray, "layer head"]
     spearman: float
     kendall: float
+
+    def __repr__(self) -> str:
+        n_layer, n_head = self.icl.shape
+        return (f"HeadAttribution(layers={n_layer}, heads={n_head}, "
+                f"spearman={self.spearman:.3f}, kendall={self.kendall:.3f})")
 
     def to_dict(self) -> dict:
         return {"icl": self.icl.tolist(), "ft": self.ft.tolist(),

@@ -36,15 +36,16 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from dualform.core.equations import linear_attention, meta_gradient, softmax_split
+from dualform.infra.reprs import brief_dtype
 from dualform.models.compat import attention_hooks
 from dualform.models.features import UnsupportedFeatureError, require_supported
 from dualform.probes import (
     Capture,
     attention_scale,
-    available_short_names,
     capture,
     check_context,
     repeat_kv,
+    score_vector_hooks,
 )
 
 
@@ -76,6 +77,13 @@ class DualForm:
         out = linear_attention(self.w_zsl, self.q)
         return out if self.bias_query is None else out + self.bias_query
 
+    def __repr__(self) -> str:
+        n_layer, n_head, d_head = self.q.shape
+        demo = self.demo_slice
+        return (f"DualForm(layers={n_layer}, heads={n_head}, d_head={d_head}, "
+                f"demo={demo.start}:{demo.stop} ({demo.stop - demo.start} tokens), "
+                f"dtype={brief_dtype(self.q)})")
+
     def norms(self) -> dict[str, Float[Tensor, "layer head"]]:
         """Frobenius norms of ΔW_ICL and W_ZSL per layer and head."""
         return {
@@ -97,10 +105,9 @@ def demo_mask(n_pos: int, n_demo_tokens: int, demo_start: int = 0) -> torch.Tens
 
 
 def score_hooks(model) -> tuple[str, ...]:
-    """The hooks whose vectors the attention scores are computed from (rotated if rotary)."""
-    available = available_short_names(model)
-    rotated = "rot_q" in available and "rot_k" in available
-    return ("rot_q", "rot_k", "v") if rotated else ("q", "k", "v")
+    """The hooks whose vectors the attention scores are computed from (rotated if rotary), and
+    ``v``; a rotary model that hides its rotated q/k is refused (see :func:`score_vector_hooks`)."""
+    return (*score_vector_hooks(model), "v")
 
 
 def dual_form(
@@ -128,9 +135,9 @@ def dual_form(
             cap = capture(model, tokens, hooks=(*score_hooks(model), "z"), layers=layers)
     layer_ids = tuple(cap.layers if layers is None else layers)
     return dual_form_from_vectors(
-        keys=torch.stack([cap.keys(layer, expand=False)[0] for layer in layer_ids]),
-        values=torch.stack([cap.values(layer, expand=False)[0] for layer in layer_ids]),
-        q=torch.stack([cap.queries(layer)[0, -1] for layer in layer_ids]),
+        keys=torch.stack([cap.key_vectors(layer, expand=False)[0] for layer in layer_ids]),
+        values=torch.stack([cap.value_vectors(layer, expand=False)[0] for layer in layer_ids]),
+        q=torch.stack([cap.query_vectors(layer)[0, -1] for layer in layer_ids]),
         z=torch.stack([cap.get("z", layer)[0, -1] for layer in layer_ids]),
         is_demo=demo_mask(tokens.shape[-1], n_demo_tokens, demo_start),
         layers=layer_ids,
@@ -181,7 +188,7 @@ def expected_scores(model, cap: Capture, layer: int) -> Float[Tensor, "batch hea
     """``scale · (rot_q · rot_k + b)`` from the captured vectors, soft-capped like the model
     (``cap · tanh(s / cap)``)."""
     scale = attention_scale(model, layer)
-    q, k = cap.queries(layer), cap.keys(layer)
+    q, k = cap.query_vectors(layer), cap.key_vectors(layer)
     scores = einsum(q, k, "batch q_pos head d, batch k_pos head d -> batch head q_pos k_pos")
     bias = positional_bias(model, layer, k.shape[1])
     if bias is not None:
@@ -199,11 +206,11 @@ def score_error(model, tokens: Tensor, *, layers: Sequence[int] | None = None,
     ``check``, raise :class:`ScoreMismatchError` naming the model and layer above a tolerance
     of ``1000 · eps · (1 + max |scores|)``."""
     with attention_hooks(model):
-        cap = capture(model, tokens, hooks=(*score_hooks(model), "scores"), layers=layers)
+        cap = capture(model, tokens, hooks=(*score_hooks(model), "attn_scores"), layers=layers)
     causal = torch.ones(tokens.shape[-1], tokens.shape[-1], dtype=torch.bool).tril()
     worst = 0.0
     for layer in cap.layers:
-        real = cap.get("scores", layer)[..., causal]
+        real = cap.get("attn_scores", layer)[..., causal]
         expected = expected_scores(model, cap, layer)[..., causal].to(real.dtype)
         error = float((real - expected).abs().max())
         tolerance = 1e3 * torch.finfo(real.dtype).eps * (1.0 + float(real.abs().max()))
@@ -288,6 +295,11 @@ class SoftmaxSplit:
     z: Float[Tensor, "layer head d_head"]
     layers: tuple[int, ...]
 
+    def __repr__(self) -> str:
+        n_layer, n_head, d_head = self.z.shape
+        return (f"SoftmaxSplit(layers={n_layer}, heads={n_head}, d_head={d_head}, "
+                f"mean λ={self.lam.float().mean():.3f}, dtype={brief_dtype(self.z)})")
+
     def recombined(self) -> Float[Tensor, "layer head d_head"]:
         lam = self.lam.unsqueeze(-1)
         return lam * self.z_demo + (1 - lam) * self.z_query
@@ -309,12 +321,12 @@ def softmax_decomposition(
     tokens = single_prompt(model, tokens)
     require_supported(model, "softmax_decomposition", n_pos=tokens.shape[-1])
     with attention_hooks(model):
-        cap = capture(model, tokens, hooks=("scores", "v", "z"), layers=layers)
+        cap = capture(model, tokens, hooks=("attn_scores", "v", "z"), layers=layers)
     is_demo = demo_mask(tokens.shape[-1], n_demo_tokens, demo_start)
     parts = []
     for layer in cap.layers:
-        scores = cap.get("scores", layer)[0, :, position]  # [head, k_pos]
-        values = cap.values(layer)[0].transpose(0, 1)  # [head, pos, d_head]
+        scores = cap.get("attn_scores", layer)[0, :, position]  # [head, k_pos]
+        values = cap.value_vectors(layer)[0].transpose(0, 1)  # [head, pos, d_head]
         parts.append(softmax_split(scores, values, is_demo))
     lam, z_demo, z_query = (torch.stack(p) for p in zip(*parts, strict=True))
     z = cap.stack("z")[:, 0, position]

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualform.core.equations import delta_w_ft
+from dualform.core.prefix import pad_tokens
 from dualform.errors import (
     DualformError,
     InvalidArgumentError,
@@ -66,6 +67,13 @@ class FinetuneResult:
     lr: float
     layer_causal: bool = False
     n_kv_heads: int = field(default=1)
+
+    def __repr__(self) -> str:
+        losses = (f"loss {self.losses[0]:.4g} → {self.losses[-1]:.4g}" if self.losses
+                  else "no steps")
+        return (f"FinetuneResult(model=<{type(self.model).__name__}>, lr={self.lr:g}, "
+                f"steps={len(self.losses)}, {losses}, ΔW of {len(self.delta_w)} K/V weights"
+                f"{', layer-causal' if self.layer_causal else ''})")
 
     def per_head(self, proj: str = "k") -> Float[Tensor, "layer kv_head d_head d_model"]:
         """ΔW of ``W_K`` (``proj="k"``) or ``W_V`` reshaped per layer and KV head."""
@@ -108,14 +116,14 @@ def finetune_kv(
     float32 master copies of W_K/W_V (the half-precision weights are rounded from them).
     """
     check_finetune_args(texts, lr, epochs=epochs, batch_size=batch_size)
-    tuned = _copy_for_finetuning(model, device)
+    tuned = copy_for_finetuning(model, device)
     tuned.eval()  # no dropout: the update must be a deterministic function of the data
     params = kv_parameters(tuned)
     for p in params.values():
         p.requires_grad_(True)
-    master = _master_weights(params)
+    master = master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
-    batches = _batches(tuned, texts, batch_size)
+    batches = training_batches(tuned, texts, batch_size)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     steps = [
@@ -124,12 +132,12 @@ def finetune_kv(
     ]
     for step, (tokens, mask) in enumerate(tqdm(steps, desc="finetune W_K/W_V", disable=not progress)):
         loss = _loss(tuned, tokens, mask, layer_causal)
-        _check_loss(loss, losses, step, lr, explode_factor)
+        check_loss(loss, losses, step, lr, explode_factor)
         grads = torch.autograd.grad(loss, list(params.values()))
-        _check_finite(grads, params, step, lr)
+        check_finite_grads(grads, params, step, lr)
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
-                _sgd_step(p, master[name], g, lr)
+                sgd_step(p, master[name], g, lr)
         losses.append(loss.item())
     for p in params.values():
         p.requires_grad_(False)
@@ -166,7 +174,7 @@ def check_update(delta: dict[str, Tensor], before: dict[str, Tensor], lr: float,
             )
 
 
-def _copy_for_finetuning(model, device):
+def copy_for_finetuning(model, device):
     """The model to train: on the model's own device it shares every parameter but W_K/W_V with
     ``model`` (memory of one K/V set, not of a model); on another device, a full copy there.
     Gradients are only ever asked for W_K/W_V, so the shared parameters are never written.
@@ -182,14 +190,14 @@ def _copy_for_finetuning(model, device):
     return clone_model(model, share=frozen)
 
 
-def _master_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
+def master_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
     """The weights SGD updates: the parameters themselves in float32/float64, float32 master
     copies for bfloat16/float16 (a step of size lr·g is often below their resolution)."""
     return {name: p.detach() if _master_dtype(p.dtype) == p.dtype
             else p.detach().to(_master_dtype(p.dtype)).clone() for name, p in params.items()}
 
 
-def _sgd_step(param: Tensor, master: Tensor, grad: Tensor, lr: float | Tensor) -> None:
+def sgd_step(param: Tensor, master: Tensor, grad: Tensor, lr: float | Tensor) -> None:
     """``W ← W − lr·g`` on the master weights, then the parameter holds them (rounded). The
     same arithmetic for a float ``lr`` and a per-rate tensor, so a batched grid and single
     runs round alike."""
@@ -202,7 +210,7 @@ def _master_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _train_only_kv(model) -> dict[str, torch.nn.Parameter]:
+def train_only_kv(model) -> dict[str, torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(False)
     params = kv_parameters(model)
@@ -211,7 +219,7 @@ def _train_only_kv(model) -> dict[str, torch.nn.Parameter]:
     return params
 
 
-def _batches(model, texts, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+def training_batches(model, texts, batch_size: int) -> list[tuple[Tensor, Tensor]]:
     """Right-padded token batches with a mask of real tokens."""
     seqs = [model.to_tokens(t, truncate=False)[0] if isinstance(t, str) else t.reshape(-1)
             for t in texts]
@@ -221,18 +229,10 @@ def _batches(model, texts, batch_size: int) -> list[tuple[Tensor, Tensor]]:
                 f"Finetuning text {i} has {len(s)} token(s); a next-token loss needs at least 2 "
                 "(is the text empty?).")
         check_context(model, len(s), f"Finetuning text {i}")
-    pad = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
+    pad = (model.tokenizer.pad_token_id if model.tokenizer is not None else 0) or 0
     device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i : i + batch_size]
-        width = max(len(s) for s in chunk)
-        tokens = torch.full((len(chunk), width), pad or 0, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for row, s in enumerate(chunk):
-            tokens[row, : len(s)], mask[row, : len(s)] = s, True
-        out.append((tokens.to(device), mask.to(device)))
-    return out
+    return [tuple(t.to(device) for t in pad_tokens(seqs[i : i + batch_size], pad))
+            for i in range(0, len(seqs), batch_size)]
 
 
 def _order(batches: list, shuffle: bool, generator: torch.Generator) -> list:
@@ -291,7 +291,7 @@ def layer_causal_loss(model, tokens: Tensor, mask: Tensor, **forward_kwargs) -> 
     )
 
 
-def _check_finite(grads: Sequence[Tensor], params: dict, step: int, lr: float) -> None:
+def check_finite_grads(grads: Sequence[Tensor], params: dict, step: int, lr: float) -> None:
     worst = float(torch.stack([g.detach().abs().amax().double() for g in grads]).max())
     if math.isfinite(lr * worst):  # NaN propagates through max: one check, one sync
         return
@@ -303,7 +303,7 @@ def _check_finite(grads: Sequence[Tensor], params: dict, step: int, lr: float) -
             )
 
 
-def _check_loss(loss: Tensor, history: list[float], step: int, lr: float, factor: float) -> None:
+def check_loss(loss: Tensor, history: list[float], step: int, lr: float, factor: float) -> None:
     value = loss.item()
     if not math.isfinite(value):
         raise FinetuneDivergedError(

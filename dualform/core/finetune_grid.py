@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -29,17 +28,18 @@ from dualform.core.equations import delta_w_ft
 from dualform.core.finetune import (
     FinetuneDivergedError,
     FinetuneResult,
-    _batches,
-    _check_finite,
-    _check_loss,
-    _copy_for_finetuning,
-    _master_weights,
-    _sgd_step,
     check_finetune_args,
+    check_finite_grads,
+    check_loss,
     check_update,
+    copy_for_finetuning,
     kv_parameters,
+    master_weights,
     next_token_loss,
+    sgd_step,
+    training_batches,
 )
+from dualform.core.prefix import pad_tokens
 from dualform.errors import check_learning_rates
 from dualform.models.features import sync_fused_kv
 from dualform.probes import head_counts
@@ -85,7 +85,7 @@ def finetune_kv_rows(
     for texts, lr in rows:
         check_finetune_args(texts, lr)
     grid, params = _grid_model(model, len(rows))
-    master = _master_weights(params)
+    master = master_weights(params)
     before = {name: m.clone() for name, m in master.items()}
     rates = torch.tensor(lrs, dtype=torch.float64)
     losses: list[list[float]] = [[] for _ in rows]
@@ -97,13 +97,13 @@ def finetune_kv_rows(
         row_losses = {r: next_token_loss(logits[r : r + 1], tokens[r : r + 1], mask[r : r + 1])
                       for r in range(len(rows)) if r not in failed}
         for r in list(row_losses):
-            _drop_if_diverged(r, failed, row_losses, _check_loss, row_losses[r], losses[r], step,
+            _drop_if_diverged(r, failed, row_losses, check_loss, row_losses[r], losses[r], step,
                               lrs[r], explode_factor)
         if not row_losses:
             break
         grads = torch.autograd.grad(sum(row_losses.values()), list(params.values()))
         for r in list(row_losses):
-            _drop_if_diverged(r, failed, row_losses, _check_finite, [g[r] for g in grads], params,
+            _drop_if_diverged(r, failed, row_losses, check_finite_grads, [g[r] for g in grads], params,
                               step, lrs[r])
         if not row_losses:
             break
@@ -112,7 +112,7 @@ def finetune_kv_rows(
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
                 m = master[name]
-                _sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
+                sgd_step(p, m, g, step_size.to(m.dtype).view(-1, *[1] * (m.ndim - 1)))
         for r, loss in row_losses.items():
             losses[r].append(loss.item())
     for r in range(len(lrs)):
@@ -126,13 +126,12 @@ def finetune_kv_rows(
 
 def _row_steps(model, texts_per_row: Sequence[Sequence]) -> list[tuple[Tensor, Tensor]]:
     """Step ``t``: every row's ``t``-th text, right-padded to one width, and the real-token mask."""
-    per_row = [_batches(model, texts, 1) for texts in texts_per_row]
+    per_row = [training_batches(model, texts, 1) for texts in texts_per_row]
+    device = next(model.parameters()).device
     steps = []
     for step in zip(*per_row, strict=True):
-        width = max(tokens.shape[-1] for tokens, _ in step)
-        tokens = torch.stack([F.pad(t[0], (0, width - t.shape[-1])) for t, _ in step])
-        mask = torch.stack([F.pad(m[0], (0, width - m.shape[-1])) for _, m in step])
-        steps.append((tokens, mask))
+        tokens, mask = pad_tokens([t for t, _ in step], 0)
+        steps.append((tokens.to(device), mask.to(device)))
     return steps
 
 
@@ -148,7 +147,7 @@ def _drop_if_diverged(r: int, failed: dict, live: dict, check, *args) -> None:
 def _grid_model(model, n_rates: int):
     """A copy of ``model`` (frozen weights shared) whose K/V projections hold ``n_rates``
     weights each; returns it and ``{kv parameter name: grid parameter}``."""
-    grid = _copy_for_finetuning(model, None)
+    grid = copy_for_finetuning(model, None)
     grid.eval()
     params: dict[str, nn.Parameter] = {}
     for name, linear in _kv_linears(grid).items():
@@ -169,7 +168,7 @@ def _kv_linears(model) -> dict[str, nn.Module]:
 
 def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[float]) -> FinetuneResult:
     """Rate ``r``'s run as a :class:`FinetuneResult` whose model shares the frozen weights."""
-    tuned = _copy_for_finetuning(model, None)
+    tuned = copy_for_finetuning(model, None)
     tuned.eval()
     with torch.no_grad():
         for name, p in kv_parameters(tuned).items():

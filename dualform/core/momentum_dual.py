@@ -32,6 +32,7 @@ from dualform.core.dual_form import DualForm, demo_mask, dual_form, score_hooks,
 from dualform.core.equations import linear_attention
 from dualform.core.momentum import eta_per_head, momentum_attention
 from dualform.core.relaxed import relaxed_linear_attention
+from dualform.infra.reprs import brief_dtype
 from dualform.models.compat import attention_hooks
 from dualform.probes import capture, head_counts
 
@@ -67,6 +68,13 @@ class MomentumDualForm:
     eta: Float[Tensor, "layer head"]
     m_demo: Float[Tensor, "layer head d_head"]
     m_query: Float[Tensor, "layer head d_head"]
+
+    def __repr__(self) -> str:
+        n_layer, n_head, d_head = self.m_demo.shape
+        demo = self.dual.demo_slice
+        return (f"MomentumDualForm(layers={n_layer}, heads={n_head}, d_head={d_head}, "
+                f"demo={demo.start}:{demo.stop}, mean η={self.eta.float().mean():.3f}, "
+                f"dtype={brief_dtype(self.m_demo)})")
 
     def output(self) -> Float[Tensor, "layer head d_head"]:
         """``(W_ZSL + ΔW_ICL) q + m_demo + m_query`` — equals ``hook_z`` under relaxed attention."""
@@ -119,7 +127,7 @@ def momentum_dual_form(
     etas = _layer_etas(model, eta, layer_ids)
     is_demo = demo_mask(tokens.shape[-1], n_demo_tokens, demo_start)
     pieces = [
-        momentum_split(cap.values(layer)[0].transpose(0, 1), etas[i], is_demo)
+        momentum_split(cap.value_vectors(layer)[0].transpose(0, 1), etas[i], is_demo)
         for i, layer in enumerate(layer_ids)
     ]
     m_demo, m_query = (torch.stack(p) for p in zip(*pieces, strict=True))

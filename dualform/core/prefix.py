@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
+from dualform.infra.reprs import compact_repr
 from dualform.models.compat import attention_hooks, kv_cache
 from dualform.probes import Capture, capture, head_counts
 
@@ -41,13 +42,32 @@ class QueryBatch:
     tokens: Int[Tensor, "batch q_pos"]
     last: Int[Tensor, " batch"]
 
+    __repr__ = compact_repr
+
+
+def pad_tokens(
+    seqs: Sequence[Tensor], pad_id: int, *, side: str = "right"
+) -> tuple[Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"]]:
+    """Token sequences of different lengths as one ``[batch, pos]`` batch padded with
+    ``pad_id`` on the ``side`` given, and the mask of real tokens. The one padding function:
+    query batches on a prefix and finetuning batches pad right (a real token never attends to
+    a later pad), the momentum ablation pads left (every prompt ends at the last position)."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    flat = [s.reshape(-1) for s in seqs]
+    width = max(len(s) for s in flat)
+    tokens = torch.full((len(flat), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(flat), width), dtype=torch.bool)
+    for row, s in enumerate(flat):
+        span = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        tokens[row, span], mask[row, span] = s, True
+    return tokens, mask
+
 
 def pad_queries(queries: Sequence[Tensor], pad_id: int) -> QueryBatch:
-    lengths = [int(q.numel()) for q in queries]
-    tokens = torch.full((len(queries), max(lengths)), pad_id, dtype=torch.long)
-    for row, q in enumerate(queries):
-        tokens[row, : lengths[row]] = q.reshape(-1)
-    return QueryBatch(tokens, torch.tensor(lengths) - 1)
+    """Right-padded query tokens and each row's last real index."""
+    tokens, mask = pad_tokens(queries, pad_id)
+    return QueryBatch(tokens, mask.sum(-1) - 1)
 
 
 class PrefixRun:
@@ -70,6 +90,10 @@ class PrefixRun:
                 model, self.prefix.to(device), hooks=hooks, cache=self.cache, use_cache=True
             )
 
+    def __repr__(self) -> str:
+        return (f"PrefixRun(prefix={self.length} tokens, model=<{type(self.model).__name__}>, "
+                f"capture={self.capture!r})")
+
     def _cache_for(self, batch: int):
         cache = copy.deepcopy(self.cache)
         if batch > 1:
@@ -88,7 +112,8 @@ class PrefixRun:
 
     def prefix_kv(self, layer: int, *, rotated: bool = True) -> tuple[Tensor, Tensor]:
         """The prefix's keys (rotated when captured) and values, per query head: ``[pos, head, d]``."""
-        return (self.capture.keys(layer, rotated=rotated)[0], self.capture.values(layer)[0])
+        cap = self.capture
+        return (cap.key_vectors(layer, rotated=rotated)[0], cap.value_vectors(layer)[0])
 
 
 def free_memory_bytes(device: torch.device) -> int:

@@ -60,12 +60,12 @@ def relaxed_linear_attention(
         saved[key] = activation
 
     def replace_pattern(activation: Tensor, hook, *, layer: int) -> Tensor:
-        if ("scores", layer) not in saved:
+        if ("attn_scores", layer) not in saved:
             raise RuntimeError(
                 f"hook_attn_scores of layer {layer} did not fire before hook_pattern; this model "
                 "family does not expose pre-softmax scores, so attention cannot be relaxed."
             )
-        scores = saved.pop(("scores", layer))
+        scores = saved.pop(("attn_scores", layer))
         require_supported(model, "relaxed_linear_attention", n_pos=scores.shape[-1])
         if softcap > 0:
             pattern = uncapped_pattern(scores, saved.pop(("q", layer)), saved.pop(("k", layer)))
@@ -78,7 +78,7 @@ def relaxed_linear_attention(
     rotated = hook_name("rot_q", 0) in model.hook_dict
     pairs = []
     for layer in layer_ids:
-        watched = [("scores", "scores")]
+        watched = [("attn_scores", "attn_scores")]
         if softcap > 0:
             watched += [("q", "rot_q" if rotated else "q"), ("k", "rot_k" if rotated else "k")]
         for key, short in watched:

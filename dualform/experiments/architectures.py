@@ -94,14 +94,14 @@ def prompt_tokens(model) -> Tensor:
 
 def check_probes(model) -> float:
     """0 when every attention hook the model declares is captured with a consistent shape."""
-    wanted = [h for h in ("q", "k", "v", "rot_q", "rot_k", "scores", "pattern", "z")
+    wanted = [h for h in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z")
               if h in available_short_names(model)]
     tokens = prompt_tokens(model)
     cap = capture(model, tokens, hooks=wanted)
     n_heads, n_kv = head_counts(model)
     for layer in cap.layers:
-        assert cap.queries(layer).shape[2] == cap.keys(layer).shape[2] == n_heads
-        assert cap.keys(layer, expand=False).shape[2] == n_kv
+        assert cap.query_vectors(layer).shape[2] == cap.key_vectors(layer).shape[2] == n_heads
+        assert cap.key_vectors(layer, expand=False).shape[2] == n_kv
         assert cap.get("pattern", layer).shape[-1] == tokens.shape[-1]
     return 0.0
 

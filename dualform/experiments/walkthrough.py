@@ -1,82 +1,58 @@
-"""The dual-form walkthrough: one prompt on a real model, every identity checked and shown.
+"""The dual-form walkthrough: one prompt on a real model, every identity checked, in float64.
 
-1. ICL prompt = a few sentiment demonstrations + a query; ZSL prompt = the query alone.
-2. ``dual_form`` under relaxed linear attention: per-layer error of hook_z vs (W_ZSL + ΔW_ICL) q.
+1. ICL prompt = ``shots`` demonstrations of a task + its first test example; ZSL prompt = the
+   test example alone (:func:`dualform.experiments.dai.conditions.prompt_pair`).
+2. ``dual_form`` under relaxed linear attention: per-layer error of hook_z vs (W_ZSL + ΔW_ICL) q
+   (all keys) and of the demonstrations' part vs ΔW_ICL q (demonstration keys only).
 3. ‖ΔW_ICL‖ vs ‖W_ZSL‖ per layer under the model's real attention.
 4. ``finetune_kv`` on the same demonstrations; per head, cos(ΔW_ICL q, Δz_FT) where
    Δz_FT = z_FT − z_ZSL is the attention-output change finetuning causes on the query alone.
+
+:func:`run_walkthrough` returns the numbers; :func:`dualform.viz.tables.print_walkthrough`
+prints them with a legend for every column.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from rich.console import Console
-from rich.table import Table
 
 from dualform.core.dual_form import demo_mask, dual_form
 from dualform.core.finetune import finetune_kv
 from dualform.core.relaxed import relaxed_linear_attention
+from dualform.experiments.dai.conditions import PromptPair, demo_training_texts, prompt_pair
 from dualform.models.load import load_model
 from dualform.probes import capture
-
-DEMOS = [
-    ("a gorgeous, witty, seductive movie.", "Positive"),
-    ("the plot is nothing but boilerplate clichés.", "Negative"),
-    ("an utterly charming and hilarious film.", "Positive"),
-    ("it is a dull, lifeless mess.", "Negative"),
-]
-QUERY = "one of the most delightful films of the year."
-TEMPLATE = "Sentence: {x} Label:{y}"
+from dualform.tasks.prompts import load_task, sample_demos
 
 
-@dataclass
-class WalkthroughPrompt:
-    icl: torch.Tensor
-    zsl: torch.Tensor
-    n_demo_tokens: int
-    demo_texts: list[str]
-
-
-def build_prompt(model) -> WalkthroughPrompt:
-    """ICL tokens = BOS + demos + query; demos tokenised on their own so boundaries are exact."""
-    demo_texts = [TEMPLATE.format(x=x, y=" " + y) + "\n" for x, y in DEMOS]
-    demo_ids = model.to_tokens("".join(demo_texts), prepend_bos=False)[0]
-    query = model.to_tokens(TEMPLATE.format(x=QUERY, y=""))[0]  # BOS + query
-    icl = torch.cat([query[:1], demo_ids, query[1:]]).unsqueeze(0)
-    return WalkthroughPrompt(icl, query.unsqueeze(0), len(demo_ids), demo_texts)
-
-
-def run_walkthrough(model_name: str = "smollm2-135m", *, lr: float = 0.01, console=None) -> dict:
-    """Run every step on ``model_name`` in float64 and print the tables; returns the numbers."""
-    console = console or Console()
+def run_walkthrough(model_name: str = "smollm2-135m", *, task: str = "afinn-sentiment",
+                    shots: int = 4, seed: int = 1, lr: float = 0.01) -> dict:
+    """Every step of the walkthrough on ``model_name`` in float64; returns the numbers."""
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1 (got {shots}): the dual form needs demonstrations.")
     model = load_model(model_name, dtype=torch.float64)
-    prompt = build_prompt(model)
-    n_pos = prompt.icl.shape[-1]
-    console.print(f"[bold]{model_name}[/]: {n_pos} ICL tokens, {prompt.n_demo_tokens} of them demonstrations")
-
-    identity = _identity_errors(model, prompt)
-    real = dual_form(model, prompt.icl, prompt.n_demo_tokens, demo_start=1)
+    the_task = load_task(task)
+    demos = sample_demos(the_task, shots, seed)
+    query = the_task.test[0]
+    pair = prompt_pair(model, the_task, demos, query)
+    icl = pair.icl
+    identity = identity_errors(model, pair)
+    real = dual_form(model, icl.tokens, icl.n_demo_tokens, demo_start=icl.demo_start)
     norms = real.norms()
-    ft = finetune_kv(model, prompt.demo_texts, lr)
-    dz_ft = _z_last(ft.model, prompt.zsl) - _z_last(model, prompt.zsl)
+    ft = finetune_kv(model, demo_training_texts(model, the_task, demos), lr)
+    dz_ft = z_last(ft.model, pair.zsl.tokens) - z_last(model, pair.zsl.tokens)
     cos = torch.nn.functional.cosine_similarity(real.icl_update(), dz_ft, dim=-1)
-
-    table = Table("layer", "rel.err full", "rel.err demo",
-                  "‖ΔW_ICL‖", "‖W_ZSL‖", "cos(ΔW_ICL q, Δz_FT)", title="dual form per layer (relaxed identity errors; norms and cosines head-averaged)")
-    for i, layer in enumerate(real.layers):
-        table.add_row(
-            str(layer), f"{identity['full'][i]:.1e}", f"{identity['demo'][i]:.1e}",
-            f"{norms['delta_w_icl'][i].mean():.3g}", f"{norms['w_zsl'][i].mean():.3g}",
-            f"{cos[i].mean():+.3f}",
-        )
-    console.print(table)
-    console.print(f"finetuning losses: {[round(x, 3) for x in ft.losses]} (lr={lr})")
     return {
         "model": model_name,
-        "n_tokens": n_pos,
-        "n_demo_tokens": prompt.n_demo_tokens,
+        "task": task,
+        "shots": shots,
+        "seed": seed,
+        "lr": lr,
+        "query": the_task.format(query, with_label=False),
+        "gold": the_task.label_words[query.label],
+        "n_tokens": icl.tokens.shape[-1],
+        "n_demo_tokens": icl.n_demo_tokens,
+        "layers": list(real.layers),
         "identity_error_full": identity["full"].tolist(),
         "identity_error_demo": identity["demo"].tolist(),
         "norm_delta_w_icl": norms["delta_w_icl"].tolist(),
@@ -86,20 +62,22 @@ def run_walkthrough(model_name: str = "smollm2-135m", *, lr: float = 0.01, conso
     }
 
 
-def _identity_errors(model, prompt: WalkthroughPrompt) -> dict[str, torch.Tensor]:
-    """Relative per-layer error of both relaxed identities (full prompt, demo columns only)."""
-    mask = demo_mask(prompt.icl.shape[-1], prompt.n_demo_tokens, 1)
+def identity_errors(model, pair: PromptPair) -> dict[str, torch.Tensor]:
+    """Relative per-layer error of both relaxed identities (all keys; demonstration keys only):
+    ``max |z − target| / max |z|`` over heads and d_head, ``[layer]``."""
+    icl = pair.icl
+    mask = demo_mask(icl.tokens.shape[-1], icl.n_demo_tokens, icl.demo_start)
     out = {}
     for key, key_mask in (("full", None), ("demo", mask)):
         with relaxed_linear_attention(model, key_mask=key_mask):
-            dual = dual_form(model, prompt.icl, prompt.n_demo_tokens, demo_start=1)
+            dual = dual_form(model, icl.tokens, icl.n_demo_tokens, demo_start=icl.demo_start)
         target = dual.linear_attention_output() if key == "full" else dual.icl_update()
         scale = dual.z.abs().amax(dim=(-1, -2)).clamp_min(1e-30)
         out[key] = (dual.z - target).abs().amax(dim=(-1, -2)) / scale
     return out
 
 
-def _z_last(model, tokens: torch.Tensor) -> torch.Tensor:
+def z_last(model, tokens: torch.Tensor) -> torch.Tensor:
     """hook_z at the last position: ``[layer, head, d_head]``."""
     cap = capture(model, tokens, hooks=("z",))
     return cap.stack("z")[:, 0, -1]

@@ -6,4 +6,5 @@
     executors.py    local (in-process or worker processes) and Ray executors for sweeps
     bench.py        ``dualform bench``: ratios against baselines timed in the same run
     rng.py          seeded construction that leaves the caller's random state untouched
+    reprs.py        short reprs for result objects (tensors as ``float32[30, 9, 64]``)
 """

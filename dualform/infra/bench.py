@@ -28,10 +28,10 @@ import torch
 
 from dualform.core.dual_form import dual_form
 from dualform.core.finetune import (
-    _copy_for_finetuning,
-    _train_only_kv,
+    copy_for_finetuning,
     finetune_kv,
     next_token_loss,
+    train_only_kv,
 )
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
 from dualform.experiments.dai.results import DaiResults
@@ -39,7 +39,7 @@ from dualform.infra.rng import seeded
 from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.probes import capture
 
-CAPTURE_HOOKS = ("q", "k", "v", "z", "attn_out", "scores")
+CAPTURE_HOOKS = ("q", "k", "v", "z", "attn_out", "attn_scores")
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -114,7 +114,7 @@ def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 
     tokens = _tokens(model, n_tokens)
     mask = torch.ones_like(tokens, dtype=torch.bool)
     plain = load_model_copy(model)
-    params = list(_train_only_kv(plain).values())
+    params = list(train_only_kv(plain).values())
     hf = plain.original_model  # the Hugging Face model under the bridge
 
     def fwd_bwd() -> None:
@@ -122,7 +122,7 @@ def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 
             loss = next_token_loss(hf(tokens).logits, tokens, mask)
             torch.autograd.grad(loss, params)
 
-    copy_s = median_time(lambda: _copy_for_finetuning(model, None), repeats)
+    copy_s = median_time(lambda: copy_for_finetuning(model, None), repeats)
 
     def finetune() -> None:
         finetune_kv(model, [tokens[0]] * n_steps, 0.01)
@@ -242,7 +242,7 @@ def bench_pythia_shape(repeats: int, device: str | None = None, **overrides) -> 
     forward, on :func:`pythia_shaped_model`."""
     model = pythia_shaped_model(device, **overrides)
     return {"shape": {**PYTHIA_160M_SHAPE, **overrides},
-            "capture": bench_capture(model, repeats, hooks=("q", "k", "v", "z", "scores")),
+            "capture": bench_capture(model, repeats, hooks=("q", "k", "v", "z", "attn_scores")),
             "dual_form": bench_dual_form(model, repeats)}
 
 

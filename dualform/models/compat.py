@@ -30,6 +30,8 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from torch import Tensor
 
+from dualform.probes import forget_firing
+
 #: ``package: (lowest tested, first untested)`` major.minor versions.
 TESTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "transformer-lens": ((4, 3), (4, 4)),
@@ -171,10 +173,14 @@ def install_attention_hooks(model) -> Callable[[], None]:
                     lambda attn: hasattr(attn, "_masked_softmax"))]
     if any(_hf_internal(b.attn) for b in model.blocks):
         undos.append(_hooked_hf_attention(model))
+    # The firing probe of dualform.probes (available_short_names) caches, per model, which hooks
+    # fire; this changes that answer, so drop the cache on the way in and on the way out.
+    forget_firing(model)
 
     def undo() -> None:
         for step in reversed(undos):
             step()
+        forget_firing(model)
 
     return undo
 

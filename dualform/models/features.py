@@ -219,8 +219,9 @@ def sync_fused_kv(model, *, check: bool = False) -> None:
 
 
 def is_bridge(model) -> bool:
-    """A TransformerBridge over a Hugging Face model (what :func:`attention_features` reads)."""
-    return hasattr(model, "original_model") and hasattr(model, "blocks")
+    """A TransformerBridge over a Hugging Face model (what :func:`attention_features` reads); a
+    bridge over a plain torch module (``boot_native``) has no Hugging Face config and is not."""
+    return hasattr(model, "blocks") and hasattr(getattr(model, "original_model", None), "config")
 
 
 def require_supported(model, computation: str, *,

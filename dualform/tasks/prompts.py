@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from dualform.infra.reprs import compact_repr
 from dualform.probes import ContextLengthError, check_context
 from dualform.tasks.hub import HUB_SPECS, load_hub_splits
 from dualform.tasks.sources import (
@@ -325,6 +326,8 @@ class Prompt:
     query: Example
     separator: str
 
+    __repr__ = compact_repr
+
     @property
     def text(self) -> str:
         return self.demo_text + self.query_text
@@ -344,6 +347,8 @@ class PromptTokens(NamedTuple):
     tokens: Int[Tensor, "1 pos"]
     n_demo_tokens: int
     demo_start: int
+
+    __repr__ = compact_repr
 
     @property
     def n_query_tokens(self) -> int:

@@ -2,7 +2,7 @@
 
     maps.py        layer × head heatmaps
     spectra.py     singular-value spectra of ΔW_ICL / ΔW_FT
-    attention.py   attention of the last token to the demonstrations
+    attention.py   a run's attention example: last-token bars, circuitsvis views (offline)
     figures.py     every figure of a dai results directory
     tables.py      paper-layout tables (terminal and markdown)
     report.py      the self-contained report.html

@@ -23,7 +23,6 @@ from dualform.experiments.dai import results as R
 from dualform.viz.attention import (
     AttentionExample,
     OfflineHTML,
-    attention_example,
     attention_views,
     attention_views_html,
     circuitsvis_library,
@@ -40,14 +39,13 @@ from dualform.viz.maps import (
     layer_lines,
     spread_band,
 )
-from dualform.viz.spectra import effective_rank, head_spectra, spectra_figure, spectrum_figure
+from dualform.viz.spectra import effective_rank, spectra_figure, spectrum_figure
 
 __all__ = [
     "AttentionExample",
     "OfflineHTML",
     "accuracy_figure",
     "as_array",
-    "attention_example",
     "attention_views",
     "attention_views_html",
     "circuitsvis_library",
@@ -59,7 +57,6 @@ __all__ = [
     "grouped_bars",
     "head_heatmap",
     "head_heatmaps",
-    "head_spectra",
     "layer_lines",
     "overview_figure",
     "spectra_figure",

@@ -19,14 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 
+from dualform.experiments.dai.attention import head_spectra
 from dualform.viz.maps import TEMPLATE
-
-
-def singular_values(matrix: torch.Tensor) -> np.ndarray:
-    """Singular values (descending) of a matrix, computed in float64."""
-    return torch.linalg.svdvals(matrix.detach().double().cpu()).numpy()
 
 
 def effective_rank(sigma: np.ndarray) -> float:
@@ -34,26 +29,6 @@ def effective_rank(sigma: np.ndarray) -> float:
     p = sigma / max(float(sigma.sum()), 1e-300)
     p = p[p > 0]
     return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def head_spectra(dual, ft, layer: int, head: int) -> dict[str, np.ndarray]:
-    """``{"ΔW_ICL", "ΔW_V (FT)", "ΔW_K (FT)"}`` singular values for one layer and query head.
-
-    ``dual`` is a :class:`dualform.core.dual_form.DualForm` (``layer`` is a model layer index and
-    must be among ``dual.layers``); ``ft`` a :class:`dualform.core.finetune.FinetuneResult`.
-    """
-    if layer not in dual.layers:
-        raise ValueError(f"Layer {layer} is not in the dual form (layers {list(dual.layers)}).")
-    n_heads = dual.delta_w_icl.shape[1]
-    if not 0 <= head < n_heads:
-        raise ValueError(f"Head {head} out of range: the model has heads 0..{n_heads - 1}.")
-    kv_head = head // (n_heads // ft.n_kv_heads)
-    icl = dual.delta_w_icl[dual.layers.index(layer), head]
-    return {
-        "ΔW_ICL": singular_values(icl),
-        "ΔW_V (FT)": singular_values(ft.per_head("v")[layer, kv_head]),
-        "ΔW_K (FT)": singular_values(ft.per_head("k")[layer, kv_head]),
-    }
 
 
 def spectrum_figure(dual, ft, layer: int, head: int, *, normalize: bool = True) -> go.Figure:

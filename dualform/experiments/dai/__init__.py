@@ -7,4 +7,5 @@
     pooling.py      seeds → 95 % intervals per task and pooled, paired differences, marked heads
     results.py      the typed, versioned schema of results.json (writer and every reader)
     sweep.py        the same stage functions as independent jobs on an executor
+    attention.py    the attention example a run records (ICL / ZSL / FT patterns, ΔW spectra)
 """

@@ -27,10 +27,11 @@ from dualform.core.dual_form import (
     score_hooks,
 )
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
+from dualform.infra.reprs import compact_repr
 from dualform.probes import capture
 from dualform.tasks.prompts import Example, Prompt, PromptTokens, Task, build_prompt, prompt_tokens
 
-RECORD_HOOKS = ("attn_out", "z", "scores", "q")
+RECORD_HOOKS = ("attn_out", "z", "attn_scores", "q")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Record:
     icl_update: Float[Tensor, "layer head d_head"] | None = None
     norm_delta_w_icl: Float[Tensor, "layer head"] | None = None
     norm_w_zsl: Float[Tensor, "layer head"] | None = None
+
+    __repr__ = compact_repr
 
     @property
     def prediction(self) -> int:
@@ -74,6 +77,8 @@ class PromptPair:
 
     icl: PromptTokens
     zsl: PromptTokens
+
+    __repr__ = compact_repr
 
     @property
     def query_slice_icl(self) -> slice:
@@ -212,7 +217,7 @@ def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: in
         label_logits=cap.logits[row, last, label_ids].float().cpu(),
         attn_out=stacked["attn_out"][:, row, last].float().cpu(),
         z=stacked["z"][:, row, last].float().cpu(),
-        scores=stacked["scores"][:, row, :, last, :n_keys].float().cpu().clone(),
+        scores=stacked["attn_scores"][:, row, :, last, :n_keys].float().cpu().clone(),
         q=stacked["q"][:, row, last].float().cpu(),
     )
 
@@ -220,13 +225,13 @@ def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: in
 def _attach_dual(rec: Record, run: PrefixRun, cap, demo: PromptTokens, row: int, last: int) -> None:
     """The dual form of batch row ``row``: the prefix's keys/values followed by the row's own."""
     prefix = run.capture
-    keys = torch.stack([torch.cat([prefix.keys(layer, expand=False)[0],
-                                   cap.keys(layer, expand=False)[row, : last + 1]])
+    keys = torch.stack([torch.cat([prefix.key_vectors(layer, expand=False)[0],
+                                   cap.key_vectors(layer, expand=False)[row, : last + 1]])
                         for layer in cap.layers])
-    values = torch.stack([torch.cat([prefix.values(layer, expand=False)[0],
-                                     cap.values(layer, expand=False)[row, : last + 1]])
+    values = torch.stack([torch.cat([prefix.value_vectors(layer, expand=False)[0],
+                                     cap.value_vectors(layer, expand=False)[row, : last + 1]])
                           for layer in cap.layers])
-    q = torch.stack([cap.queries(layer)[row, last] for layer in cap.layers])
+    q = torch.stack([cap.query_vectors(layer)[row, last] for layer in cap.layers])
     is_demo = demo_mask(keys.shape[1], demo.n_demo_tokens, demo.demo_start)
     bias = positional_biases(run.model, cap.layers, keys.shape[1])  # ALiBi, else None
     _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers, bias))

@@ -39,6 +39,7 @@ from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_rows
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
 from dualform.errors import check_count, check_learning_rates, check_not_empty
+from dualform.experiments.dai.attention import record_attention
 from dualform.experiments.dai.conditions import (
     Record,
     demo_layout,
@@ -174,7 +175,7 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
         if not stored["tasks"]:  # nothing kept (a fresh file): written in this version
             stored["schema_version"] = SCHEMA_VERSION
         results = DaiResults.from_json(stored, path)
-        results.versions = versions()
+        results.versions = package_versions()
         model = untrained = None
         for name in config.tasks:
             if name in results.tasks:
@@ -187,6 +188,7 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
             results.save(path)
         pool_tasks(results)
         results.save(path)
+        record_attention(out, results, model=model)  # attention_example.json, for the views
     return results
 
 
@@ -496,12 +498,16 @@ def config_dict(config: DaiConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def versions() -> dict:
-    import transformer_lens
-    import transformers
+def package_versions() -> dict:
+    """Installed versions, by distribution name (TransformerLens has no ``__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    import dualform
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
 
-    return {"dualform": dualform.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "unknown")}
+    return {name: installed(dist) for name, dist in (
+        ("dualform", "dualform"), ("torch", "torch"), ("transformers", "transformers"),
+        ("transformer_lens", "transformer-lens"))}

@@ -37,10 +37,10 @@ from dualform.experiments.dai.protocol import (
     evaluate_task,
     finetune_runs,
     ft_val_accuracy,
+    package_versions,
     pool_tasks,
     seed_val_accuracy,
     task_context,
-    versions,
 )
 from dualform.experiments.dai.results import DaiResults, Selection, TaskResult
 from dualform.infra.executors import Executor, LocalExecutor
@@ -199,7 +199,7 @@ def _collect(out: Path, configs: list[DaiConfig], test_res: dict[str, dict],
              failures: list[SweepFailure]) -> dict[str, DaiResults]:
     collected = {}
     for c in configs:
-        results = DaiResults(config_dict(c), versions(), failed_jobs=[
+        results = DaiResults(config_dict(c), package_versions(), failed_jobs=[
             dataclasses.asdict(f) for f in failures if f"__{model_slug(c.model)}__" in f.job])
         for t in c.tasks:
             stored = test_res.get(Job("test", c, t).key)

@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dualform.core.momentum import momentum_attention
+from dualform.core.prefix import pad_tokens
 from dualform.experiments.stats import mean_std
 from dualform.models.compat import finite_padding_patterns
 
@@ -25,14 +26,8 @@ def left_pad(
     prompts: Sequence[Int[Tensor, " _pos"]], pad_id: int
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Left-pad 1-D token tensors to one batch; returns (tokens, attention_mask)."""
-    width = max(int(p.shape[-1]) for p in prompts)
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        p = p.reshape(-1)
-        tokens[row, width - len(p):] = p
-        mask[row, width - len(p):] = 1
-    return tokens, mask
+    tokens, mask = pad_tokens(prompts, pad_id, side="left")
+    return tokens, mask.long()
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from dualform.experiments.momentum.data import PAD
+from dualform.infra.reprs import compact_repr
 
 
 def next_token_nll(
@@ -47,6 +48,8 @@ class TrainLog:
     etas: list[list[list[float]]] = field(default_factory=list)
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+
+    __repr__ = compact_repr
 
 
 def train_lm(

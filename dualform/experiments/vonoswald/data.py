@@ -20,6 +20,8 @@ from einops import einsum, rearrange
 from jaxtyping import Float
 from torch import Tensor
 
+from dualform.infra.reprs import compact_repr
+
 
 @dataclass
 class RegressionBatch:
@@ -30,6 +32,8 @@ class RegressionBatch:
     x_test: Float[Tensor, "batch d"]
     y_test: Float[Tensor, " batch"]
     w: Float[Tensor, "batch d"]
+
+    __repr__ = compact_repr
 
     @property
     def n(self) -> int:

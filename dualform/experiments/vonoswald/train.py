@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dualform.experiments.vonoswald.data import half_mse, sample_tasks
 from dualform.experiments.vonoswald.lsa import LSATransformer, build_lsa
+from dualform.infra.reprs import compact_repr
 from dualform.infra.rng import seeded
 
 
@@ -54,6 +55,8 @@ class TrainResult:
     log_steps: list[int] = field(default_factory=list)
     log_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+    __repr__ = compact_repr
 
 
 def make_model(cfg: TrainConfig) -> LSATransformer:
