@@ -176,15 +176,15 @@ def test_the_run_records_the_attention_example_the_report_draws(tmp_path):
     from dualform import DaiConfig, run_dai
 
     config = DaiConfig(model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4,
-                       n_test=4, demo_seeds=(1,), lr_grid=(0.1,), untrained_baseline=False,
+                       n_test=4, seeds=1, demo_seeds=(1,), lr_grid=(0.1,), untrained_baseline=False,
                        attribution=False)
     results = run_dai(tmp_path, config, progress=False)
     recorded = read_json(tmp_path / ATTENTION_NAME)
     assert recorded["key"]["task"] == "afinn-sentiment"
-    assert recorded["example"]["meta"]["lr"] == results["tasks"]["afinn-sentiment"]["selection"]["lr"]
+    assert recorded["example"]["meta"]["lr"] == results.tasks["afinn-sentiment"].seeds[0].selection.lr
     mtime = (tmp_path / ATTENTION_NAME).stat().st_mtime_ns
     run_dai(tmp_path, config, progress=False)  # resumed: nothing recomputed
     assert (tmp_path / ATTENTION_NAME).stat().st_mtime_ns == mtime
     text = write_report(tmp_path).read_text(encoding="utf-8")
     assert text.count("CircuitsVis.AttentionPatterns") == 3
-    assert results["versions"]["transformer_lens"] not in ("unknown", "not installed")
+    assert results.versions["transformer_lens"] not in ("unknown", "not installed")

@@ -69,7 +69,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def interval_cell(interval: Interval | None, digits: int = 3, *, ratio: bool = False) -> str:
-    """``mean [low, high]``; ``ratio`` adds ``⚠ n=…`` below the minimum denominator."""
+    """``mean [low, high]``; ``ratio`` adds ``⚠ n=K`` (K examples) below the minimum denominator."""
     if interval is None or math.isnan(interval.mean):
         return "–"
     cell = f"{interval.mean:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
@@ -166,7 +166,7 @@ def caption(results: R.DaiResults) -> str:
     n_attr = sorted({t.n_attribution for t in results.tasks.values() if t.n_attribution})
     text = (f"{cfg.get('seeds', 1)} seed(s) × {'/'.join(map(str, n_test))} test examples per task; "
             "mean [95 % interval] (bootstrap over seeds, then test examples); "
-            f"⚠ n=…: a ratio resting on fewer than {R.MIN_DENOMINATOR} examples")
+            f"⚠ n=K: a ratio resting on only K fewer than {R.MIN_DENOMINATOR} examples")
     if n_attr:
         text += f"; head attribution on the first {'/'.join(map(str, n_attr))} test examples"
     return text
