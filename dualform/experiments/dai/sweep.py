@@ -31,12 +31,12 @@ from dualform.experiments.dai.protocol import (
     config_dict,
     evaluate_on_test,
     lr_val_accuracy,
-    package_versions,
     seed_val_accuracy,
 )
 from dualform.infra.executors import Executor, LocalExecutor
 from dualform.infra.io import read_json, write_json_atomic
 from dualform.infra.results_dir import EXECUTION_ONLY, pin_settings, results_directory
+from dualform.infra.versions import package_versions
 from dualform.models.load import load_model
 from dualform.tasks.prompts import label_token_ids, load_task, sample_demos
 
