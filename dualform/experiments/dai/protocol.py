@@ -64,6 +64,7 @@ from dualform.experiments.dai.results import (
 )
 from dualform.experiments.dai.scoring import similarity_metrics, without_ft
 from dualform.infra.results_dir import entry_settings, load_results, results_directory
+from dualform.infra.versions import package_versions
 from dualform.models.load import DEFAULT_MODEL, load_model, resolve_device
 from dualform.tasks.prompts import (
     OFFLINE_TASKS,
@@ -496,18 +497,3 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
 def config_dict(config: DaiConfig) -> dict:
     d = dataclasses.asdict(config)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def package_versions() -> dict:
-    """Installed versions, by distribution name (TransformerLens has no ``__version__``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(dist: str) -> str:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return {name: installed(dist) for name, dist in (
-        ("dualform", "dualform"), ("torch", "torch"), ("transformers", "transformers"),
-        ("transformer_lens", "transformer-lens"))}

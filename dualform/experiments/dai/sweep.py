@@ -37,7 +37,6 @@ from dualform.experiments.dai.protocol import (
     evaluate_task,
     finetune_runs,
     ft_val_accuracy,
-    package_versions,
     pool_tasks,
     seed_val_accuracy,
     task_context,
@@ -51,6 +50,7 @@ from dualform.infra.results_dir import (
     pin_settings,
     results_directory,
 )
+from dualform.infra.versions import package_versions
 from dualform.models.load import load_model
 from dualform.tasks.prompts import sample_demos
 
