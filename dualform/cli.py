@@ -107,7 +107,7 @@ def info(
       dualform info tiny-gpt2 --refresh
     """
     from dualform.models.card import model_card
-    from dualform.viz.tables import print_table
+    from dualform.viz.terminal import print_table
 
     card = model_card(model, refresh=refresh)  # a ModelLoadError: one line, exit 2 (the group)
     print_table(console, ("property", "value"), [tuple(row) for row in card["rows"]],
@@ -142,7 +142,7 @@ def walkthrough(
     """
     from dualform.experiments.walkthrough import run_walkthrough
     from dualform.models.load import ModelLoadError
-    from dualform.viz.tables import print_walkthrough
+    from dualform.viz.terminal import print_walkthrough
 
     check_learning_rate(lr, "--lr")
     if out is not None:
@@ -328,7 +328,7 @@ def reproduce_regression(
     """
     from dualform.experiments.vonoswald import RegressionConfig, run_regression
     from dualform.models.load import resolve_device
-    from dualform.viz.tables import print_table
+    from dualform.viz.terminal import print_table
 
     check_output_dir(out)
     result = run_regression(out, config=RegressionConfig(device=resolve_device(device).type))
@@ -359,7 +359,7 @@ def reproduce_momentum(
     from dualform.experiments.momentum import MomentumConfig, run_momentum
     from dualform.models.load import resolve_device
     from dualform.viz.momentum import summary_rows
-    from dualform.viz.tables import print_table
+    from dualform.viz.terminal import print_table
 
     check_output_dir(out)
     config = MomentumConfig(device=resolve_device(device).type, seeds=tuple(range(seeds)),
@@ -418,7 +418,7 @@ def bench(
 
     from dualform.infra.bench import run_bench
     from dualform.models.load import resolve_device
-    from dualform.viz.tables import print_table
+    from dualform.viz.terminal import print_table
 
     check_count(repeats, "--repeats")
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean

@@ -8,7 +8,7 @@
 4. ``finetune_kv`` on the same demonstrations; per head, cos(ΔW_ICL q, Δz_FT) where
    Δz_FT = z_FT − z_ZSL is the attention-output change finetuning causes on the query alone.
 
-:func:`run_walkthrough` returns the numbers; :func:`dualform.viz.tables.print_walkthrough`
+:func:`run_walkthrough` returns the numbers; :func:`dualform.viz.terminal.print_walkthrough`
 prints them with a legend for every column.
 """
 

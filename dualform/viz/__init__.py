@@ -4,7 +4,8 @@
     spectra.py     singular-value spectra of ΔW_ICL / ΔW_FT
     attention.py   a run's attention example: last-token bars, circuitsvis views (offline)
     figures.py     every figure of a dai results directory
-    tables.py      paper-layout tables (terminal and markdown)
+    tables.py      paper-layout tables with intervals (terminal and markdown)
+    terminal.py    terminal tables that never cut a cell (rich only: the CLI prints without torch)
     report.py      the self-contained report.html
     vonoswald.py   figures of the regression experiment
     momentum.py    figures of the momentum experiment (twins, paired differences, η ablation)
