@@ -149,11 +149,13 @@ def dai_rows(results: R.DaiResults, spec: TableSpec = MAIN) -> list[tuple[str, d
 
 def difference_rows(results: R.DaiResults) -> list[tuple[str, dict[str, str]]]:
     """Paired differences per task and pooled (a cell excluding 0 is a distinguishable effect)."""
-    rows = [(name, {key: interval_cell(t.differences.get(key)) for _, key in DIFFERENCE_COLUMNS})
-            for name, t in results.tasks.items()]
+    def cells(found: dict) -> dict[str, str]:  # accuracies (percent) to 1 decimal, like the table
+        return {key: interval_cell(found.get(key), 1 if "%" in title else 3)
+                for title, key in DIFFERENCE_COLUMNS}
+
+    rows = [(name, cells(t.differences)) for name, t in results.tasks.items()]
     if len(results.tasks) > 1:
-        rows.append(("all tasks, pooled", {key: interval_cell(results.pooled_differences.get(key))
-                                           for _, key in DIFFERENCE_COLUMNS}))
+        rows.append(("all tasks, pooled", cells(results.pooled_differences)))
     return rows
 
 
@@ -164,7 +166,7 @@ def caption(results: R.DaiResults) -> str:
     n_attr = sorted({t.n_attribution for t in results.tasks.values() if t.n_attribution})
     text = (f"{cfg.get('seeds', 1)} seed(s) × {'/'.join(map(str, n_test))} test examples per task; "
             "mean [95 % interval] (bootstrap over seeds, then test examples); "
-            f"⚠ n=K: a ratio resting on only K fewer than {R.MIN_DENOMINATOR} examples")
+            f"⚠ n=K: a ratio resting on only K < {R.MIN_DENOMINATOR} examples")
     if n_attr:
         text += f"; head attribution on the first {'/'.join(map(str, n_attr))} test examples"
     return text
