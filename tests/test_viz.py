@@ -20,6 +20,7 @@ from dualform.experiments.dai.results import (
     KENDALL,
     REC2FTP,
     SCHEMA_VERSION,
+    SIMAM_AFTER,
     SIMAM_DELTA,
     SIMAOU,
     DaiResults,
@@ -28,6 +29,7 @@ from dualform.experiments.dai.results import (
     Selection,
     Summary,
     TaskResult,
+    f2t,
     metric_set,
 )
 from dualform.infra.io import as_stored
@@ -57,11 +59,15 @@ def _metrics(rng, shift: float = 0.0) -> dict:
 
     correct = {c: rng.random(N_EXAMPLES) < p for c, p in (("zsl", 0.5), ("icl", 0.75), ("ft", 0.6))}
     fixed = correct["ft"] & ~correct["zsl"]
-    return {
+    both = fixed & correct["icl"]  # f2t: a subset of the examples
+    f2t = {"f2t": {"simaou": {"normalized": Summary.of(rng.uniform(-1, 1, (int(both.sum()), N_LAYERS)))},
+                   "simam": {"after": Summary.of(rng.uniform(-1, 1, (int(both.sum()), N_LAYERS, N_HEADS)))}}
+           } if both.any() else {}
+    return f2t | {
         "accuracy": {c: Summary.scalar(100.0 * v.mean(), 100.0 * v) for c, v in correct.items()},
         "rec2ftp": Summary.scalar(100.0 * correct["icl"][fixed].mean() if fixed.any() else float("nan"),
                                   100.0 * correct["icl"][fixed]),
-        "n_f2t": int(fixed.sum()),
+        "n_f2t": int(both.sum()),
         "simaou": {"normalized": layers(), "unnormalized": layers(), "random": layers(),
                    "per_head_z": heads()},
         "simam": {k: heads() for k in ("before", "after", "delta")},
@@ -265,3 +271,21 @@ def test_circuitsvis_views_embed_the_bundle_not_the_cdn(tiny):
         assert "unpkg.com" not in text and "<script src" not in text
         assert text.count("CircuitsVis.AttentionPatterns") == 3  # ICL, ZSL, FT
     assert "</script" not in bundle  # safe to inline
+
+
+def test_pooling_handles_metrics_over_example_subsets_and_seeds_that_lack_one():
+    """f2t metrics cover only some examples and a diverged seed has no FT metric: each gets
+    intervals from its own examples and seeds (the real 200-example default run had both)."""
+    rng = np.random.default_rng(3)
+    seeds = [_seed(rng, r) for r in range(3)]
+    for n, s in zip((7, 2, 0), seeds, strict=True):  # f2t over 7, 2 and no examples
+        s.metrics = {k: v for k, v in s.metrics.items() if not k.startswith("f2t.")}
+        if n:
+            s.metrics[f2t(SIMAOU)] = Summary.of(rng.uniform(-1, 1, (n, N_LAYERS)))
+    del seeds[1].metrics[SIMAOU]  # e.g. its finetuning diverged
+    task = pool_task(TaskResult("afinn-sentiment", "{x}", ["a", "b"], 4, N_EXAMPLES, 0, seeds))
+    for name in (SIMAOU, f2t(SIMAOU), SIMAM_AFTER):
+        bands = task.intervals.per_layer[name]
+        assert len(bands) == N_LAYERS and all(b.low <= b.mean <= b.high for b in bands)
+    assert task.intervals.per_layer[f2t(SIMAOU)][0].n == 9  # 7 + 2 examples, two seeds
+    assert np.array(task.intervals.head_distinct[SIMAM_AFTER]).shape == (N_LAYERS, N_HEADS)

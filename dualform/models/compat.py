@@ -30,6 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 from torch import Tensor
 
+from dualform.errors import DualformError
 from dualform.probes import forget_firing
 
 #: ``package: (lowest tested, first untested)`` major.minor versions.
@@ -39,7 +40,7 @@ TESTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 }
 
 
-class CompatError(RuntimeError):
+class CompatError(DualformError, RuntimeError):
     """A shim met a library version it was not written for; the message names both."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dualform.errors import DualformError
 from dualform.probes import head_counts
 
 #: Names Hugging Face gives a fused QKV projection inside an attention module.
@@ -32,7 +33,7 @@ FUSED_NAMES = ("query_key_value", "qkv_proj", "c_attn", "Wqkv")
 NO_ROTARY = ("gpt2", "opt", "bloom", "gpt_bigcode")
 
 
-class UnsupportedFeatureError(ValueError):
+class UnsupportedFeatureError(DualformError, ValueError):
     """The model has an attention feature this computation does not cover; the message names
     the feature and the model."""
 

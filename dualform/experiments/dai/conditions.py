@@ -27,6 +27,7 @@ from dualform.core.dual_form import (
     score_hooks,
 )
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
+from dualform.errors import DualformError
 from dualform.infra.reprs import compact_repr
 from dualform.probes import capture
 from dualform.tasks.prompts import Example, Prompt, PromptTokens, Task, build_prompt, prompt_tokens
@@ -148,7 +149,7 @@ class DemoLayout:
         return RankedTokens(tuple(positions), tuple(segments))
 
 
-class DemoLayoutError(ValueError):
+class DemoLayoutError(DualformError, ValueError):
     """A demonstration's tokens change when its separator follows (they would not align)."""
 
 

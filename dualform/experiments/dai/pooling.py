@@ -48,32 +48,38 @@ def overall_intervals(seed_lists: list[list[SeedResult]]) -> dict[str, Interval]
 
 def column_intervals(seeds: list[SeedResult]) -> tuple[dict, dict]:
     """Per-layer intervals of every metric and, for per-head metrics, whether each head's
-    interval excludes 0 — from the in-memory unreduced values, all columns in one bootstrap."""
-    blocks: dict[str, tuple[tuple[int, ...], list[np.ndarray]]] = {}
+    interval excludes 0 — from the in-memory unreduced values. Columns over the same examples
+    of the same seeds share one bootstrap (f2t metrics, over a subset of the examples, or a
+    metric some seeds lack, get their own)."""
+    blocks: dict[str, tuple[tuple[int, ...], dict[int, np.ndarray]]] = {}
     for name in _names(seeds):
-        values = [s.metrics[name].values for s in seeds if name in s.metrics]
-        if not values or any(v is None or v.ndim < 2 for v in values):
+        values = {i: s.metrics[name].values for i, s in enumerate(seeds) if name in s.metrics}
+        if not values or any(v is None or v.ndim < 2 for v in values.values()):
             continue
         with np.errstate(all="ignore"):
-            layers = [np.nanmean(v, axis=2) if v.ndim == 3 else v for v in values]
-        blocks[f"{name}|layer"] = (layers[0].shape[1:], layers)
-        if values[0].ndim == 3:
-            blocks[f"{name}|head"] = (values[0].shape[1:], [v.reshape(len(v), -1) for v in values])
-    if not blocks:
-        return {}, {}
-    widths = [int(np.prod(shape)) for shape, _ in blocks.values()]
-    stacked = [np.concatenate([b[1][i].reshape(len(b[1][i]), -1) for b in blocks.values()], 1)
-               for i in range(len(seeds))]
-    intervals = bootstrap_columns(stacked, n_boot=N_BOOT_COLUMNS)
-    per_layer, heads, start = {}, {}, 0
-    for (key, (shape, _)), width in zip(blocks.items(), widths, strict=True):
-        name, kind = key.split("|")
-        chunk = intervals[start : start + width]
-        start += width
-        if kind == "layer":
-            per_layer[name] = chunk
-        else:
-            heads[name] = np.array([i.excludes(0.0) for i in chunk]).reshape(shape).tolist()
+            layers = {i: np.nanmean(v, axis=2) if v.ndim == 3 else v for i, v in values.items()}
+        first = next(iter(values.values()))
+        blocks[f"{name}|layer"] = (first.shape[1:2], layers)
+        if first.ndim == 3:
+            blocks[f"{name}|head"] = (first.shape[1:], values)
+    by_rows: dict[tuple, list[str]] = {}  # (seed, examples) of each block → its blocks
+    for key, (_, values) in blocks.items():
+        by_rows.setdefault(tuple((i, len(v)) for i, v in values.items()), []).append(key)
+    per_layer, heads = {}, {}
+    for rows, keys in by_rows.items():
+        stacked = [np.concatenate([blocks[k][1][i].reshape(n, -1) for k in keys], 1) for i, n in rows]
+        if not any(len(g) for g in stacked):
+            continue
+        intervals, start = bootstrap_columns(stacked, n_boot=N_BOOT_COLUMNS), 0
+        for key in keys:
+            shape = blocks[key][0]
+            width = int(np.prod(shape))
+            chunk, start = intervals[start : start + width], start + width
+            name, kind = key.split("|")
+            if kind == "layer":
+                per_layer[name] = chunk
+            else:
+                heads[name] = np.array([i.excludes(0.0) for i in chunk]).reshape(shape).tolist()
     return per_layer, heads
 
 

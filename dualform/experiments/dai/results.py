@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from dualform.core import metrics as M
+from dualform.errors import DualformError
 from dualform.experiments.stats import Interval
 from dualform.infra.io import read_json, write_json_atomic
 
@@ -70,7 +71,7 @@ F2T_NAMES = tuple(f2t(n) for n in (SIMAOU, SIMAOU_UNNORM, SIMAOU_RANDOM, SIMAM_B
 MIN_DENOMINATOR = 20
 
 
-class SchemaVersionError(ValueError):
+class SchemaVersionError(DualformError, ValueError):
     """A results file written with another schema version."""
 
 
