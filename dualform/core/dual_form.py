@@ -237,9 +237,11 @@ def dual_form_from_vectors(
     values: Float[Tensor, "layer pos kv_head d_head"],
     q: Float[Tensor, "layer head d_head"],
     z: Float[Tensor, "layer head d_head"] | None,
-    is_demo: Bool[Tensor, " pos"],
+    is_demo: Bool[Tensor, " all_pos"],
     layers: tuple[int, ...],
-    bias: Float[Tensor, "layer head pos"] | None = None,
+    bias: Float[Tensor, "layer head all_pos"] | None = None,
+    *,
+    prefix_sums: tuple[Tensor, Tensor] | None = None,
 ) -> DualForm:
     """The dual form of one prompt from its keys and values at every position and its last query.
 
@@ -247,9 +249,21 @@ def dual_form_from_vectors(
     (:func:`dual_form`) or from a cached demonstration prefix plus a query batch row
     (:mod:`dualform.experiments.dai.conditions`). Each query head gets its KV head's matrices;
     ``bias`` (ALiBi, :func:`positional_biases`) adds ``Σ_i b_i v_i`` split into demo and query.
+
+    ``prefix_sums`` — :func:`split_meta_gradient` of a prefix already summed (a cached prefix's
+    ``(ΔW_ICL, W_ZSL)`` per layer and KV head, computed once for many queries): ``keys`` and
+    ``values`` then hold only the positions after it, ``is_demo`` still covers every position.
+    The sums are additive over positions, so both ways give the same matrices.
     """
+    n_pos, n_all = keys.shape[1], is_demo.shape[0]
+    if (n_pos != n_all) if prefix_sums is None else (n_pos > n_all):
+        raise ValueError(f"{n_pos} key positions but an is_demo mask over {n_all}")
+    if bias is not None and prefix_sums is not None:
+        raise ValueError("positional biases need the values at every position (no prefix_sums)")
     k, v = (rearrange(t, "layer pos kv_head d -> layer kv_head pos d") for t in (keys, values))
-    delta_w_icl, w_zsl = split_meta_gradient(k, v, is_demo)
+    delta_w_icl, w_zsl = split_meta_gradient(k, v, is_demo[n_all - n_pos :])
+    if prefix_sums is not None:
+        delta_w_icl, w_zsl = delta_w_icl + prefix_sums[0], w_zsl + prefix_sums[1]
     n_heads = q.shape[1]
     demo = torch.nonzero(is_demo).flatten()
     demo_slice = slice(int(demo[0]), int(demo[-1]) + 1) if demo.numel() else slice(0, 0)

@@ -117,6 +117,7 @@ def _patch(model, method: str, replacement, applies) -> Callable[[], None]:
         for attn in patched:
             vars(attn).pop(method, None)
 
+    undo.changed = bool(patched)  # False when already patched (a nested attention_hooks)
     return undo
 
 
@@ -175,13 +176,17 @@ def install_attention_hooks(model) -> Callable[[], None]:
     if any(_hf_internal(b.attn) for b in model.blocks):
         undos.append(_hooked_hf_attention(model))
     # The firing probe of dualform.probes (available_short_names) caches, per model, which hooks
-    # fire; this changes that answer, so drop the cache on the way in and on the way out.
-    forget_firing(model)
+    # fire; a change drops that answer on the way in and on the way out (a nested call, which
+    # changes nothing, keeps it: a forward per query batch otherwise).
+    changed = any(getattr(step, "changed", True) for step in undos)
+    if changed:
+        forget_firing(model)
 
     def undo() -> None:
         for step in reversed(undos):
             step()
-        forget_firing(model)
+        if changed:
+            forget_firing(model)
 
     return undo
 
@@ -288,7 +293,8 @@ def finite_padding_patterns(model, mask: Tensor):
 def deepcopy_module(model: torch.nn.Module, *, share: Iterable[Tensor] = ()) -> torch.nn.Module:
     """``copy.deepcopy`` that also works after a forward pass with autograd on.
 
-    Tensors in ``share`` are not copied (the copy holds the same tensors). Some bridge
+    Tensors in ``share`` are not copied (the copy holds the same tensors), nor is the
+    tokenizer. Some bridge
     components keep the last attention pattern as a plain attribute; with autograd on it is not
     a graph leaf and ``deepcopy`` refuses it, so such tensors are copied detached. TransformerLens
     blocks wire forward hooks bound to their own hook points on their first forward (e.g.
@@ -299,6 +305,9 @@ def deepcopy_module(model: torch.nn.Module, *, share: Iterable[Tensor] = ()) -> 
         if getattr(module, "_capture_hooks_wired", False) and hasattr(module, "_teardown_capture_hooks"):
             module._teardown_capture_hooks()
     memo: dict[int, object] = {id(t): t for t in share}
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:  # shared, never written (a copy costs ~0.1 s: tokenizers pickles it)
+        memo[id(tokenizer)] = tokenizer
     for module in model.modules():
         for value in vars(module).values():
             if isinstance(value, Tensor) and value.grad_fn is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
@@ -25,6 +26,7 @@ from dualform.core.dual_form import (
     dual_form_from_vectors,
     positional_biases,
     score_hooks,
+    split_meta_gradient,
 )
 from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
 from dualform.errors import DualformError
@@ -197,11 +199,12 @@ def record_batch(
     batch = pad_queries(queries, pad_id=0)  # right padding is never attended to
     cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())))
     stacked = _stacked(cap)
+    sums = prefix_sums(run, demo) if demo is not None else None
     records = []
     for row, last in enumerate(batch.last.tolist()):
         rec = _record_at(cap, stacked, label_ids, row=row, last=last, n_keys=run.length + last + 1)
         if demo is not None:
-            _attach_dual(rec, run, cap, demo, row, last)
+            _attach_dual(rec, run, cap, demo, row, last, sums)
         records.append(rec)
     return records
 
@@ -215,34 +218,58 @@ def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: in
     """The :class:`Record` of batch row ``row`` read at its last real position ``last``; its
     score row keeps the first ``n_keys`` keys (prefix + the query's real tokens)."""
     return Record(
-        label_logits=cap.logits[row, last, label_ids].float().cpu(),
-        attn_out=stacked["attn_out"][:, row, last].float().cpu(),
-        z=stacked["z"][:, row, last].float().cpu(),
-        scores=stacked["attn_scores"][:, row, :, last, :n_keys].float().cpu().clone(),
-        q=stacked["q"][:, row, last].float().cpu(),
+        label_logits=_own(cap.logits[row, last, label_ids]),
+        attn_out=_own(stacked["attn_out"][:, row, last]),
+        z=_own(stacked["z"][:, row, last]),
+        scores=_own(stacked["attn_scores"][:, row, :, last, :n_keys]),
+        q=_own(stacked["q"][:, row, last]),
     )
 
 
-def _attach_dual(rec: Record, run: PrefixRun, cap, demo: PromptTokens, row: int, last: int) -> None:
-    """The dual form of batch row ``row``: the prefix's keys/values followed by the row's own."""
-    prefix = run.capture
-    keys = torch.stack([torch.cat([prefix.key_vectors(layer, expand=False)[0],
-                                   cap.key_vectors(layer, expand=False)[row, : last + 1]])
-                        for layer in cap.layers])
-    values = torch.stack([torch.cat([prefix.value_vectors(layer, expand=False)[0],
-                                     cap.value_vectors(layer, expand=False)[row, : last + 1]])
-                          for layer in cap.layers])
+def _own(t: Tensor) -> Tensor:
+    """A float32 CPU copy that owns its memory: a slice of a float32 CPU capture would be a view
+    keeping the whole batch's activations alive for as long as the record lives."""
+    return t.detach().to("cpu", torch.float32, copy=True)
+
+
+def _attach_dual(rec: Record, run: PrefixRun, cap, demo: PromptTokens, row: int, last: int,
+                 sums: tuple[Tensor, Tensor] | None) -> None:
+    """The dual form of batch row ``row``: the prefix's keys/values followed by the row's own;
+    with ``sums`` (:func:`prefix_sums`, once per batch) the prefix enters as its sums."""
+    def vectors(name: str) -> Tensor:  # [layer, pos, kv_head, d_head]
+        per_layer = [getattr(cap, name)(layer, expand=False)[row, : last + 1] for layer in cap.layers]
+        if sums is None:  # ALiBi: the biases weigh every value, so every vector is needed
+            per_layer = [torch.cat([getattr(run.capture, name)(layer, expand=False)[0], own])
+                         for layer, own in zip(cap.layers, per_layer, strict=True)]
+        return torch.stack(per_layer)
+
     q = torch.stack([cap.query_vectors(layer)[row, last] for layer in cap.layers])
-    is_demo = demo_mask(keys.shape[1], demo.n_demo_tokens, demo.demo_start)
-    bias = positional_biases(run.model, cap.layers, keys.shape[1])  # ALiBi, else None
-    _store_dual(rec, dual_form_from_vectors(keys, values, q, None, is_demo, cap.layers, bias))
+    n_all = run.length + last + 1
+    is_demo = demo_mask(n_all, demo.n_demo_tokens, demo.demo_start)
+    bias = positional_biases(run.model, cap.layers, n_all) if sums is None else None
+    _store_dual(rec, dual_form_from_vectors(vectors("key_vectors"), vectors("value_vectors"), q,
+                                            None, is_demo, cap.layers, bias, prefix_sums=sums))
+
+
+def prefix_sums(run: PrefixRun, demo: PromptTokens) -> tuple[Tensor, Tensor] | None:
+    """``(ΔW_ICL, W_ZSL)`` of the cached prefix, per layer and KV head (``None`` under ALiBi,
+    whose biases depend on the query's position)."""
+    prefix = run.capture
+    layers = prefix.layers
+    if positional_biases(run.model, layers, run.length) is not None:
+        return None
+    k, v = (rearrange(torch.stack([get(layer, expand=False)[0] for layer in layers]),
+                      "layer pos kv_head d -> layer kv_head pos d")
+            for get in (prefix.key_vectors, prefix.value_vectors))
+    is_demo = demo_mask(run.length + 1, demo.n_demo_tokens, demo.demo_start)[:-1]  # queries follow
+    return split_meta_gradient(k, v, is_demo)
 
 
 def _store_dual(rec: Record, dual: DualForm) -> None:
     norms = dual.norms()
-    rec.icl_update = dual.icl_update().float().cpu()
-    rec.norm_delta_w_icl = norms["delta_w_icl"].float().cpu()
-    rec.norm_w_zsl = norms["w_zsl"].float().cpu()
+    rec.icl_update = _own(dual.icl_update())
+    rec.norm_delta_w_icl = _own(norms["delta_w_icl"])
+    rec.norm_w_zsl = _own(norms["w_zsl"])
 
 
 def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual: bool = False,
