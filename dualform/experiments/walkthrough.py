@@ -19,6 +19,7 @@ import torch
 from dualform.core.dual_form import demo_mask, dual_form
 from dualform.core.finetune import finetune_kv
 from dualform.core.relaxed import relaxed_linear_attention
+from dualform.errors import InvalidArgumentError
 from dualform.experiments.dai.conditions import PromptPair, demo_training_texts, prompt_pair
 from dualform.models.load import load_model
 from dualform.probes import capture
@@ -29,7 +30,7 @@ def run_walkthrough(model_name: str = "smollm2-135m", *, task: str = "afinn-sent
                     shots: int = 4, seed: int = 1, lr: float = 0.01) -> dict:
     """Every step of the walkthrough on ``model_name`` in float64; returns the numbers."""
     if shots < 1:
-        raise ValueError(f"shots must be at least 1 (got {shots}): the dual form needs demonstrations.")
+        raise InvalidArgumentError(f"shots must be at least 1 (got {shots}): the dual form needs demonstrations.")
     model = load_model(model_name, dtype=torch.float64)
     the_task = load_task(task)
     demos = sample_demos(the_task, shots, seed)

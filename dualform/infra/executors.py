@@ -19,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
+from dualform.errors import InvalidArgumentError
+
 Outcome = tuple[Any, Any, BaseException | None]
 
 
@@ -105,4 +107,4 @@ def get_executor(name: str = "local", *, address: str | None = None, **kwargs) -
         return LocalExecutor(**kwargs)
     if name == "ray":
         return RayExecutor(address, **kwargs)
-    raise ValueError(f"Unknown executor {name!r}; choose 'local' or 'ray'.")
+    raise InvalidArgumentError(f"Unknown executor {name!r}; choose 'local' or 'ray'.")

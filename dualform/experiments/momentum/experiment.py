@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from dualform.errors import InvalidArgumentError
 from dualform.experiments.momentum.data import demo_counts, make_source
 from dualform.experiments.momentum.model import MomentumLM, MomentumLMConfig
 from dualform.experiments.momentum.summary import summarise
@@ -224,7 +225,7 @@ def run_momentum(
 
     config = config or MomentumConfig()
     if len(config.seeds) < 2:
-        raise ValueError("the momentum experiment needs at least 2 seeds for paired intervals")
+        raise InvalidArgumentError("the momentum experiment needs at least 2 seeds for paired intervals")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

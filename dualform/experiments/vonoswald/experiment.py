@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dualform.errors import InvalidArgumentError
 from dualform.experiments.vonoswald.baselines import gd_loss, gdpp_loss, tune_gd_eta, tune_gdpp
 from dualform.experiments.vonoswald.data import RegressionBatch, half_mse, sample_tasks
 from dualform.experiments.vonoswald.dual import bridge_summary, dual_form_bridge
@@ -71,7 +72,7 @@ class RegressionConfig:
 
     def __post_init__(self) -> None:
         if 1 not in self.layers or len(self.train_steps) != len(self.layers):
-            raise ValueError("layers must include 1 and match train_steps one to one")
+            raise InvalidArgumentError("layers must include 1 and match train_steps one to one")
 
     @classmethod
     def gpu(cls, device: str = "cuda") -> RegressionConfig:
