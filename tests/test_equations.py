@@ -88,3 +88,23 @@ def test_delta_w_ft_is_after_minus_before():
     step = torch.randn(4, 3, dtype=torch.float64)
     torch.testing.assert_close(delta_w_ft(before - 0.1 * step, before), -0.1 * step,
                                atol=1e-15, rtol=0)
+
+
+def test_dual_form_from_a_prefix_sum_equals_the_full_assembly():
+    """ΔW_ICL and W_ZSL are sums over positions: a cached prefix's sums plus the later positions'
+    vectors give the same matrices as every position at once (the query-batch path)."""
+    from dualform.core.dual_form import demo_mask, dual_form_from_vectors, split_meta_gradient
+
+    layers, pos, kv, heads, d, n_prefix = 2, 9, 2, 4, 5, 6
+    keys, values = (torch.randn(layers, pos, kv, d, dtype=torch.float64) for _ in range(2))
+    q = torch.randn(layers, heads, d, dtype=torch.float64)
+    is_demo = demo_mask(pos, 4, demo_start=1)  # BOS, 4 demo tokens, then prefix + query tokens
+    full = dual_form_from_vectors(keys, values, q, None, is_demo, (0, 1))
+    k_pre, v_pre = (t[:, :n_prefix].transpose(1, 2) for t in (keys, values))
+    sums = split_meta_gradient(k_pre, v_pre, is_demo[:n_prefix])
+    part = dual_form_from_vectors(keys[:, n_prefix:], values[:, n_prefix:], q, None, is_demo, (0, 1),
+                                  prefix_sums=sums)
+    torch.testing.assert_close(part.delta_w_icl, full.delta_w_icl, atol=1e-12, rtol=0)
+    torch.testing.assert_close(part.w_zsl, full.w_zsl, atol=1e-12, rtol=0)
+    torch.testing.assert_close(part.icl_update(), full.icl_update(), atol=1e-12, rtol=0)
+    assert part.demo_slice == full.demo_slice == slice(1, 5)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dualform.core import metrics as M
 from dualform.core.attribution import (
     compare_maps,
     ft_head_effects_mean,
@@ -470,8 +471,7 @@ def _val_accuracy(model, ctx: TaskContext, demos: list[Example] | None) -> float
     prompts = [p.icl for p in pairs] if demos is not None else [p.zsl for p in pairs]
     recs = record_all(model, prompts, ctx.label_ids, reuse_prefix=config.reuse_prefix,
                       batch_size=config.batch_size)
-    correct = sum(int(r.prediction == ex.label) for r, ex in zip(recs, task.validation, strict=True))
-    return 100.0 * correct / max(len(recs), 1)
+    return M.accuracy([r.prediction for r in recs], [ex.label for ex in task.validation])
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dualform.core import metrics as M
 from dualform.core.momentum import momentum_attention
 from dualform.core.prefix import pad_tokens
 from dualform.experiments.stats import mean_std
@@ -98,8 +99,9 @@ def icl_accuracy_vs_eta(
 
 
 def accuracy(preds: Tensor, gold: Sequence[int]) -> float:
-    """Share of ``preds == gold``."""
-    return int((preds == torch.as_tensor(list(gold))).sum()) / max(len(gold), 1)
+    """Share of ``preds == gold`` (a fraction, as the momentum experiment reports accuracies:
+    :func:`dualform.core.metrics.accuracy`, in percent as Dai et al.'s tables, divided by 100)."""
+    return M.accuracy(preds.cpu().numpy(), list(gold)) / 100.0
 
 
 def task_prompts(model, task_name: str, *, k: int, n_queries: int, seed: int = 1):
