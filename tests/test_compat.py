@@ -122,3 +122,26 @@ def test_drop_quantization_config_lets_the_weights_be_saved(tmp_path):
     compat.drop_quantization_config(model)
     model.save_pretrained(tmp_path)
     assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_a_nested_attention_hooks_keeps_the_firing_probe_answer(monkeypatch, tmp_path):
+    """load_model keeps the shims on, so PrefixRun's attention_hooks changes nothing: the cached
+    answer of available_short_names must survive it (else one probe forward per query batch);
+    on a bare bridge, where the shims change which hooks fire, it is dropped and probed again."""
+    from dualform import probes
+
+    model = load_model("tiny-llama", dtype=torch.float64)
+    first = probes.available_short_names(model)
+    probed = []
+    real = probes._firing_short_names
+    monkeypatch.setattr(probes, "_firing_short_names", lambda m: probed.append(m) or real(m))
+    with compat.attention_hooks(model):
+        assert probes.available_short_names(model) == first
+    run = PrefixRun(model, model.to_tokens("a prefix"), hooks=("v",))
+    run.run(pad_queries([torch.tensor([5, 6])], 0), ("z",))
+    assert probes.available_short_names(model) == first and probed == []
+    bare = bare_bridge("gpt_neox", tmp_path)
+    before = probes.available_short_names(bare)
+    with compat.attention_hooks(bare):
+        inside = probes.available_short_names(bare)
+    assert "rot_q" in inside and "rot_q" not in before and probed == [bare, bare]
