@@ -338,6 +338,7 @@ def evaluate_task(model, untrained, ctx: TaskContext, selections: list[Selection
     if icl_effects:
         result.attribution = pooled_attribution(icl_effects, ft_effects)
     pool_task(result)
+    result.release_values()  # the intervals are in; the unreduced values are not stored
     timer.add("intervals", start)
     result.timing_s = timer.seconds
     return result
@@ -425,6 +426,9 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
 
 #: Test examples per FT attribution pass: each pass gives one observation of the FT effects.
 FT_ATTRIBUTION_CHUNK = 8
+#: Largest ICL attribution batch (a backward pass keeps every query head's keys and values; 8
+#: rows hold the default run under 4 GiB on CPU at the speed of 16).
+ATTRIBUTION_BATCH_CAP = 8
 
 
 def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config: DaiConfig,
@@ -441,7 +445,8 @@ def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config
     else:
         run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
         longest = max(p.icl.tokens.shape[-1] for p in pairs)
-        size = config.batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True)
+        size = config.batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True,
+                                                     cap=ATTRIBUTION_BATCH_CAP)
         icl = []
         for start in tqdm(range(0, len(pairs), size), desc=desc, disable=not progress):
             chunk = items[start : start + size]
