@@ -48,7 +48,7 @@ chromium: $(BIN)/python
 
 test: install chromium test-probes-compat
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DUALFORM_NO_CHROMIUM="$$(cat $(NO_CHROMIUM) 2>/dev/null)" \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider; \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12; \
 	  rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # dualform.probes under TransformerLens 2.x and 3.x (HookedTransformer), each in its own small

@@ -8,4 +8,5 @@
     rng.py          seeded construction that leaves the caller's random state untouched
     reprs.py        short reprs for result objects (tensors as ``float32[30, 9, 64]``)
     versions.py     installed package versions from their metadata (imports none of them)
+    memory.py       freed heap memory handed back to the OS between the stages of a long run
 """

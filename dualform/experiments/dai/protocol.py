@@ -64,6 +64,7 @@ from dualform.experiments.dai.results import (
     TaskResult,
 )
 from dualform.experiments.dai.scoring import similarity_metrics, without_ft
+from dualform.infra.memory import return_freed_memory
 from dualform.infra.results_dir import entry_settings, load_results, results_directory
 from dualform.infra.versions import package_versions
 from dualform.models.load import DEFAULT_MODEL, load_model, resolve_device
@@ -224,7 +225,10 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
     timer = Timer()
     ctx = task_context(model, name, config)
     selections, tuned = select(model, ctx, timer, progress=progress)
-    return evaluate_task(model, untrained, ctx, selections, timer, tuned=tuned, progress=progress)
+    return_freed_memory()  # the learning-rate grid's copies are gone
+    result = evaluate_task(model, untrained, ctx, selections, timer, tuned=tuned, progress=progress)
+    return_freed_memory()  # else the next task's peak stacks on this one's freed heap
+    return result
 
 
 def select(model, ctx: TaskContext, timer: Timer, *, progress: bool = False
