@@ -256,7 +256,8 @@ def dual_form_from_vectors(
     The sums are additive over positions, so both ways give the same matrices.
     """
     n_pos, n_all = keys.shape[1], is_demo.shape[0]
-    if (n_pos != n_all) if prefix_sums is None else (n_pos > n_all):
+    fits = n_pos <= n_all if prefix_sums is not None else n_pos == n_all  # a prefix: fewer keys
+    if not fits:
         raise ValueError(f"{n_pos} key positions but an is_demo mask over {n_all}")
     if bias is not None and prefix_sums is not None:
         raise ValueError("positional biases need the values at every position (no prefix_sums)")

@@ -263,7 +263,8 @@ def dai_table(results: DaiResults) -> str:
     and the caption saying what the intervals are."""
     def table(columns, rows, first: str) -> str:
         return html_table((first, *(c for c, _ in columns)),
-                          [(label, *(row[k] for _, k in columns)) for label, row in rows], "dai")
+                          [(label, *(row[k] for _, k in columns)) for label, row in rows], "dai",
+                          numeric=True)
 
     return ("".join(f"<h3>{html.escape(spec.title)}</h3>"
                     + table(spec.headers, dai_rows(results, spec), "task / model") for spec in TABLES)
@@ -272,20 +273,20 @@ def dai_table(results: DaiResults) -> str:
             + f'<p class="note">{html.escape(caption(results))}</p>')
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence], css: str = "kv") -> str:
-    """A table of already formatted rows (the first cell labels the row, the others are numbers)."""
-    body = "".join("<tr>" + "".join(f'<td{" class=num" if i else ""}>{html.escape(str(c))}</td>'
+def html_table(header: Sequence[str] | None, rows: Sequence[Sequence], css: str = "kv", *,
+               numeric: bool = False) -> str:
+    """A table of already formatted rows; the first cell labels the row, ``numeric`` aligns the
+    others as numbers."""
+    num = ' class="num"' if numeric else ""
+    body = "".join("<tr>" + "".join(f"<td{num if i else ''}>{html.escape(str(c))}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
-    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if header else ""
     return f'<table class="{css}">{head}{body}</table>' if body else ""
 
 
 def pairs_table(rows: Sequence[tuple[str, str]], header: tuple[str, str] | None = None) -> str:
     """A two-column table of already formatted (label, value) rows."""
-    if header is not None:
-        return html_table(header, rows)
-    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f'<table class="kv">{body}</table>' if body else ""
+    return html_table(header, rows)
 
 
 def percent(value) -> str:
@@ -308,7 +309,8 @@ def task_details(t: TaskResult) -> str:
         ("seed", "chosen demonstration seed", "chosen learning rate",
          "FT fixes (ZSL wrong, FT right)", "f2t", "finetuning left out"),
         [(s.replicate, fmt(s.selection.demo_seed), fmt(s.selection.lr), fmt(s.n_ft_fixed),
-          fmt(s.n_f2t), fmt(s.ft_diverged_reason) if s.ft_diverged else "–") for s in t.seeds])
+          fmt(s.n_f2t), fmt(s.ft_diverged_reason) if s.ft_diverged else "–") for s in t.seeds],
+        numeric=True)
     for s in t.seeds:
         sel = s.selection
         for name, accs, chosen, what in (

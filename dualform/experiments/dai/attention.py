@@ -189,20 +189,24 @@ def record_attention(results_dir: str | Path, results: DaiResults, *, model=None
     Kept when already recorded for the same configuration; ``model`` (the run's model) saves a
     reload. Returns the file, or ``None`` when no task has a finetuned model.
     """
-    task = example_task(results)
-    if task is None:
+    chosen = example_selection(results)
+    if chosen is None:
         return None
+    task, selection = chosen
     path = Path(results_dir) / ATTENTION_NAME
     key = attention_key(results, task, max_demos)
     recorded = read_json(path)
     if recorded is not None and recorded.get("key") == key:
         return path
-    data = as_stored({"key": key, **compute_attention(results, task, max_demos, model=model)})
+    data = as_stored({"key": key, **compute_attention(results, task, selection, max_demos,
+                                                      model=model)})
     return write_text_atomic(path, json.dumps(data, separators=(",", ":")))
 
 
-def compute_attention(results: DaiResults, task_name: str, max_demos: int, *, model=None) -> dict:
-    """Finetune on the run's demonstrations (selected seed and rate), record the example."""
+def compute_attention(results: DaiResults, task_name: str, sel: Selection, max_demos: int, *,
+                      model=None) -> dict:
+    """Finetune on the demonstrations of ``sel`` (a seed's chosen demonstration seed and rate),
+    record the example."""
     from dualform.core.dual_form import dual_form
     from dualform.core.finetune import finetune_kv
     from dualform.experiments.dai.conditions import demo_training_texts
@@ -210,7 +214,6 @@ def compute_attention(results: DaiResults, task_name: str, max_demos: int, *, mo
     from dualform.tasks.prompts import build_prompt, load_task, prompt_tokens, sample_demos
 
     config = results.config
-    sel = next(s.selection for s in results.tasks[task_name].seeds if s.selection.lr is not None)
     task = load_task(task_name, seed=config["seed"], n_validation=config["n_validation"],
                      n_test=results.tasks[task_name].n_test)
     demos = sample_demos(task, config["shots"], sel.demo_seed)[:max_demos]

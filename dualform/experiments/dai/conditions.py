@@ -188,18 +188,22 @@ def _bos_tokens(model, text: str, demo: Example, separator: str) -> tuple[Tensor
 
 @torch.no_grad()
 def record_batch(
-    run: PrefixRun, queries: list[Tensor], label_ids: list[int], *, demo: PromptTokens | None = None
+    run: PrefixRun, queries: list[Tensor], label_ids: list[int], *, demo: PromptTokens | None = None,
+    sums: tuple[Tensor, Tensor] | None = None,
 ) -> list[Record]:
     """:func:`record` for a batch of queries on top of a :class:`PrefixRun` (same numbers).
 
     ``queries`` are the query-token tensors that follow the prefix. With ``demo`` (the prefix's
-    demonstration span) the dual form comes too: ΔW_ICL is built once from the cached prefix.
+    demonstration span) the dual form comes too: ΔW_ICL is built once from the cached prefix
+    (``sums``: :func:`prefix_sums` of ``run`` when the caller already has it, as
+    :func:`record_all` does for all its batches).
     """
     model = run.model
     batch = pad_queries(queries, pad_id=0)  # right padding is never attended to
     cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())))
     stacked = _stacked(cap)
-    sums = prefix_sums(run, demo) if demo is not None else None
+    if demo is not None and sums is None:
+        sums = prefix_sums(run, demo)
     records = []
     for row, last in enumerate(batch.last.tolist()):
         rec = _record_at(cap, stacked, label_ids, row=row, last=last, n_keys=run.length + last + 1)
@@ -288,9 +292,10 @@ def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual
         longest = max(p.tokens.shape[-1] for p in prompts)
         batch_size = auto_batch_size(model, longest, longest - n_prefix)
     run = PrefixRun(model, first.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
+    sums = prefix_sums(run, first) if dual else None  # the same for every query batch
     records: list[Record] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         queries = [p.tokens[0, n_prefix:] for p in chunk]
-        records.extend(record_batch(run, queries, label_ids, demo=first if dual else None))
+        records.extend(record_batch(run, queries, label_ids, demo=first if dual else None, sums=sums))
     return records

@@ -183,7 +183,7 @@ class Selection:
 
     def to_json(self) -> dict:
         return {"demo_seed": self.demo_seed, "lr": self.lr,
-                "demo_seed_val_acc": {str(k): v for k, v in self.demo_seed_val_acc.items()},
+                "demo_seed_val_acc": dict(self.demo_seed_val_acc),  # str keys (__post_init__)
                 "lr_val_acc": dict(self.lr_val_acc)}
 
     @classmethod
