@@ -56,3 +56,25 @@ def test_pad_tokens_pads_either_side_and_masks_real_tokens():
     assert pad_queries(seqs, pad_id=0).last.tolist() == [2, 0]
     with pytest.raises(ValueError, match="side"):
         pad_tokens(seqs, 0, side="middle")
+
+
+@pytest.mark.parametrize("hooked", [True, False])
+def test_logits_at_unembeds_only_the_given_positions(monkeypatch, hooked):
+    from dualform.core import prefix as prefix_module
+    from dualform.core.prefix import logits_at
+
+    model = load_model("tiny-llama")
+    tokens = torch.randint(3, 200, (3, 7))
+    positions = torch.tensor([6, 2, 4])
+    with torch.no_grad():
+        full = model(tokens)
+        if not hooked:  # a bridge without unembed.hook_in: gathered from the full logits
+            monkeypatch.setattr(prefix_module, "UNEMBED_IN", "no.such.hook")
+        with logits_at(model, positions) as pick:
+            raw = model(tokens)
+            got = pick(raw)
+    assert raw.shape[1] == (1 if hooked else 7)  # hooked: the model itself unembedded 1 position
+    assert got.shape == (3, 1, full.shape[-1])
+    torch.testing.assert_close(got[:, 0], full[torch.arange(3), positions], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the hook is gone after the block
+        assert model(tokens).shape == full.shape

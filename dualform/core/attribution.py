@@ -29,7 +29,7 @@ from torch import Tensor
 from dualform.core.dual_form import demo_mask
 from dualform.core.equations import ft_patch_effect, icl_patch_effect, label_margin, softmax_split
 from dualform.core.finetune import FinetuneResult, kv_parameters
-from dualform.core.prefix import pad_queries
+from dualform.core.prefix import logits_at, pad_queries
 from dualform.probes import capture, head_counts, hook_name, hooks, repeat_kv
 
 
@@ -60,10 +60,10 @@ def icl_head_effects_batch(
     pad), so the gradient of the summed margins holds each row's own gradient."""
     batch = pad_queries(queries, pad_id=0)
     with torch.enable_grad():
-        cap = prefix.run(batch, ("attn_scores", "v", "z"), detach=False)
+        cap = prefix.run(batch, ("attn_scores", "v", "z"), detach=False, last_logits=True)
         lasts = batch.last.tolist()
-        margin = sum(label_margin(cap.logits[row, last, label_ids], gold)
-                     for row, (last, gold) in enumerate(zip(lasts, golds, strict=True)))
+        margin = sum(label_margin(cap.logits[row, 0, label_ids], gold)
+                     for row, gold in enumerate(golds))
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
     values = [prefix.capture.value_vectors(layer)[0] for layer in cap.layers]
     return torch.stack([_row_effects(cap, grads, row=row, last=last, prefix_values=values, demo=demo)
@@ -134,9 +134,10 @@ def ft_head_effects_mean(
         for p in params.values():
             p.requires_grad_(True)
         try:
-            logits = model(tokens)
-            margin = sum(label_margin(logits[row, last, label_ids], gold)
-                         for row, (last, gold) in enumerate(zip(batch.last.tolist(), golds, strict=True)))
+            with logits_at(model, batch.last) as pick:  # the unembedding at the last tokens only
+                logits = pick(model(tokens))
+            margin = sum(label_margin(logits[row, 0, label_ids], gold)
+                         for row, gold in enumerate(golds))
             grads = torch.autograd.grad(margin / len(queries), list(params.values()))
         finally:
             for p in params.values():

@@ -17,7 +17,8 @@ of each forward here, so the caller's model is left as it was.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from dualform.infra.reprs import compact_repr
 from dualform.models.compat import attention_hooks, kv_cache
-from dualform.probes import Capture, capture, head_counts
+from dualform.probes import Capture, capture, head_counts, hooks
 
 
 def new_cache(model):
@@ -70,6 +71,30 @@ def pad_queries(queries: Sequence[Tensor], pad_id: int) -> QueryBatch:
     return QueryBatch(tokens, mask.sum(-1) - 1)
 
 
+UNEMBED_IN = "unembed.hook_in"
+
+
+@contextmanager
+def logits_at(model, positions: Int[Tensor, " batch"]) -> Iterator[Callable[[Tensor], Tensor]]:
+    """Within the block the model unembeds only position ``positions[row]`` of each row, and
+    ``pick(logits)`` gives those logits as ``[batch, 1, vocab]``.
+
+    A query batch reads its logits at one position per row; the unembedding (``d_model × vocab``,
+    about a quarter of SmolLM2-135M's forward) then runs on those positions alone: a hook on
+    ``unembed.hook_in`` gathers them. A bridge without that hook runs in full and ``pick``
+    gathers from the full logits (the same numbers)."""
+    rows = torch.arange(len(positions))
+    if UNEMBED_IN not in model.hook_dict:
+        yield lambda logits: logits[rows.to(logits.device), positions.to(logits.device)][:, None]
+        return
+
+    def gather(resid: Tensor, hook) -> Tensor:  # [batch, pos, d_model] → [batch, 1, d_model]
+        return resid[rows.to(resid.device), positions.to(resid.device)][:, None]
+
+    with hooks(model, [(UNEMBED_IN, gather)]):
+        yield lambda logits: logits
+
+
 class PrefixRun:
     """A prefix (``[1, P]`` tokens) run once; :meth:`run` runs query batches on top of it.
 
@@ -100,15 +125,23 @@ class PrefixRun:
             cache.batch_repeat_interleave(batch)
         return cache
 
-    def run(self, queries: QueryBatch, hooks: Sequence[str], *, detach: bool = True) -> Capture:
-        """Capture ``hooks`` on the query tokens; scores/patterns span prefix + query keys."""
+    def run(self, queries: QueryBatch, names: Sequence[str], *, detach: bool = True,
+            last_logits: bool = False) -> Capture:
+        """Capture ``names`` on the query tokens; scores/patterns span prefix + query keys.
+        ``last_logits``: unembed only each row's last real token (:func:`logits_at`); the
+        capture's logits are then ``[batch, 1, vocab]``."""
         device = next(self.model.parameters()).device
         tokens = queries.tokens.to(device)
         cached = {} if self.cache is None else {"cache": self._cache_for(tokens.shape[0]),
                                                 "use_cache": True}
         with (torch.set_grad_enabled(not detach and torch.is_grad_enabled()),
               kv_cache(self.model), attention_hooks(self.model)):
-            return capture(self.model, tokens, hooks=hooks, detach=detach, **cached)
+            if not last_logits:
+                return capture(self.model, tokens, hooks=names, detach=detach, **cached)
+            with logits_at(self.model, queries.last) as pick:
+                cap = capture(self.model, tokens, hooks=names, detach=detach, **cached)
+            cap.logits = pick(cap.logits)
+            return cap
 
     def prefix_kv(self, layer: int, *, rotated: bool = True) -> tuple[Tensor, Tensor]:
         """The prefix's keys (rotated when captured) and values, per query head: ``[pos, head, d]``."""

@@ -200,13 +200,14 @@ def record_batch(
     """
     model = run.model
     batch = pad_queries(queries, pad_id=0)  # right padding is never attended to
-    cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())))
+    cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())), last_logits=True)
     stacked = _stacked(cap)
     if demo is not None and sums is None:
         sums = prefix_sums(run, demo)
     records = []
     for row, last in enumerate(batch.last.tolist()):
-        rec = _record_at(cap, stacked, label_ids, row=row, last=last, n_keys=run.length + last + 1)
+        rec = _record_at(cap, stacked, label_ids, row=row, last=last, n_keys=run.length + last + 1,
+                         logit_pos=0)
         if demo is not None:
             _attach_dual(rec, run, cap, demo, row, last, sums)
         records.append(rec)
@@ -218,11 +219,13 @@ def _stacked(cap) -> dict[str, Tensor]:
 
 
 def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: int, last: int,
-               n_keys: int) -> Record:
+               n_keys: int, logit_pos: int | None = None) -> Record:
     """The :class:`Record` of batch row ``row`` read at its last real position ``last``; its
-    score row keeps the first ``n_keys`` keys (prefix + the query's real tokens)."""
+    score row keeps the first ``n_keys`` keys (prefix + the query's real tokens). The logits
+    are read at ``logit_pos`` (``last`` by default; 0 for :meth:`PrefixRun.run`'s
+    ``last_logits``)."""
     return Record(
-        label_logits=_own(cap.logits[row, last, label_ids]),
+        label_logits=_own(cap.logits[row, last if logit_pos is None else logit_pos, label_ids]),
         attn_out=_own(stacked["attn_out"][:, row, last]),
         z=_own(stacked["z"][:, row, last]),
         scores=_own(stacked["attn_scores"][:, row, :, last, :n_keys]),
