@@ -158,6 +158,71 @@ def test_random_baselines_use_the_official_streams():
     assert got.tolist() == [[sum(p < 2 for p in picks[:2]) / 2, sum(p < 2 for p in picks[2:]) / 2]]
 
 
+def reference_randints(rng, n, count):
+    """The draws ``_randints`` replaces: one ``randint`` call each."""
+    return [rng.randint(0, n - 1) for _ in range(count)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 600, 1000, 2**20 + 3, 2**31 + 1, 2**32 - 1, 2**32 + 5])
+@pytest.mark.parametrize("chunk", [7, M._CHUNK])
+def test_randints_are_the_randint_calls_and_leave_the_same_state(n, chunk, monkeypatch):
+    """Values, order and the generator's state afterwards (Mersenne-Twister words, position and
+    the cached gauss) equal ``count`` ``randint(0, n − 1)`` calls, and the streams stay equal after;
+    a tiny chunk makes the rejection loop cross chunk boundaries; n > 2**32 is drawn one by one."""
+    monkeypatch.setattr(M, "_CHUNK", chunk)
+    ours, theirs = random.Random(n), random.Random(n)
+    for r in (ours, theirs):
+        r.random(), r.gauss()  # mid-block position, a cached gauss value
+    for count in (0, 1, 5, 700, 1500):  # 700 + … crosses the 624-word block boundary
+        got = M._randints(ours, n, count)
+        assert got.dtype == np.int64 and got.tolist() == reference_randints(theirs, n, count)
+        assert ours.getstate() == theirs.getstate()
+    assert [ours.random(), ours.gauss(), ours.getrandbits(40)] == [
+        theirs.random(), theirs.gauss(), theirs.getrandbits(40)]
+
+
+def test_randints_of_other_generators_are_their_own_calls():
+    class Shifted(random.Random):
+        def randint(self, a, b):
+            return b - super().randint(a, b)
+
+    got = M._randints(Shifted(2), 10, 50)
+    assert got.tolist() == reference_randints(Shifted(2), 10, 50)
+    with pytest.raises(ValueError):
+        M._randints(random.Random(0), 0, 3)  # randint(0, −1), as one by one
+
+
+def reference_topk_recall_random_baseline(ft, k, rng, segments=None):
+    """The per-row loop the vectorised baseline replaces (one Python ``randint`` per pick)."""
+    _, p = M._kendall_inputs(ft, ft, segments)
+    out = np.empty(p.shape[:-1])
+    for index in np.ndindex(*out.shape):
+        top = set(np.argsort(-p[index])[:k].tolist())
+        out[index] = sum(rng.randint(0, p.shape[-1] - 1) in top for _ in range(k)) / k
+    return out
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 130), (3, 2, 4, 130)])  # [example, layer, (head,) n]
+def test_topk_recall_random_baseline_equals_the_loop(shape):
+    """Example level (segments, k = 5) then token level (k = 100) through one generator, as
+    ``training_attention``: equal values and generator state after each call; ties (rounded
+    scores, saturated rows) ranked as ``np.argsort``."""
+    rng = np.random.default_rng(1)
+    ft = np.round(rng.normal(size=shape), 1)
+    ft[0] *= 400  # exact-0 probabilities tie
+    segments = [13] * 10
+    ours, theirs = random.Random(4), random.Random(4)
+    for k, seg in ((5, segments), (100, None), (3, None)):
+        got = M.topk_recall_random_baseline(ft, k, ours, segments=seg)
+        np.testing.assert_array_equal(got, reference_topk_recall_random_baseline(ft, k, theirs, seg))
+        assert got.shape == shape[:-1] and ours.getstate() == theirs.getstate()
+    seeded = M.topk_recall_random_baseline(ft, 100, np.int64(9))
+    np.testing.assert_array_equal(seeded, M.topk_recall_random_baseline(ft, 100, 9))
+    np.testing.assert_array_equal(seeded, reference_topk_recall_random_baseline(ft, 100, random.Random(9)))
+    with pytest.raises(ValueError, match="k ≥ 1"):
+        M.topk_recall_random_baseline(ft, 0, 9)
+
+
 def test_topk_recall_worked_example():
     icl = np.array([[[5.0, 4.0, 3.0, 2.0, 1.0]]])  # ICL top-2 = {0, 1}
     ft = np.array([[[5.0, 1.0, 4.0, 2.0, 3.0]]])  # FT top-2 = {0, 2}; top-3 = {0, 2, 4}

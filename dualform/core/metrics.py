@@ -296,20 +296,24 @@ def kendall_random_baseline(
 
 
 def _kendall_inputs(icl: Any, ft: Any, segments) -> tuple[np.ndarray, np.ndarray]:
-    icl, ft = _np(icl), _np(ft)
+    same, icl, ft = icl is ft, _np(icl), _np(ft)  # the baselines pass one array as both
     if icl.shape != ft.shape or icl.ndim not in (3, 4):
         raise ValueError(
             f"kendall needs two [example, layer, (head,) n] arrays; got {icl.shape}, {ft.shape}."
         )
-    return _segment_sums(_softmax(icl), segments), _segment_sums(_softmax(ft), segments)
+    p_icl = _segment_sums(_softmax(icl), segments)
+    return p_icl, p_icl if same else _segment_sums(_softmax(ft), segments)
 
 
 def _top(p: np.ndarray, k: int) -> np.ndarray:
-    """The official top-k: ``np.argsort(-p)[:k]`` (numpy's default sort breaks ties)."""
-    return np.argsort(-p)[:k]
+    """The official top-k: ``np.argsort(-p)[:k]`` (numpy's default sort breaks ties), per row of
+    the last axis."""
+    return np.argsort(-p, axis=-1)[..., :k]
 
 
 def _check_topk(n: int, k: int, segments) -> None:
+    if k < 1:
+        raise ValueError(f"top-k recall needs k ≥ 1; got k = {k}.")
     if n < k:
         items = "demonstrations" if segments is not None else "demonstration tokens"
         raise MetricNotApplicableError(
@@ -338,23 +342,57 @@ def topk_recall(
 
 
 def topk_recall_random_baseline(
-    ft_attention_to_train: Any, k: int, rng: int | random.Random = 0, *,
+    ft_attention_to_train: Any, k: int, rng: int | np.integer | random.Random = 0, *,
     segments: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Top-k recall of random picks, per example and layer (and head): the share of k uniform
     indices, drawn with replacement by ``rng.randint(0, n − 1)`` (k per example and layer, in C
     order, as the official ``random_recall_topk``), that fall in top_k(p_FT). ``rng``: an int
     seed (``random.Random(seed)``, the official ``random.randint`` after ``random.seed(seed)``)
-    or a ``random.Random``."""
+    or a ``random.Random``, left where those ``randint`` calls leave it (the draws are made in
+    one go by :func:`_randints`, value for value the same)."""
     _, ft = _kendall_inputs(ft_attention_to_train, ft_attention_to_train, segments)
     n = ft.shape[-1]
     _check_topk(n, k, segments)
-    rng = random.Random(rng) if isinstance(rng, int | np.integer) else rng
-    out = np.empty(ft.shape[:-1])
-    for index in np.ndindex(*out.shape):
-        top = set(_top(ft[index], k).tolist())
-        out[index] = sum(rng.randint(0, n - 1) in top for _ in range(k)) / k
-    return out
+    rng = random.Random(int(rng)) if isinstance(rng, int | np.integer) else rng
+    rows = ft.reshape(-1, n)
+    draws = _randints(rng, n, rows.shape[0] * k).reshape(rows.shape[0], k)
+    in_top = np.zeros(rows.shape, dtype=bool)
+    np.put_along_axis(in_top, _top(rows, k), True, axis=-1)
+    hits = np.take_along_axis(in_top, draws, axis=-1).sum(axis=-1)
+    return (hits / k).reshape(ft.shape[:-1])
+
+
+#: The most raw Mersenne-Twister outputs :func:`_randints` draws at a time (8 MiB as uint64).
+_CHUNK = 1 << 20
+
+
+def _randints(rng: random.Random, n: int, count: int) -> np.ndarray:
+    """``[rng.randint(0, n − 1) for _ in range(count)]`` as an int64 array, leaving ``rng`` in
+    the same state, drawn by numpy's MT19937 from a copy of ``rng``'s state. CPython draws
+    ``randint(0, n − 1)`` by rejection: with b = n.bit_length() ≤ 32, ``out >> (32 − b)`` of one
+    32-bit Mersenne-Twister output, again while ≥ n. Other generators, and b > 32, are drawn
+    one by one."""
+    b = n.bit_length()
+    if type(rng) is not random.Random or n < 1 or b > 32 or count < 1:
+        return np.array([rng.randint(0, n - 1) for _ in range(count)], dtype=np.int64)
+    version, words, gauss = rng.getstate()
+    state = {"bit_generator": "MT19937",
+             "state": {"key": np.array(words[:-1], dtype=np.uint32), "pos": words[-1]}}
+    bits, kept, got, used = np.random.MT19937(), [], 0, 0
+    bits.state = state
+    while got < count:  # chunks of ~1.05× the outputs expected to be needed, at most _CHUNK
+        raw = bits.random_raw(min(int((count - got) * (1 << b) / n * 1.05) + 64, _CHUNK))
+        raw >>= 32 - b
+        accepted = np.flatnonzero(raw < n)[: count - got]
+        kept.append(raw[accepted])
+        got += len(accepted)
+        used += int(accepted[-1]) + 1 if got == count else len(raw)
+    bits.state = state  # rewind, then advance by exactly the outputs the draws used
+    bits.random_raw(used)
+    after = bits.state["state"]
+    rng.setstate((version, (*(int(w) for w in after["key"]), int(after["pos"])), gauss))
+    return np.concatenate(kept).astype(np.int64)
 
 
 def training_attention(
