@@ -184,6 +184,7 @@ def reproduce_dai(
     lr_grid: str = LR_GRID,
     layer_causal: bool = typer.Option(False, help="Layer-causal finetuning (Deutch et al.)."),
     untrained: bool = typer.Option(True, help="Also run the untrained-model baseline."),
+    n_untrained: int = typer.Option(64, help="The untrained baseline on the first N test examples (0: all)."),
     attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
     batch_size: int = typer.Option(0, help="Queries per batch (0: from free memory; 1: no batching of queries, attribution or the LR grid)."),
     reuse_prefix: bool = typer.Option(True, help="Run the demonstrations once per task (KV cache)."),
@@ -214,7 +215,7 @@ def reproduce_dai(
 
     config = _dai_config(model, tasks, shots, n_test, n_validation, demo_seeds, full_grid, lr_grid,
                          seeds=seeds, layer_causal=layer_causal, untrained_baseline=untrained,
-                         attribution=attribution, batch_size=batch_size or None,
+                         n_untrained=n_untrained or None, attribution=attribution, batch_size=batch_size or None,
                          reuse_prefix=reuse_prefix, device=device, dtype=dtype,
                          device_map=device_map or None, scaled_queries=scaled_queries,
                          keep_separator=keep_separator)

@@ -25,7 +25,7 @@ from dualform.viz.tables import dai_markdown
 
 CONFIG = DaiConfig(
     model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4, n_test=4,
-    seeds=2, demo_seeds=(1,), lr_grid=(0.1, 1e6),
+    seeds=2, demo_seeds=(1,), lr_grid=(0.1, 1e6), n_untrained=3,
 )
 
 
@@ -56,7 +56,8 @@ def test_results_are_complete_and_strict_json(run):
     assert np.mean([s.metrics[SIMAOU].mean for s in task.seeds]) == pytest.approx(simaou.mean)
     assert len(task.attribution.icl) == n_layers and task.n_attribution == 4
     assert len(task.untrained) == 2 and task.untrained_intervals.get(SIMAOU) != simaou
-    assert f"trained − untrained: {SIMAOU}" in task.differences
+    assert task.n_untrained == 3 and len(task.untrained[0].metrics[SIMAOU].per_example) == 3
+    assert task.differences[f"trained − untrained: {SIMAOU}"].n == 6  # 2 seeds × first 3
     assert f"{SIMAOU} − {SIMAOU_RANDOM}" in task.differences
     assert len(task.seeds[0].norm_delta_w_icl) == n_layers
     assert len(task.seeds[0].metrics[COS_ICL_FT].per_head[0]) == 4

@@ -110,10 +110,12 @@ class PrefixRun:
         if not self.length:
             self.capture = Capture({}, *head_counts(model))
             return
-        with torch.no_grad(), kv_cache(model), attention_hooks(model):
+        last = torch.tensor([self.length - 1])  # its logits are never read: unembed one token
+        with torch.no_grad(), kv_cache(model), attention_hooks(model), logits_at(model, last) as pick:
             self.capture: Capture = capture(
                 model, self.prefix.to(device), hooks=hooks, cache=self.cache, use_cache=True
             )
+            self.capture.logits = pick(self.capture.logits)
 
     def __repr__(self) -> str:
         return (f"PrefixRun(prefix={self.length} tokens, model=<{type(self.model).__name__}>, "

@@ -303,6 +303,7 @@ def task_details(t: TaskResult) -> str:
         ("template", fmt(t.template)), ("label words", fmt(t.label_words)),
         ("demonstrations", fmt(t.shots)), ("test examples", fmt(t.n_test)),
         ("test examples for head attribution", fmt(t.n_attribution)),
+        ("test examples for the untrained model", fmt(t.n_untrained)),
         ("f2t examples, all seeds (FT fixes them and ICL too)", fmt(t.n_f2t())),
     ])
     out += html_table(

@@ -169,6 +169,10 @@ def caption(results: R.DaiResults) -> str:
             f"⚠ n=K: a ratio resting on only K < {R.MIN_DENOMINATOR} examples")
     if n_attr:
         text += f"; head attribution on the first {'/'.join(map(str, n_attr))} test examples"
+    n_untrained = sorted({t.n_untrained for t in results.tasks.values() if t.untrained})
+    if n_untrained:
+        text += (f"; untrained model on the first {'/'.join(map(str, n_untrained))} test examples "
+                 "(trained − untrained: paired on those)")
     return text
 
 

@@ -17,6 +17,7 @@ from dualform.experiments.dai.results import (
     Intervals,
     SeedResult,
     TaskResult,
+    over_every_example,
 )
 from dualform.experiments.stats import Interval, bootstrap_ci, bootstrap_columns, paired_difference
 
@@ -25,8 +26,7 @@ N_BOOT_COLUMNS = 1000
 
 
 def _groups(seeds: list[SeedResult], name: str) -> list[list] | None:
-    rows = [s.metrics[name].per_example for s in seeds if name in s.metrics]
-    rows = [[np.nan if v is None else v for v in r] for r in rows if r]
+    rows = [r for s in seeds if (r := _row(s, name)) is not None]
     finite = any(np.isfinite(v) for r in rows for v in r)
     return rows if rows and finite else None
 
@@ -98,22 +98,45 @@ def differences(trained: list[list[SeedResult]], untrained: list[list[SeedResult
         if pair is not None:
             out[f"{name} − {random}"] = pair
     if any(untrained):
-        for name in (n for n in _names(flat) if n not in RANDOM_BASELINES.values()):
-            pair = _paired(trained, untrained, name, name)
+        for name in _names(flat):
+            if name in RANDOM_BASELINES.values() or not over_every_example(name):
+                continue  # a subset that depends on each model's answers pairs nothing
+            pair = _paired(trained, untrained, name, name, first=True)
             if pair is not None:
                 out[f"trained − untrained: {name}"] = pair
     return out
 
 
-def _paired(a_lists, b_lists, a_name: str, b_name: str) -> Interval | None:
-    a = [g for seeds in a_lists for g in (_groups(seeds, a_name) or [])]
-    b = [g for seeds in b_lists for g in (_groups(seeds, b_name) or [])]
-    if not a or [len(g) for g in a] != [len(g) for g in b]:
-        return None  # not paired (e.g. Rec2FTP's denominators differ)
+def _paired(a_lists, b_lists, a_name: str, b_name: str, *, first: bool = False) -> Interval | None:
+    """The paired difference ``a_name − b_name`` over the seeds both hold a value for (the same
+    replicate of the same task) and the same examples; ``first``: ``b`` holds each seed's first
+    examples only (the untrained baseline's subset), ``a`` is cut to them."""
+    a, b = [], []
+    for a_seeds, b_seeds in zip(a_lists, b_lists, strict=True):
+        b_by_replicate = {s.replicate: s for s in b_seeds}
+        for seed in a_seeds:
+            other = b_by_replicate.get(seed.replicate)
+            ga, gb = _row(seed, a_name), None if other is None else _row(other, b_name)
+            if ga is None or gb is None:
+                continue  # e.g. this seed's finetuning diverged: nothing to pair
+            ga = ga[: len(gb)] if first else ga
+            if len(ga) == len(gb):
+                a.append(ga)
+                b.append(gb)
+    if not a:
+        return None
     try:
         return paired_difference(a, b)
     except ValueError:
         return None  # no finite pair
+
+
+def _row(seed: SeedResult, name: str) -> list[float] | None:
+    """A seed's per-example values of ``name`` (``None`` → NaN), or ``None`` if it has none."""
+    summary = seed.metrics.get(name)
+    if summary is None or not summary.per_example:
+        return None
+    return [np.nan if v is None else v for v in summary.per_example]
 
 
 def pooled_attribution(icl: list[np.ndarray], ft: list[np.ndarray]) -> Attribution:

@@ -98,6 +98,7 @@ class DaiConfig:
     demo_seeds: tuple[int, ...] = (1, 2)  # each replicate chooses among its own offsets of these
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
     n_attribution: int | None = 48  # head attribution on the first N test examples (None: all)
+    n_untrained: int | None = 64  # the untrained baseline on the first N test examples (None: all)
     layer_causal: bool = False
     reuse_prefix: bool = True  # run the demonstrations once per task (KV cache)
     batch_size: int | None = None  # None: from free memory (auto_batch_size); 1: no batching
@@ -116,7 +117,8 @@ class DaiConfig:
         check_not_empty(self.tasks, "The task list (--tasks)")
         check_not_empty(self.demo_seeds, "The demonstration seeds (--demo-seeds)")
         for name, value in (("--shots", self.shots), ("--n-test", self.n_test),
-                            ("--n-validation", self.n_validation)):
+                            ("--n-validation", self.n_validation),
+                            ("--n-untrained", self.n_untrained or 1)):
             check_count(value, f"{name.removeprefix('--').replace('-', '_')} ({name})")
         if self.batch_size is not None:
             check_count(self.batch_size, "batch_size (--batch-size; 0 there: from free memory)")
@@ -158,6 +160,13 @@ class TaskContext:
     @property
     def test_gold(self) -> list[int]:
         return [example.label for example in self.task.test]
+
+    def first(self, n: int | None) -> TaskContext:
+        """The same task with only its first ``n`` test examples (``None``: all of them)."""
+        if n is None or n >= len(self.task.test):
+            return self
+        return TaskContext(dataclasses.replace(self.task, test=self.task.test[:n]), self.label_ids,
+                           self.config)
 
 
 def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True,
@@ -331,12 +340,14 @@ def evaluate_task(model, untrained, ctx: TaskContext, selections: list[Selection
                         len(task.test), n_attribution(ctx) if icl_effects else 0, seeds)
     if untrained is not None:
         start = time.perf_counter()
-        ft_u = _finetune_chosen(untrained, ctx, demos, selections)
-        zsl_u = _zsl_records(untrained, ctx, demos[0], Timer()) if config.share_seeds else None
-        result.untrained = [evaluate_seed(untrained, ctx, r, sel, ds, ft,
-                                          zsl_u or _zsl_records(untrained, ctx, ds, Timer()), Timer(),
+        sub = ctx.first(config.n_untrained)  # a control: its first examples pair with the trained
+        ft_u = _finetune_chosen(untrained, sub, demos, selections)
+        zsl_u = _zsl_records(untrained, sub, demos[0], Timer()) if config.share_seeds else None
+        result.untrained = [evaluate_seed(untrained, sub, r, sel, ds, ft,
+                                          zsl_u or _zsl_records(untrained, sub, ds, Timer()), Timer(),
                                           attribution=False, progress=progress).seed
                             for r, (sel, ds, ft) in enumerate(zip(selections, demos, ft_u, strict=True))]
+        result.n_untrained = len(sub.task.test)
         timer.add("untrained_baseline", start)
     start = time.perf_counter()
     if icl_effects:

@@ -67,6 +67,12 @@ def f2t(name: str) -> str:
 #: f2t-mode metrics: averages over a subset of the examples (flagged when it is small).
 F2T_NAMES = tuple(f2t(n) for n in (SIMAOU, SIMAOU_UNNORM, SIMAOU_RANDOM, SIMAM_BEFORE,
                                    SIMAM_AFTER, SIMAM_DELTA))
+def over_every_example(name: str) -> bool:
+    """Whether a metric has one value per test example, in test order (not Rec2FTP or an f2t
+    metric, which average over a subset that depends on the model's answers)."""
+    return name != REC2FTP and not name.startswith("f2t.")
+
+
 #: Ratios whose denominator is a subset of the examples: warn below this many.
 MIN_DENOMINATOR = 20
 
@@ -302,6 +308,7 @@ class TaskResult:
     differences: dict[str, Interval] = field(default_factory=dict)
     attribution: Attribution | None = None  # pooled over seeds
     timing_s: dict[str, float] = field(default_factory=dict)
+    n_untrained: int = 0  # the untrained baseline's test examples: the first n_untrained
 
     def n_f2t(self) -> int:
         return sum(s.n_f2t for s in self.seeds)
@@ -344,6 +351,7 @@ class TaskResult:
             "untrained_intervals": self.untrained_intervals.to_json(),
             "differences": {k: v.to_json() for k, v in self.differences.items()},
             "timing_s": self.timing_s,
+            "n_untrained": self.n_untrained,
         }
         if self.attribution is not None:
             out["attribution"] = self.attribution.to_json()
@@ -360,6 +368,7 @@ class TaskResult:
             {k: _interval(v) for k, v in data.get("differences", {}).items()},
             Attribution.from_json(data["attribution"]) if data.get("attribution") else None,
             data.get("timing_s", {}),
+            data.get("n_untrained", data["n_test"] if data.get("untrained") else 0),  # was: all
         )
 
 
