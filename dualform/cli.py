@@ -389,7 +389,9 @@ def bench(
     repeats: int = typer.Option(5, help="Timed repeats per measurement (median)."),
     device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
-    end_to_end: bool = typer.Option(False, help="Also time the default reproduce dai, reuse+batching on vs off (~10 min on 2 CPU cores)."),
+    end_to_end: bool = typer.Option(False, help="Also time the default reproduce dai, a --many-seeds run, seed sharing and reuse+batching on vs off (~40 min on 2 CPU cores)."),
+    many_seeds: int = typer.Option(10, help="With --end-to-end: also time reproduce dai with this many seeds (0: skip)."),
+    keep: Path | None = typer.Option(None, help="With --end-to-end: keep the timed runs' results in KEEP/default and KEEP/seeds-N."),
     pythia_shape: bool = typer.Option(True, help="Also time capture and dual_form on a random Pythia-160M-shaped model."),
     dtype: str = DTYPE,
 ) -> None:
@@ -409,9 +411,12 @@ def bench(
     from dualform.viz.terminal import print_table
 
     check_count(repeats, "--repeats")
+    if many_seeds < 0:
+        check_count(many_seeds, "--many-seeds")
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
         result = run_bench(model, repeats=repeats, device=resolve_device(device).type,
-                           end_to_end=end_to_end, dtype=dtype, pythia_shape=pythia_shape)
+                           end_to_end=end_to_end, dtype=dtype, pythia_shape=pythia_shape,
+                           many_seeds=many_seeds or None, keep=keep)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -442,8 +447,12 @@ def bench(
                      f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)"))
     if "end_to_end" in result:
         e = result["end_to_end"]
-        d = e["default"]
-        rows.append(("default reproduce dai", f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s"))
+        for key in ("default", "many_seeds"):
+            if key in e:
+                d = e[key]
+                rows.append((f"reproduce dai, {d['seeds']} seeds",
+                             f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s, "
+                             f"peak RSS so far {d['peak_rss_MiB']:.0f} MiB"))
         for label, key in (("seeds on their own / shared", "seed_sharing"),
                            ("reuse+batching off / on", "reuse")):
             p = e[key]

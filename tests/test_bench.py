@@ -36,3 +36,22 @@ def test_pythia_shaped_bench_measures_capture_and_dual_form(single_thread):
     out = bench_pythia_shape(1, **small)
     assert out["capture"]["capture_ratio"] > 0 and out["dual_form"]["dual_form_ratio"] > 0
     assert out["shape"]["rotary_pct"] == 0.25
+
+
+def test_end_to_end_times_each_run_keeps_results_and_never_times_a_resumed_run(tmp_path, single_thread):
+    import pytest
+
+    from dualform.errors import InvalidArgumentError
+    from dualform.experiments.dai.protocol import DaiConfig
+    from dualform.infra.bench import bench_end_to_end
+
+    cfg = DaiConfig(model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4,
+                    n_test=4, seeds=1, demo_seeds=(1,), lr_grid=(0.1,), attribution=False)
+    out = bench_end_to_end("tiny-llama", config=cfg, small=cfg, many_seeds=2, keep=tmp_path)
+    assert out["default"]["seeds"] == 1 and out["many_seeds"]["seeds"] == 2
+    assert out["default"]["total_s"] > 0 and out["default"]["peak_rss_MiB"] > 0
+    assert {"naive", "shared", "speedup"} <= set(out["seed_sharing"]) and out["reuse"]["speedup"] > 0
+    saved = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("default", "seeds-2")]
+    assert [len(s["tasks"]["afinn-sentiment"]["seeds"]) for s in saved] == [1, 2]
+    with pytest.raises(InvalidArgumentError, match="already holds results"):
+        bench_end_to_end("tiny-llama", config=cfg, small=cfg, keep=tmp_path)

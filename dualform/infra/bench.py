@@ -23,6 +23,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -33,6 +34,7 @@ from dualform.core.finetune import (
     next_token_loss,
     train_only_kv,
 )
+from dualform.errors import InvalidArgumentError
 from dualform.experiments.dai.protocol import DaiConfig, run_dai
 from dualform.experiments.dai.results import DaiResults
 from dualform.infra.rng import seeded
@@ -175,14 +177,20 @@ def bench_seed_grid(model, seeds: int = 3, lrs: tuple[float, ...] = (0.01, 0.005
             "one_batch_s": timing["candidate_s"], "speedup": 1 / timing["ratio"]}
 
 
-def _timed_run(config: DaiConfig) -> dict:
+def _timed_run(config: DaiConfig, keep: Path | None = None) -> dict:
+    """One ``run_dai`` from scratch (in a temporary directory, or in ``keep``, which must hold
+    no results: a resumed run would time nothing); peak RSS is the process's so far."""
     import tempfile
 
+    if keep is not None and (keep / "results.json").exists():
+        raise InvalidArgumentError(f"{keep} already holds results; a timed run starts afresh: "
+                                   "give a new directory.")
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu = time.perf_counter(), time.process_time()
-        res = run_dai(tmp, config, progress=False)
+        res = run_dai(keep or tmp, config, progress=False)
         return {"total_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
-                "stages_s": _stage_totals(res)}
+                "stages_s": _stage_totals(res), "seeds": config.seeds,
+                "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _paired_runs(config: DaiConfig, naive: dict) -> dict:
@@ -193,20 +201,25 @@ def _paired_runs(config: DaiConfig, naive: dict) -> dict:
 
 
 def bench_end_to_end(name: str, device: str | None = None, dtype: str = "float32",
-                     config: DaiConfig | None = None, small: DaiConfig | None = None) -> dict:
+                     config: DaiConfig | None = None, small: DaiConfig | None = None, *,
+                     many_seeds: int | None = None, keep: Path | None = None) -> dict:
     """The default ``reproduce dai`` once (every packaged task, 3 seeds, ≤ 200 test examples,
-    intervals, untrained baseline, attribution: wall, CPU and stage times), then on one task
-    (``small``: 48 test examples) two paired comparisons measured in the same run: seeds
-    sharing one finetuning batch and one ZSL pass vs each seed on its own (``share_seeds``
-    off), and prefix reuse + batching vs one full forward per query, one run per rate."""
+    intervals, untrained baseline, attribution: wall, CPU and stage times) and, with
+    ``many_seeds``, the same with that many seeds; then on one task (``small``: 48 test
+    examples) two paired comparisons measured in the same run: seeds sharing one finetuning
+    batch and one ZSL pass vs each seed on its own (``share_seeds`` off), and prefix reuse +
+    batching vs one full forward per query, one run per rate. ``keep``: the default and
+    many-seed runs' results stay in ``keep/default`` and ``keep/seeds-N``."""
     cfg = config or DaiConfig(model=name, device=device or "cpu", dtype=dtype)
     small = small or dataclasses.replace(cfg, tasks=cfg.tasks[:1], n_test=48, n_attribution=16)
-    return {
-        "default": _timed_run(cfg),
-        "seed_sharing": _paired_runs(small, {"share_seeds": False}),
-        "reuse": _paired_runs(dataclasses.replace(small, seeds=1),
-                              {"reuse_prefix": False, "batch_size": 1}),
-    }
+    out = {"default": _timed_run(cfg, keep and keep / "default")}
+    if many_seeds:
+        out["many_seeds"] = _timed_run(dataclasses.replace(cfg, seeds=many_seeds),
+                                       keep and keep / f"seeds-{many_seeds}")
+    out["seed_sharing"] = _paired_runs(small, {"share_seeds": False})
+    out["reuse"] = _paired_runs(dataclasses.replace(small, seeds=1),
+                                {"reuse_prefix": False, "batch_size": 1})
+    return out
 
 
 def _stage_totals(results: DaiResults) -> dict[str, float]:
@@ -253,7 +266,8 @@ def load_model_copy(model):
 
 
 def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = None,
-              end_to_end: bool = False, dtype: str = "float32", pythia_shape: bool = True) -> dict:
+              end_to_end: bool = False, dtype: str = "float32", pythia_shape: bool = True,
+              many_seeds: int | None = None, keep: Path | None = None) -> dict:
     model = load_model(name, device=device, dtype=dtype)
     out = {"model": name, "device": str(next(model.parameters()).device), "dtype": dtype,
            "threads": torch.get_num_threads(), "second_load_s": bench_load(name)}
@@ -265,6 +279,6 @@ def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = 
     if pythia_shape:
         out["pythia_shape"] = bench_pythia_shape(repeats, device)
     if end_to_end:
-        out["end_to_end"] = bench_end_to_end(name, device, dtype)
+        out["end_to_end"] = bench_end_to_end(name, device, dtype, many_seeds=many_seeds, keep=keep)
     out["peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out

@@ -38,7 +38,7 @@ from dualform.core.attribution import (
 )
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_rows
-from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
+from dualform.core.prefix import PrefixRun, auto_batch_size, logits_at, pad_queries
 from dualform.errors import check_count, check_learning_rates, check_not_empty
 from dualform.experiments.dai.attention import record_attention
 from dualform.experiments.dai.conditions import (
@@ -508,7 +508,8 @@ def _training_queries(model, task: Task, demos: list[Example], batched: bool = T
     for start in range(0, len(texts), size):
         chunk = texts[start : start + size]
         batch = pad_queries(chunk, pad_id=0)
-        q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
+        with logits_at(model, batch.last):  # no logit is read: unembed one token per row
+            q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
         for row, last in enumerate(batch.last.tolist()):
             rows.append(q[:, row, bos : last + 1].flatten(-2))  # BOS dropped, if any
     return torch.cat(rows, dim=1).float().cpu()
