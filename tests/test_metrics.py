@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dualform.core import metrics as M
+from dualform.core import official_random as R
 from dualform.experiments.dai.conditions import DemoLayout, RankedTokens
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics_fixture.npz"
@@ -159,22 +160,22 @@ def test_random_baselines_use_the_official_streams():
 
 
 def reference_randints(rng, n, count):
-    """The draws ``_randints`` replaces: one ``randint`` call each."""
+    """The draws ``randints`` replaces: one ``randint`` call each."""
     return [rng.randint(0, n - 1) for _ in range(count)]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 600, 1000, 2**20 + 3, 2**31 + 1, 2**32 - 1, 2**32 + 5])
-@pytest.mark.parametrize("chunk", [7, M._CHUNK])
+@pytest.mark.parametrize("chunk", [7, R._CHUNK])
 def test_randints_are_the_randint_calls_and_leave_the_same_state(n, chunk, monkeypatch):
     """Values, order and the generator's state afterwards (Mersenne-Twister words, position and
     the cached gauss) equal ``count`` ``randint(0, n − 1)`` calls, and the streams stay equal after;
     a tiny chunk makes the rejection loop cross chunk boundaries; n > 2**32 is drawn one by one."""
-    monkeypatch.setattr(M, "_CHUNK", chunk)
+    monkeypatch.setattr(R, "_CHUNK", chunk)
     ours, theirs = random.Random(n), random.Random(n)
     for r in (ours, theirs):
         r.random(), r.gauss()  # mid-block position, a cached gauss value
     for count in (0, 1, 5, 700, 1500):  # 700 + … crosses the 624-word block boundary
-        got = M._randints(ours, n, count)
+        got = R.randints(ours, n, count)
         assert got.dtype == np.int64 and got.tolist() == reference_randints(theirs, n, count)
         assert ours.getstate() == theirs.getstate()
     assert [ours.random(), ours.gauss(), ours.getrandbits(40)] == [
@@ -186,10 +187,10 @@ def test_randints_of_other_generators_are_their_own_calls():
         def randint(self, a, b):
             return b - super().randint(a, b)
 
-    got = M._randints(Shifted(2), 10, 50)
+    got = R.randints(Shifted(2), 10, 50)
     assert got.tolist() == reference_randints(Shifted(2), 10, 50)
     with pytest.raises(ValueError):
-        M._randints(random.Random(0), 0, 3)  # randint(0, −1), as one by one
+        R.randints(random.Random(0), 0, 3)  # randint(0, −1), as one by one
 
 
 def reference_topk_recall_random_baseline(ft, k, rng, segments=None):

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float
 
+from dualform.core.official_random import official_stream, randints
 from dualform.core.rank import kendall_tau_b
 
 #: The official code's cosine/normalisation epsilon (``+ 1e-20`` in the denominator).
@@ -55,13 +56,6 @@ __all__ = [
 
 class MetricNotApplicableError(ValueError):
     """A metric does not apply to these inputs (where the official script would crash)."""
-
-
-def official_stream(seed: int) -> np.random.RandomState:
-    """The official scripts' random stream, seeded: ``official_stream(s).random(shape)`` equals
-    ``np.random.seed(s); np.random.random(shape)`` bit for bit (legacy Mersenne Twister), without
-    touching numpy's global state."""
-    return np.random.RandomState(seed)
 
 
 def _np(x: Any, dtype=np.float64) -> np.ndarray:
@@ -350,49 +344,17 @@ def topk_recall_random_baseline(
     order, as the official ``random_recall_topk``), that fall in top_k(p_FT). ``rng``: an int
     seed (``random.Random(seed)``, the official ``random.randint`` after ``random.seed(seed)``)
     or a ``random.Random``, left where those ``randint`` calls leave it (the draws are made in
-    one go by :func:`_randints`, value for value the same)."""
+    one go by :func:`~dualform.core.official_random.randints`, value for value the same)."""
     _, ft = _kendall_inputs(ft_attention_to_train, ft_attention_to_train, segments)
     n = ft.shape[-1]
     _check_topk(n, k, segments)
     rng = random.Random(int(rng)) if isinstance(rng, int | np.integer) else rng
     rows = ft.reshape(-1, n)
-    draws = _randints(rng, n, rows.shape[0] * k).reshape(rows.shape[0], k)
+    draws = randints(rng, n, rows.shape[0] * k).reshape(rows.shape[0], k)
     in_top = np.zeros(rows.shape, dtype=bool)
     np.put_along_axis(in_top, _top(rows, k), True, axis=-1)
     hits = np.take_along_axis(in_top, draws, axis=-1).sum(axis=-1)
     return (hits / k).reshape(ft.shape[:-1])
-
-
-#: The most raw Mersenne-Twister outputs :func:`_randints` draws at a time (8 MiB as uint64).
-_CHUNK = 1 << 20
-
-
-def _randints(rng: random.Random, n: int, count: int) -> np.ndarray:
-    """``[rng.randint(0, n − 1) for _ in range(count)]`` as an int64 array, leaving ``rng`` in
-    the same state, drawn by numpy's MT19937 from a copy of ``rng``'s state. CPython draws
-    ``randint(0, n − 1)`` by rejection: with b = n.bit_length() ≤ 32, ``out >> (32 − b)`` of one
-    32-bit Mersenne-Twister output, again while ≥ n. Other generators, and b > 32, are drawn
-    one by one."""
-    b = n.bit_length()
-    if type(rng) is not random.Random or n < 1 or b > 32 or count < 1:
-        return np.array([rng.randint(0, n - 1) for _ in range(count)], dtype=np.int64)
-    version, words, gauss = rng.getstate()
-    state = {"bit_generator": "MT19937",
-             "state": {"key": np.array(words[:-1], dtype=np.uint32), "pos": words[-1]}}
-    bits, kept, got, used = np.random.MT19937(), [], 0, 0
-    bits.state = state
-    while got < count:  # chunks of ~1.05× the outputs expected to be needed, at most _CHUNK
-        raw = bits.random_raw(min(int((count - got) * (1 << b) / n * 1.05) + 64, _CHUNK))
-        raw >>= 32 - b
-        accepted = np.flatnonzero(raw < n)[: count - got]
-        kept.append(raw[accepted])
-        got += len(accepted)
-        used += int(accepted[-1]) + 1 if got == count else len(raw)
-    bits.state = state  # rewind, then advance by exactly the outputs the draws used
-    bits.random_raw(used)
-    after = bits.state["state"]
-    rng.setstate((version, (*(int(w) for w in after["key"]), int(after["pos"])), gauss))
-    return np.concatenate(kept).astype(np.int64)
 
 
 def training_attention(
