@@ -28,7 +28,7 @@ from dualform.core.dual_form import (
     score_hooks,
     split_meta_gradient,
 )
-from dualform.core.prefix import PrefixRun, auto_batch_size, pad_queries
+from dualform.core.prefix import PrefixRun, auto_batch_size, logits_at, pad_queries
 from dualform.errors import DualformError
 from dualform.infra.reprs import compact_repr
 from dualform.probes import capture
@@ -302,3 +302,22 @@ def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual
         queries = [p.tokens[0, n_prefix:] for p in chunk]
         records.extend(record_batch(run, queries, label_ids, demo=first if dual else None, sums=sums))
     return records
+
+
+@torch.no_grad()
+def training_queries(model, task: Task, demos: list[Example], batched: bool = True, *,
+                      keep_separator: bool = False) -> torch.Tensor:
+    """Raw query vectors of every token of the finetuning texts (BOS dropped):
+    ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of 8."""
+    texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)
+    bos = prompt_tokens(model, build_prompt(task, [], demos[0]), check=False).demo_start
+    size = 8 if batched else 1
+    rows = []
+    for start in range(0, len(texts), size):
+        chunk = texts[start : start + size]
+        batch = pad_queries(chunk, pad_id=0)
+        with logits_at(model, batch.last):  # no logit is read: unembed one token per row
+            q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
+        for row, last in enumerate(batch.last.tolist()):
+            rows.append(q[:, row, bos : last + 1].flatten(-2))  # BOS dropped, if any
+    return torch.cat(rows, dim=1).float().cpu()

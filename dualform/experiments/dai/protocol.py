@@ -26,19 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from dualform.core import metrics as M
-from dualform.core.attribution import (
-    compare_maps,
-    ft_head_effects_mean,
-    icl_head_effects,
-    icl_head_effects_batch,
-)
+from dualform.core.attribution import compare_maps
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.core.finetune_grid import finetune_kv_rows
-from dualform.core.prefix import PrefixRun, auto_batch_size, logits_at, pad_queries
 from dualform.errors import check_count, check_learning_rates, check_not_empty
 from dualform.experiments.dai.attention import record_attention
 from dualform.experiments.dai.conditions import (
@@ -47,7 +40,9 @@ from dualform.experiments.dai.conditions import (
     demo_training_texts,
     prompt_pair,
     record_all,
+    training_queries,
 )
+from dualform.experiments.dai.heads import head_effects
 from dualform.experiments.dai.pooling import (
     differences,
     overall_intervals,
@@ -72,11 +67,9 @@ from dualform.tasks.prompts import (
     OFFLINE_TASKS,
     Example,
     Task,
-    build_prompt,
     check_task_name,
     label_token_ids,
     load_task,
-    prompt_tokens,
     sample_demos,
 )
 
@@ -418,11 +411,12 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
     if attribution and ft is not None:
         start = time.perf_counter()
         n = n_attribution(ctx)
-        effects = _attribution(model, ft, pairs[:n], gold[:n], ctx.label_ids, config,
+        effects = head_effects(model, ft, pairs[:n], gold[:n], ctx.label_ids,
+                               reuse_prefix=config.reuse_prefix, batch_size=config.batch_size,
                                desc=f"{ctx.task.name}: attribution", progress=progress)
         timer.add("attribution", start)
     start = time.perf_counter()
-    train_q = _training_queries(model, ctx.task, demos, batched=config.batch_size != 1,
+    train_q = training_queries(model, ctx.task, demos, batched=config.batch_size != 1,
                                 keep_separator=config.keep_separator)
     ranked = demo_layout(model, ctx.task, demos).ranked(keep_separator=config.keep_separator)
     scored = similarity_metrics(recs, np.array(gold), pairs, train_q, ranked,
@@ -437,42 +431,6 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
                                        cmp.kendall, len(effects[0]))
     timer.add("metrics", start)
     return SeedOutcome(seed, *effects)
-
-
-#: Test examples per FT attribution pass: each pass gives one observation of the FT effects.
-FT_ATTRIBUTION_CHUNK = 8
-#: Largest ICL attribution batch (a backward pass keeps every query head's keys and values; 8
-#: rows hold the default run under 4 GiB on CPU at the speed of 16).
-ATTRIBUTION_BATCH_CAP = 8
-
-
-def _attribution(model, ft, pairs, gold: list[int], label_ids: list[int], config: DaiConfig,
-                 *, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Head-attribution effects on the test queries: ICL per example ``[example, layer, head]``
-    (on the shared demonstration prefix in batches, or one full run per query with reuse off),
-    FT per pass of :data:`FT_ATTRIBUTION_CHUNK` examples (the mean effect of the pass)."""
-    head = pairs[0].icl
-    n_prefix = head.demo_start + head.n_demo_tokens
-    items = list(zip(pairs, gold, strict=True))
-    if not config.reuse_prefix:
-        icl = [icl_head_effects(model, p.icl.tokens, p.demo_slice, label_ids, g)
-               for p, g in tqdm(items, desc=desc, disable=not progress)]
-    else:
-        run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
-        longest = max(p.icl.tokens.shape[-1] for p in pairs)
-        size = config.batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True,
-                                                     cap=ATTRIBUTION_BATCH_CAP)
-        icl = []
-        for start in tqdm(range(0, len(pairs), size), desc=desc, disable=not progress):
-            chunk = items[start : start + size]
-            queries = [p.icl.tokens[0, n_prefix:] for p, _ in chunk]
-            icl.extend(icl_head_effects_batch(run, queries, pairs[0].demo_slice, label_ids,
-                                              [g for _, g in chunk]))
-    ft_maps = [ft_head_effects_mean(ft, [p.zsl.tokens[0] for p, _ in chunk], label_ids,
-                                    [g for _, g in chunk])
-               for chunk in (items[i : i + FT_ATTRIBUTION_CHUNK]
-                             for i in range(0, len(items), FT_ATTRIBUTION_CHUNK))]
-    return torch.stack(icl).double().numpy(), torch.stack(ft_maps).double().numpy()
 
 
 def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
@@ -492,27 +450,6 @@ def _val_accuracy(model, ctx: TaskContext, demos: list[Example] | None) -> float
     recs = record_all(model, prompts, ctx.label_ids, reuse_prefix=config.reuse_prefix,
                       batch_size=config.batch_size)
     return M.accuracy([r.prediction for r in recs], [ex.label for ex in task.validation])
-
-
-@torch.no_grad()
-def _training_queries(model, task: Task, demos: list[Example], batched: bool = True, *,
-                      keep_separator: bool = False) -> torch.Tensor:
-    """Raw query vectors of every token of the finetuning texts (BOS dropped):
-    ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of 8."""
-    from dualform.probes import capture
-
-    texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)
-    bos = prompt_tokens(model, build_prompt(task, [], demos[0]), check=False).demo_start
-    size = 8 if batched else 1
-    rows = []
-    for start in range(0, len(texts), size):
-        chunk = texts[start : start + size]
-        batch = pad_queries(chunk, pad_id=0)
-        with logits_at(model, batch.last):  # no logit is read: unembed one token per row
-            q = capture(model, batch.tokens, hooks=("q",)).stack("q")  # [layer, batch, pos, head, d]
-        for row, last in enumerate(batch.last.tolist()):
-            rows.append(q[:, row, bos : last + 1].flatten(-2))  # BOS dropped, if any
-    return torch.cat(rows, dim=1).float().cpu()
 
 
 def config_dict(config: DaiConfig) -> dict:
