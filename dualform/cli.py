@@ -376,11 +376,14 @@ def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A resul
 
       dualform report results/dai
     """
+    from dualform.infra.lock import locked
     from dualform.viz.report import write_report
 
     if not (results_dir / "results.json").exists():
         _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
-    console.print(f"wrote {escape(str(write_report(results_dir)))}")  # SchemaVersionError: one line
+    with locked(results_dir):  # a run still writing there: DirectoryBusyError, one line
+        path = write_report(results_dir)  # SchemaVersionError: one line
+    console.print(f"wrote {escape(str(path))}")
 
 
 @app.command()

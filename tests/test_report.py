@@ -188,3 +188,16 @@ def test_the_run_records_the_attention_example_the_report_draws(tmp_path):
     text = write_report(tmp_path).read_text(encoding="utf-8")
     assert text.count("CircuitsVis.AttentionPatterns") == 3
     assert results.versions["transformer_lens"] not in ("unknown", "not installed")
+
+
+def test_report_command_refuses_a_directory_a_run_is_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from dualform.cli import app
+    from dualform.infra.lock import locked
+
+    fake_results().save(tmp_path / "results.json")
+    with locked(tmp_path):  # e.g. a reproduce dai still running there
+        result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "in use by another dualform run" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "report.html").exists()
