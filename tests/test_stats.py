@@ -72,3 +72,37 @@ def test_bootstrap_columns_equals_bootstrap_ci_column_by_column():
     with_nan = bootstrap_columns(groups, seed=5, n_boot=300)
     assert with_nan[1].n == 49 and np.isfinite([with_nan[1].low, with_nan[1].high]).all()
     assert with_nan[0] == columns[0]
+
+
+@pytest.mark.parametrize("n_groups", [1, 3])
+def test_draw_counts_resample_groups_then_observations(n_groups):
+    from dualform.experiments.stats import draw_counts
+
+    sizes = [5, 8, 13][:n_groups]
+    counts = draw_counts(np.random.default_rng(0), sizes, 4000)
+    per_group = np.stack([c.sum(1) / size for c, size in zip(counts, sizes, strict=True)], 1)  # times drawn
+    assert np.array_equal(per_group, np.round(per_group)) and (per_group.sum(1) == n_groups).all()
+    assert all(c.shape == (4000, size) for c, size in zip(counts, sizes, strict=True))
+    for c in counts:  # every observation is taken once per draw on average
+        np.testing.assert_allclose(c.mean(0), 1.0, atol=0.1)
+    if n_groups > 1:  # groups are drawn with replacement: some draws leave a group out
+        assert (per_group == 0).any() and (per_group >= 2).any()
+
+
+def test_intervals_are_the_quantiles_of_the_draw_means():
+    from dualform.experiments.stats import draw_counts
+
+    rng = np.random.default_rng(3)
+    groups = [rng.normal(size=(int(rng.integers(5, 40)), 4)) for _ in range(3)]
+    groups[0][1, 2] = np.nan
+    groups[-1][:, 3] = np.nan  # a column one group has no value for
+    counts = draw_counts(np.random.default_rng(7), [len(g) for g in groups], 200)
+    got = bootstrap_columns(groups, seed=7, n_boot=200)
+    for c, interval in enumerate(got):
+        finite = [np.isfinite(g[:, c]) for g in groups]
+        with np.errstate(invalid="ignore"):  # a draw of only groups without the column: 0/0
+            means = (sum(k @ np.where(f, g[:, c], 0) for k, f, g in zip(counts, finite, groups, strict=True))
+                     / sum(k @ f for k, f in zip(counts, finite, strict=True)))
+        np.testing.assert_allclose([interval.low, interval.high],
+                                   np.quantile(means[np.isfinite(means)], [0.025, 0.975]), rtol=1e-12)
+        assert interval.n == sum(f.sum() for f in finite)

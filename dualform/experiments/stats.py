@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -74,6 +75,24 @@ def _as_groups(values: Sequence[float] | Sequence[Sequence[float]]) -> list[np.n
     return groups
 
 
+def draw_counts(rng: np.random.Generator, sizes: Sequence[int], n_boot: int) -> list[np.ndarray]:
+    """The two-level bootstrap's draws as multiplicities: per group, ``[n_boot, size]`` — how
+    often draw ``b`` took each observation. Draw ``b`` resamples the groups with replacement,
+    then the observations within each drawn group: a group drawn ``m`` times has its ``size``
+    observations drawn ``m · size`` times, uniformly (``Multinomial(m · size, 1/size)``, the
+    same law as ``m`` separate resamples; drawn as ``m · size`` uniform indices). A draw's mean is ``Σ_g counts_g[b] · x_g`` over
+    ``Σ_g counts_g[b].sum()``."""
+    n_groups = len(sizes)
+    picks = rng.integers(0, n_groups, (n_boot, n_groups)) if n_groups > 1 else np.zeros((n_boot, 1), int)
+    times = np.stack([(picks == g).sum(1) for g in range(n_groups)], 1)  # [draw, group]
+    counts = []
+    for g, size in enumerate(sizes):
+        draws = times[:, g] * size  # observations drawn from group g in each bootstrap draw
+        slot = np.repeat(np.arange(n_boot) * size, draws) + rng.integers(0, size, draws.sum())
+        counts.append(np.bincount(slot, minlength=n_boot * size).reshape(n_boot, size).astype(np.float64))
+    return counts
+
+
 def bootstrap_ci(
     values: Sequence[float] | Sequence[Sequence[float]],
     *,
@@ -97,14 +116,8 @@ def bootstrap_ci(
     mean = float(np.concatenate(groups).mean())
     if n == 1:
         return Interval(mean, mean, mean, 1)
-    means = np.empty(n_boot)
-    for b in range(n_boot):
-        picks = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else [0]
-        total, count = 0.0, 0
-        for g in (groups[i] for i in picks):
-            sample = g[rng.integers(0, g.size, g.size)]
-            total, count = total + sample.sum(), count + sample.size
-        means[b] = total / count
+    counts = draw_counts(rng, [g.size for g in groups], n_boot)
+    means = sum(c @ g for c, g in zip(counts, groups, strict=True)) / sum(c.sum(1) for c in counts)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return Interval(mean, float(low), float(high), n)
@@ -167,23 +180,17 @@ def bootstrap_columns(
         raise ValueError("no values to summarise")
     finite = [np.isfinite(g) for g in groups]
     values = [np.where(f, g, 0.0) for g, f in zip(groups, finite, strict=True)]
-    rng = np.random.default_rng(seed)
-    means = np.empty((n_boot, groups[0].shape[1]))
-    for b in range(n_boot):
-        picks = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else [0]
-        total, count = 0.0, 0.0
-        for i in picks:
-            rows = rng.integers(0, len(groups[i]), len(groups[i]))
-            total, count = total + values[i][rows].sum(0), count + finite[i][rows].sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means[b] = total / count
+    counts = draw_counts(np.random.default_rng(seed), [len(g) for g in groups], n_boot)
+    total = sum(c @ v for c, v in zip(counts, values, strict=True))
+    count = sum(c @ f for c, f in zip(counts, finite, strict=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = total / count  # [draw, column]
     alpha = (1 - confidence) / 2
     with np.errstate(invalid="ignore", divide="ignore"):
         point = sum(v.sum(0) for v in values) / sum(f.sum(0) for f in finite)
     n = sum(f.sum(0) for f in finite)
-    out = []
-    for c in range(means.shape[1]):
-        column = means[:, c][np.isfinite(means[:, c])]
-        low, high = np.quantile(column, [alpha, 1 - alpha]) if column.size else (np.nan, np.nan)
-        out.append(Interval(float(point[c]), float(low), float(high), int(n[c])))
-    return out
+    with warnings.catch_warnings():  # a column no draw has a value for: nan, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lows, highs = np.nanquantile(means, [alpha, 1 - alpha], axis=0)
+    return [Interval(float(p), float(lo), float(hi), int(k))
+            for p, lo, hi, k in zip(point, lows, highs, n, strict=True)]
