@@ -86,7 +86,7 @@ def finetune_kv_rows(
         check_finetune_args(texts, lr)
     grid, params = _grid_model(model, len(rows))
     master = master_weights(params)
-    before = {name: m.clone() for name, m in master.items()}
+    before = {name: m[0].clone() for name, m in master.items()}  # every row starts as the model
     rates = torch.tensor(lrs, dtype=torch.float64)
     losses: list[list[float]] = [[] for _ in rows]
     failed: dict[int, FinetuneDivergedError] = {}
@@ -118,8 +118,8 @@ def finetune_kv_rows(
     for r in range(len(lrs)):
         if r not in failed:
             _drop_if_diverged(r, failed, {r: None}, check_update,
-                              {n: master[n][r] - before[n][r] for n in master},
-                              {n: before[n][r] for n in before}, lrs[r], max_update_ratio)
+                              {n: master[n][r] - before[n] for n in master},
+                              before, lrs[r], max_update_ratio)
     return [failed.get(r) or _result(model, master, before, r, lrs[r], losses[r])
             for r in range(len(rows))]
 
@@ -174,5 +174,5 @@ def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[f
         for name, p in kv_parameters(tuned).items():
             p.copy_(master[name][r])
     sync_fused_kv(tuned)
-    delta = {name: delta_w_ft(master[name][r], before[name][r]) for name in master}
+    delta = {name: delta_w_ft(master[name][r], before[name]) for name in master}
     return FinetuneResult(tuned, delta, losses, lr, False, head_counts(tuned)[1])
