@@ -415,7 +415,7 @@ def bench(
 
     check_count(repeats, "--repeats")
     if many_seeds < 0:
-        check_count(many_seeds, "--many-seeds")
+        check_count(many_seeds, "--many-seeds (0: no many-seed run)")
     with contextlib.redirect_stdout(sys.stderr):  # libraries print progress; keep stdout clean
         result = run_bench(model, repeats=repeats, device=resolve_device(device).type,
                            end_to_end=end_to_end, dtype=dtype, pythia_shape=pythia_shape,

@@ -262,6 +262,7 @@ def test_damaged_results_json_is_named_and_kept(tmp_path, content, where):
     (["--n-test", "0"], "n_test (--n-test) must be an integer >= 1, got 0"),
     (["--shots", "0"], "shots (--shots) must be an integer >= 1, got 0"),
     (["--batch-size", "-1"], "batch_size (--batch-size; 0 there: from free memory) must be an integer >= 1"),
+    (["--n-untrained", "-3"], "n_untrained (--n-untrained; 0 there: every test example) must be an integer >= 1"),
     (["--tasks", ""], "The task list (--tasks) is empty"),
     (["--device", "tpu"], "Unknown device 'tpu'; choose cpu, cuda"),
     (["--tasks", "no-such-task"], "pip install dualform[hub]"),  # printed literally

@@ -110,9 +110,10 @@ class DaiConfig:
         check_not_empty(self.tasks, "The task list (--tasks)")
         check_not_empty(self.demo_seeds, "The demonstration seeds (--demo-seeds)")
         for name, value in (("--shots", self.shots), ("--n-test", self.n_test),
-                            ("--n-validation", self.n_validation),
-                            ("--n-untrained", self.n_untrained or 1)):
+                            ("--n-validation", self.n_validation)):
             check_count(value, f"{name.removeprefix('--').replace('-', '_')} ({name})")
+        if self.n_untrained is not None:
+            check_count(self.n_untrained, "n_untrained (--n-untrained; 0 there: every test example)")
         if self.batch_size is not None:
             check_count(self.batch_size, "batch_size (--batch-size; 0 there: from free memory)")
         check_learning_rates(self.lr_grid, "learning-rate grid (--lr-grid)")
