@@ -63,7 +63,7 @@ def icl_head_effects_batch(
         cap = prefix.run(batch, ("attn_scores", "v", "z"), detach=False, last_logits=True)
         lasts = batch.last.tolist()
         margin = sum(label_margin(cap.logits[row, 0, label_ids], gold)
-                     for row, gold in enumerate(golds))
+                     for row, (_, gold) in enumerate(zip(lasts, golds, strict=True)))
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
     values = [prefix.capture.value_vectors(layer)[0] for layer in cap.layers]
     return torch.stack([_row_effects(cap, grads, row=row, last=last, prefix_values=values, demo=demo)
@@ -137,7 +137,7 @@ def ft_head_effects_mean(
             with logits_at(model, batch.last) as pick:  # the unembedding at the last tokens only
                 logits = pick(model(tokens))
             margin = sum(label_margin(logits[row, 0, label_ids], gold)
-                         for row, gold in enumerate(golds))
+                         for row, (_, gold) in enumerate(zip(queries, golds, strict=True)))
             grads = torch.autograd.grad(margin / len(queries), list(params.values()))
         finally:
             for p in params.values():

@@ -80,8 +80,8 @@ def draw_counts(rng: np.random.Generator, sizes: Sequence[int], n_boot: int) -> 
     often draw ``b`` took each observation. Draw ``b`` resamples the groups with replacement,
     then the observations within each drawn group: a group drawn ``m`` times has its ``size``
     observations drawn ``m · size`` times, uniformly (``Multinomial(m · size, 1/size)``, the
-    same law as ``m`` separate resamples; drawn as ``m · size`` uniform indices). A draw's mean is ``Σ_g counts_g[b] · x_g`` over
-    ``Σ_g counts_g[b].sum()``."""
+    same law as ``m`` separate resamples; drawn as ``m · size`` uniform indices). A draw's mean
+    is ``Σ_g counts_g[b] · x_g`` over ``Σ_g counts_g[b].sum()``."""
     n_groups = len(sizes)
     picks = rng.integers(0, n_groups, (n_boot, n_groups)) if n_groups > 1 else np.zeros((n_boot, 1), int)
     times = np.stack([(picks == g).sum(1) for g in range(n_groups)], 1)  # [draw, group]

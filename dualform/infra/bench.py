@@ -18,6 +18,7 @@ same process on the same input:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import resource
 import statistics
@@ -185,9 +186,9 @@ def _timed_run(config: DaiConfig, keep: Path | None = None) -> dict:
     if keep is not None and (keep / "results.json").exists():
         raise InvalidArgumentError(f"{keep} already holds results; a timed run starts afresh: "
                                    "give a new directory.")
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory() as out:
         start, cpu = time.perf_counter(), time.process_time()
-        res = run_dai(keep or tmp, config, progress=False)
+        res = run_dai(out, config, progress=False)
         return {"total_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
                 "stages_s": _stage_totals(res), "seeds": config.seeds,
                 "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -306,7 +306,7 @@ def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual
 
 @torch.no_grad()
 def training_queries(model, task: Task, demos: list[Example], batched: bool = True, *,
-                      keep_separator: bool = False) -> torch.Tensor:
+                     keep_separator: bool = False) -> torch.Tensor:
     """Raw query vectors of every token of the finetuning texts (BOS dropped):
     ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of 8."""
     texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)

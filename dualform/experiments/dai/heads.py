@@ -35,7 +35,7 @@ def head_effects(model, ft, pairs: list[PromptPair], gold: list[int], label_ids:
         run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
         longest = max(p.icl.tokens.shape[-1] for p in pairs)
         size = batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True,
-                                                     cap=ATTRIBUTION_BATCH_CAP)
+                                             cap=ATTRIBUTION_BATCH_CAP)
         icl = []
         for start in tqdm(range(0, len(pairs), size), desc=desc, disable=not progress):
             chunk = items[start : start + size]

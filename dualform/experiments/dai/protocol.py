@@ -418,7 +418,7 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
         timer.add("attribution", start)
     start = time.perf_counter()
     train_q = training_queries(model, ctx.task, demos, batched=config.batch_size != 1,
-                                keep_separator=config.keep_separator)
+                               keep_separator=config.keep_separator)
     ranked = demo_layout(model, ctx.task, demos).ranked(keep_separator=config.keep_separator)
     scored = similarity_metrics(recs, np.array(gold), pairs, train_q, ranked,
                                 seed=config.seed + replicate, scaled_queries=config.scaled_queries)

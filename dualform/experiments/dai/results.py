@@ -67,10 +67,12 @@ def f2t(name: str) -> str:
 #: f2t-mode metrics: averages over a subset of the examples (flagged when it is small).
 F2T_NAMES = tuple(f2t(n) for n in (SIMAOU, SIMAOU_UNNORM, SIMAOU_RANDOM, SIMAM_BEFORE,
                                    SIMAM_AFTER, SIMAM_DELTA))
+
+
 def over_every_example(name: str) -> bool:
     """Whether a metric has one value per test example, in test order (not Rec2FTP or an f2t
     metric, which average over a subset that depends on the model's answers)."""
-    return name != REC2FTP and not name.startswith("f2t.")
+    return name != REC2FTP and not name.startswith(f2t(""))
 
 
 #: Ratios whose denominator is a subset of the examples: warn below this many.
