@@ -67,3 +67,31 @@ def test_rows_with_their_own_texts_equal_one_run_each(tiny64):
             torch.testing.assert_close(got.delta_w[name], delta, atol=1e-12, rtol=1e-10)
     with pytest.raises(ValueError, match="same number of texts"):
         finetune_kv_rows(tiny64, [(TEXTS, 0.1), (TEXTS[:2], 0.1)])
+
+
+def test_a_row_lends_its_weights_without_a_copy_and_builds_one_on_demand(tiny64):
+    """A grid row's ``loaded()`` is the batch's one scratch copy holding that row's weights: the
+    same logits as the row's own copy (built only when ``.model`` is read) and as finetune_kv."""
+    lrs = [0.1, 0.03]
+    rows = finetune_kv_grid(tiny64, TEXTS, lrs)
+    tokens = tiny64.to_tokens(TEXTS[1])
+    with rows[0].loaded() as m0:
+        out0 = m0(tokens)
+    with rows[1].loaded() as m1:
+        out1 = m1(tokens)
+    assert m0 is m1  # one scratch copy for the whole batch
+    assert rows[0]._model is None and rows[1]._model is None  # nothing built so far
+    for lr, got, out in zip(lrs, rows, (out0, out1), strict=True):
+        torch.testing.assert_close(out, finetune_kv(tiny64, TEXTS, lr).model(tokens), atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(got.model(tokens), out, atol=0, rtol=0)
+        assert got.model is not m0 and not any(p.requires_grad for p in kv_parameters(got.model).values())
+
+
+def test_two_rows_cannot_be_loaded_at_once(tiny64):
+    a, b = finetune_kv_grid(tiny64, TEXTS, [0.1, 0.03])
+    with a.loaded(), a.loaded():  # the same row again is fine
+        with pytest.raises(RuntimeError, match="use its .model instead"):
+            with b.loaded():
+                pass
+    with b.loaded() as m:  # once a's block is closed
+        assert m is not None

@@ -126,22 +126,22 @@ def ft_head_effects_mean(
     """The mean of :func:`ft_head_effects` over several prompts, from one right-padded forward +
     backward: the effect ``−∇_W m · ΔW`` is linear in the gradient, so the mean effect is the
     effect of the mean margin's gradient."""
-    model = result.model
-    params = kv_parameters(model)
     batch = pad_queries(queries, pad_id=0)
-    tokens = batch.tokens.to(next(model.parameters()).device)
-    with torch.enable_grad():
-        for p in params.values():
-            p.requires_grad_(True)
-        try:
-            with logits_at(model, batch.last) as pick:  # the unembedding at the last tokens only
-                logits = pick(model(tokens))
-            margin = sum(label_margin(logits[row, 0, label_ids], gold)
-                         for row, (_, gold) in enumerate(zip(queries, golds, strict=True)))
-            grads = torch.autograd.grad(margin / len(queries), list(params.values()))
-        finally:
+    with result.loaded() as model:  # a grid row lends its weights: no copy
+        params = kv_parameters(model)
+        tokens = batch.tokens.to(next(model.parameters()).device)
+        with torch.enable_grad():
             for p in params.values():
-                p.requires_grad_(False)
+                p.requires_grad_(True)
+            try:
+                with logits_at(model, batch.last) as pick:  # unembed the last tokens only
+                    logits = pick(model(tokens))
+                margin = sum(label_margin(logits[row, 0, label_ids], gold)
+                             for row, (_, gold) in enumerate(zip(queries, golds, strict=True)))
+                grads = torch.autograd.grad(margin / len(queries), list(params.values()))
+            finally:
+                for p in params.values():
+                    p.requires_grad_(False)
     n_heads, n_kv = head_counts(model)
     per_kv = torch.zeros(model.cfg.n_layers, n_kv, dtype=torch.float64)
     for name, grad in zip(params, grads, strict=True):

@@ -15,8 +15,8 @@ where a layer's "meta-gradient" is built from the lower layers' already-updated 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -57,22 +57,49 @@ def kv_parameters(model) -> dict[str, torch.nn.Parameter]:
     return params
 
 
-@dataclass
 class FinetuneResult:
-    """The finetuned copy, ``ΔW = W_after − W_before`` per K/V parameter, and the losses."""
+    """The finetuned copy, ``ΔW = W_after − W_before`` per K/V parameter, and the losses.
 
-    model: torch.nn.Module
-    delta_w: dict[str, Tensor]
-    losses: list[float]
-    lr: float
-    layer_causal: bool = False
-    n_kv_heads: int = field(default=1)
+    ``model`` shares every frozen weight with the model it was trained from. A row of a batched
+    run (:func:`dualform.core.finetune_grid.finetune_kv_rows`) builds its copy and its ΔW on
+    first use only; :meth:`loaded` lends its weights without building a copy.
+    """
+
+    def __init__(self, model, delta_w: dict[str, Tensor] | None, losses: list[float], lr: float,
+                 layer_causal: bool = False, n_kv_heads: int = 1, *, row=None) -> None:
+        self._model, self._delta_w, self._row = model, delta_w, row
+        self.losses, self.lr = losses, lr
+        self.layer_causal, self.n_kv_heads = layer_causal, n_kv_heads
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = self._row.build()
+        return self._model
+
+    @property
+    def delta_w(self) -> dict[str, Tensor]:
+        if self._delta_w is None:
+            self._delta_w = self._row.delta()
+        return self._delta_w
+
+    @contextmanager
+    def loaded(self) -> Iterator[torch.nn.Module]:
+        """The finetuned model for the duration of the block: :attr:`model` once built, else the
+        row's weights loaded into its batch's scratch copy (no new copy; valid in the block)."""
+        if self._model is not None or self._row is None:
+            yield self.model
+        else:
+            with self._row.loaded() as model:
+                yield model
 
     def __repr__(self) -> str:
         losses = (f"loss {self.losses[0]:.4g} → {self.losses[-1]:.4g}" if self.losses
                   else "no steps")
-        return (f"FinetuneResult(model=<{type(self.model).__name__}>, lr={self.lr:g}, "
-                f"steps={len(self.losses)}, {losses}, ΔW of {len(self.delta_w)} K/V weights"
+        kind = type(self._model if self._row is None else self._row.base).__name__
+        n_weights = len(self._delta_w if self._row is None else self._row.names)
+        return (f"FinetuneResult(model=<{kind}>, lr={self.lr:g}, "
+                f"steps={len(self.losses)}, {losses}, ΔW of {n_weights} K/V weights"
                 f"{', layer-causal' if self.layer_causal else ''})")
 
     def per_head(self, proj: str = "k") -> Float[Tensor, "layer kv_head d_head d_model"]:

@@ -17,7 +17,10 @@ the others go on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from einops import einsum
@@ -84,7 +87,7 @@ def finetune_kv_rows(
     check_learning_rates(lrs)
     for texts, lr in rows:
         check_finetune_args(texts, lr)
-    grid, params = _grid_model(model, len(rows))
+    grid, params, originals = _grid_model(model, len(rows))
     master = master_weights(params)
     before = {name: m[0].clone() for name, m in master.items()}  # every row starts as the model
     rates = torch.tensor(lrs, dtype=torch.float64)
@@ -102,9 +105,11 @@ def finetune_kv_rows(
         if not row_losses:
             break
         grads = torch.autograd.grad(sum(row_losses.values()), list(params.values()))
-        for r in list(row_losses):
-            _drop_if_diverged(r, failed, row_losses, check_finite_grads, [g[r] for g in grads], params,
-                              step, lrs[r])
+        worst = torch.stack([g.detach().abs().flatten(1).amax(1).double() for g in grads]).amax(0)
+        for r in list(row_losses):  # one reduction per weight; a row's own check only if it fails
+            if not math.isfinite(lrs[r] * float(worst[r])):  # NaN propagates through amax
+                _drop_if_diverged(r, failed, row_losses, check_finite_grads, [g[r] for g in grads],
+                                  params, step, lrs[r])
         if not row_losses:
             break
         keep = torch.tensor([r in row_losses for r in range(len(rows))])
@@ -120,7 +125,12 @@ def finetune_kv_rows(
             _drop_if_diverged(r, failed, {r: None}, check_update,
                               {n: master[n][r] - before[n] for n in master},
                               before, lrs[r], max_update_ratio)
-    return [failed.get(r) or _result(model, master, before, r, lrs[r], losses[r])
+    for name, inner in originals.items():  # the copy turns into the rows' scratch model
+        _kv_linears(grid)[name].set_original_component(inner)
+    trained = TrainedRows(model, grid, master, before)
+    n_kv = head_counts(model)[1]
+    return [failed.get(r) or FinetuneResult(None, None, losses[r], lrs[r], False, n_kv,
+                                            row=Row(trained, r))
             for r in range(len(rows))]
 
 
@@ -146,19 +156,21 @@ def _drop_if_diverged(r: int, failed: dict, live: dict, check, *args) -> None:
 
 def _grid_model(model, n_rates: int):
     """A copy of ``model`` (frozen weights shared) whose K/V projections hold ``n_rates``
-    weights each; returns it and ``{kv parameter name: grid parameter}``."""
+    weights each; returns it, ``{kv parameter name: grid parameter}`` and the projections it
+    swapped out (``{name: module}``)."""
     grid = copy_for_finetuning(model, None)
     grid.eval()
     params: dict[str, nn.Parameter] = {}
+    originals: dict[str, nn.Module] = {}
     for name, linear in _kv_linears(grid).items():
-        inner = linear.original_component
+        inner = originals[name] = linear.original_component
         bias = None if inner.bias is None else inner.bias.detach().repeat(n_rates, 1)
         swapped = GridLinear(inner.weight.detach().repeat(n_rates, 1, 1), bias)
         linear.set_original_component(swapped)
         params[f"{name}.weight"] = swapped.weight
         if bias is not None:
             params[f"{name}.bias"] = swapped.bias
-    return grid, params
+    return grid, params, originals
 
 
 def _kv_linears(model) -> dict[str, nn.Module]:
@@ -166,13 +178,66 @@ def _kv_linears(model) -> dict[str, nn.Module]:
             for layer in range(model.cfg.n_layers) for proj in ("k", "v")}
 
 
-def _result(model, master: dict, before: dict, r: int, lr: float, losses: list[float]) -> FinetuneResult:
-    """Rate ``r``'s run as a :class:`FinetuneResult` whose model shares the frozen weights."""
-    tuned = copy_for_finetuning(model, None)
-    tuned.eval()
-    with torch.no_grad():
-        for name, p in kv_parameters(tuned).items():
-            p.copy_(master[name][r])
-    sync_fused_kv(tuned)
-    delta = {name: delta_w_ft(master[name][r], before[name]) for name in master}
-    return FinetuneResult(tuned, delta, losses, lr, False, head_counts(tuned)[1])
+class TrainedRows:
+    """The trained K/V weights of a batched run (``master[name][row]``) and a scratch copy of the
+    model (frozen weights shared) that lends them one row at a time."""
+
+    def __init__(self, base, scratch, master: dict[str, Tensor], before: dict[str, Tensor]) -> None:
+        self.base, self.scratch, self.master, self.before = base, scratch, master, before
+        self.names = list(master)
+        self.held: int | None = None  # the row the scratch holds
+        self.lent = 0  # open loaded() blocks
+        for p in kv_parameters(scratch).values():
+            p.requires_grad_(False)
+
+    def load_into(self, model, r: int) -> None:
+        with torch.no_grad():
+            for name, p in kv_parameters(model).items():
+                p.copy_(self.master[name][r])
+        sync_fused_kv(model)
+
+
+@dataclass
+class Row:
+    """Row ``r`` of a :class:`TrainedRows`: what a lazy :class:`FinetuneResult` builds from."""
+
+    rows: TrainedRows
+    r: int
+
+    @property
+    def base(self):
+        return self.rows.base
+
+    @property
+    def names(self) -> list[str]:
+        return self.rows.names
+
+    def build(self):
+        """Its own copy sharing the frozen weights (as :func:`finetune_kv` returns)."""
+        tuned = copy_for_finetuning(self.rows.base, None)
+        tuned.eval()
+        self.rows.load_into(tuned, self.r)
+        for p in kv_parameters(tuned).values():
+            p.requires_grad_(False)
+        return tuned
+
+    def delta(self) -> dict[str, Tensor]:
+        rows = self.rows
+        return {name: delta_w_ft(rows.master[name][self.r], rows.before[name]) for name in rows.names}
+
+    @contextmanager
+    def loaded(self) -> Iterator[nn.Module]:
+        """The scratch copy holding this row; refuses while it is lent out holding another."""
+        rows = self.rows
+        if rows.held != self.r:
+            if rows.lent:
+                raise RuntimeError(
+                    f"Row {rows.held} of this batched finetuning run is in use (loaded()); row "
+                    f"{self.r} cannot be loaded at the same time: use its .model instead.")
+            rows.load_into(rows.scratch, self.r)
+            rows.held = self.r
+        rows.lent += 1
+        try:
+            yield rows.scratch
+        finally:
+            rows.lent -= 1

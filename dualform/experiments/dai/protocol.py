@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,7 +297,8 @@ def ft_val_accuracy(ctx: TaskContext, run) -> float | str:
     """Validation accuracy of a finetuning run, or ``"diverged: …"`` for its error."""
     if isinstance(run, FinetuneDivergedError):
         return f"diverged: {run}"
-    return _val_accuracy(run.model, ctx, None)
+    with run.loaded() as tuned:  # a grid row lends its weights: no copy per rate
+        return _val_accuracy(tuned, ctx, None)
 
 
 def choose_demo_seed(seed_acc: dict) -> int:
@@ -405,8 +407,9 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
     start = time.perf_counter()
     kw = {"reuse_prefix": config.reuse_prefix, "batch_size": config.batch_size}
     recs = {"zsl": zsl,
-            "icl": record_all(model, [p.icl for p in pairs], ctx.label_ids, dual=True, **kw),
-            "ft": record_all(ft.model if ft else model, [p.zsl for p in pairs], ctx.label_ids, **kw)}
+            "icl": record_all(model, [p.icl for p in pairs], ctx.label_ids, dual=True, **kw)}
+    with ft.loaded() if ft else nullcontext(model) as tuned:
+        recs["ft"] = record_all(tuned, [p.zsl for p in pairs], ctx.label_ids, **kw)
     timer.add("record_conditions", start)
     effects = (None, None)
     if attribution and ft is not None:
