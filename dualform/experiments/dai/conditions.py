@@ -280,12 +280,14 @@ def _store_dual(rec: Record, dual: DualForm) -> None:
 
 
 def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual: bool = False,
-               reuse_prefix: bool = True, batch_size: int | None = None) -> list[Record]:
+               reuse_prefix: bool = True, batch_size: int | None = None,
+               run: PrefixRun | None = None) -> list[Record]:
     """Records of prompts that share their prefix (BOS [+ demonstrations]).
 
     ``reuse_prefix`` runs the shared prefix once and the queries in right-padded batches on its
     KV cache; otherwise each prompt is one full forward (the naive baseline; same numbers).
-    ``batch_size=None`` picks the batch from free memory (:func:`auto_batch_size`).
+    ``batch_size=None`` picks the batch from free memory (:func:`auto_batch_size`). ``run``: that
+    prefix already run (:func:`prefix_run`), e.g. shared with the head attribution.
     """
     if not reuse_prefix:
         return [record(model, p.tokens, label_ids, demo=p if dual else None) for p in prompts]
@@ -294,7 +296,9 @@ def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual
     if batch_size is None:
         longest = max(p.tokens.shape[-1] for p in prompts)
         batch_size = auto_batch_size(model, longest, longest - n_prefix)
-    run = PrefixRun(model, first.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
+    run = run or prefix_run(model, first, dual=dual)
+    if run.length != n_prefix:
+        raise ValueError(f"The prefix run holds {run.length} tokens; these prompts share {n_prefix}")
     sums = prefix_sums(run, first) if dual else None  # the same for every query batch
     records: list[Record] = []
     for start in range(0, len(prompts), batch_size):
@@ -304,14 +308,26 @@ def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual
     return records
 
 
+#: Finetuning texts per forward when their queries are recorded (32 short texts: one batch).
+TRAINING_QUERY_BATCH = 32
+
+
+def prefix_run(model, prompt: PromptTokens, *, dual: bool = True) -> PrefixRun:
+    """BOS + demonstrations of ``prompt`` run once (with ``dual``, the hooks the dual form and the
+    head attribution read: the score vectors and ``v``)."""
+    n_prefix = prompt.demo_start + prompt.n_demo_tokens
+    return PrefixRun(model, prompt.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
+
+
 @torch.no_grad()
 def training_queries(model, task: Task, demos: list[Example], batched: bool = True, *,
                      keep_separator: bool = False) -> torch.Tensor:
     """Raw query vectors of every token of the finetuning texts (BOS dropped):
-    ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of 8."""
+    ``[layer, n_tokens, d]``; ``batched`` runs the texts as right-padded batches of
+    :data:`TRAINING_QUERY_BATCH`."""
     texts = demo_training_texts(model, task, demos, keep_separator=keep_separator)
     bos = prompt_tokens(model, build_prompt(task, [], demos[0]), check=False).demo_start
-    size = 8 if batched else 1
+    size = TRAINING_QUERY_BATCH if batched else 1
     rows = []
     for start in range(0, len(texts), size):
         chunk = texts[start : start + size]

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from dualform.core.attribution import ft_head_effects_mean, icl_head_effects, icl_head_effects_batch
 from dualform.core.prefix import PrefixRun, auto_batch_size
 from dualform.experiments.dai.conditions import PromptPair
+from dualform.probes import hook_name
 
 #: Test examples per FT attribution pass: each pass gives one observation of the FT effects.
 FT_ATTRIBUTION_CHUNK = 8
@@ -21,10 +22,11 @@ ATTRIBUTION_BATCH_CAP = 8
 
 def head_effects(model, ft, pairs: list[PromptPair], gold: list[int], label_ids: list[int], *,
                  reuse_prefix: bool = True, batch_size: int | None = None, desc: str = "",
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = False, run: PrefixRun | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Head-attribution effects on the test queries: ICL per example ``[example, layer, head]``
     (on the shared demonstration prefix in batches, or one full run per query with reuse off),
-    FT per pass of :data:`FT_ATTRIBUTION_CHUNK` examples (the mean effect of the pass)."""
+    FT per pass of :data:`FT_ATTRIBUTION_CHUNK` examples (the mean effect of the pass). ``run``:
+    the demonstration prefix already run with the ``v`` hook (e.g. by the records)."""
     head = pairs[0].icl
     n_prefix = head.demo_start + head.n_demo_tokens
     items = list(zip(pairs, gold, strict=True))
@@ -32,7 +34,9 @@ def head_effects(model, ft, pairs: list[PromptPair], gold: list[int], label_ids:
         icl = [icl_head_effects(model, p.icl.tokens, p.demo_slice, label_ids, g)
                for p, g in tqdm(items, desc=desc, disable=not progress)]
     else:
-        run = PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
+        run = run or PrefixRun(model, head.tokens[:, :n_prefix], hooks=("v",))
+        if run.length != n_prefix or hook_name("v", 0) not in run.capture.activations:
+            raise ValueError("head_effects needs the demonstration prefix run with the 'v' hook")
         longest = max(p.icl.tokens.shape[-1] for p in pairs)
         size = batch_size or auto_batch_size(model, longest, longest - n_prefix, backward=True,
                                              cap=ATTRIBUTION_BATCH_CAP)

@@ -39,6 +39,7 @@ from dualform.experiments.dai.conditions import (
     Record,
     demo_layout,
     demo_training_texts,
+    prefix_run,
     prompt_pair,
     record_all,
     training_queries,
@@ -406,8 +407,9 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
     gold = ctx.test_gold
     start = time.perf_counter()
     kw = {"reuse_prefix": config.reuse_prefix, "batch_size": config.batch_size}
+    run = prefix_run(model, pairs[0].icl) if config.reuse_prefix else None  # records + attribution
     recs = {"zsl": zsl,
-            "icl": record_all(model, [p.icl for p in pairs], ctx.label_ids, dual=True, **kw)}
+            "icl": record_all(model, [p.icl for p in pairs], ctx.label_ids, dual=True, run=run, **kw)}
     with ft.loaded() if ft else nullcontext(model) as tuned:
         recs["ft"] = record_all(tuned, [p.zsl for p in pairs], ctx.label_ids, **kw)
     timer.add("record_conditions", start)
@@ -417,7 +419,7 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
         n = n_attribution(ctx)
         effects = head_effects(model, ft, pairs[:n], gold[:n], ctx.label_ids,
                                reuse_prefix=config.reuse_prefix, batch_size=config.batch_size,
-                               desc=f"{ctx.task.name}: attribution", progress=progress)
+                               desc=f"{ctx.task.name}: attribution", progress=progress, run=run)
         timer.add("attribution", start)
     start = time.perf_counter()
     train_q = training_queries(model, ctx.task, demos, batched=config.batch_size != 1,
