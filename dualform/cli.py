@@ -7,7 +7,7 @@ Examples:
 
   dualform info                               # model card, hook names
   dualform walkthrough --task country-region  # the dual form, explained
-  dualform reproduce dai --out results/dai    # the main job (~2 min CPU)
+  dualform reproduce dai --out results/dai    # the main job (~9 min on 2 CPU cores)
   dualform report results/dai                 # rebuild report.html
 """
 
