@@ -2,16 +2,17 @@
 
 The package reads as its architecture; data flows one way, core → experiments → views::
 
-    probes.py     hook capture on any TransformerLens model (standalone: torch + TL only)
-    errors.py     DualformError (expected failures: one message, exit 2) and argument checks
-    core/         the papers' math: equations, dual form, relaxed attention, momentum, K/V
-                  finetuning, attribution, metrics (torch + TransformerLens, no I/O, no plots)
-    models/       loading the embedded / tiny / Hugging Face models; compatibility shims
-    tasks/        labelled tasks, templates, prompts with exact demonstration spans
-    experiments/  dai (ICL vs finetuning), momentum, vonoswald (LSA ≡ GD), walkthrough
-    viz/          figures, tables, the HTML report — they only read results
-    infra/        atomic I/O, executors, benchmarks
-    cli.py        the ``dualform`` command
+    probes.py       hook capture on any TransformerLens model (standalone: torch + TL only)
+    errors.py       DualformError (expected failures: one message, exit 2) and argument checks
+    core/           the papers' math: equations, dual form, relaxed attention, momentum, K/V
+                    finetuning, attribution, metrics (torch + TransformerLens, no I/O, no plots)
+    models/         loading the embedded / tiny / Hugging Face models; compatibility shims
+    tasks/          labelled tasks, templates, prompts with exact demonstration spans
+    experiments/    dai (ICL vs finetuning), momentum, vonoswald (LSA ≡ GD), walkthrough
+    viz/            figures, tables, the HTML report — they only read results
+    infra/          atomic I/O, executors, benchmarks
+    cli.py          the ``dualform`` command
+    cli_options.py  its error path and shared options (no torch: ``--help`` stays fast)
 
 The top-level names below are imported lazily, so ``import dualform.probes`` stays light.
 """

@@ -18,39 +18,29 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
-from typer.exceptions import TyperException
 
-from dualform.errors import check_count, check_learning_rate, is_expected
+from dualform.cli_options import (
+    DEFAULT_MODEL,
+    DEFAULT_TASKS,
+    DEMO_SEEDS,
+    DEVICE,
+    DEVICE_HELP,
+    DTYPE,
+    FULL_GRID,
+    LR_GRID,
+    N_TEST,
+    N_VALIDATION,
+    OVERWRITE,
+    SEEDS,
+    SHOTS,
+    TASKS,
+    ErrorReportingGroup,
+    fail,
+)
+from dualform.errors import check_count, check_learning_rate
 
 # Heavy modules (torch, TransformerLens, plotly, the experiments) are imported inside the
 # commands, so `dualform --help` starts in well under a second.
-
-#: Same value as dualform.models.load.DEFAULT_MODEL (tests/test_cli.py checks it); kept here so
-#: building the command line does not import torch and TransformerLens.
-DEFAULT_MODEL = "smollm2-135m"
-#: Same as dualform.experiments.dai.protocol.DEFAULT_TASKS (checked by the tests).
-DEFAULT_TASKS = ("afinn-sentiment", "afinn-sentiment-5", "vader-valence", "country-region",
-                 "capital-region", "textblob-subjectivity")
-#: cuda, then mps, then cpu (dualform.models.load.resolve_device).
-DEVICE_HELP = "auto (cuda → mps → cpu), cpu, cuda or mps."
-
-
-class ErrorReportingGroup(TyperGroup):
-    """The one error path of every command: an expected failure (:class:`DualformError`, an
-    ``OSError`` such as a full disk) prints one line and exits 2; a bug keeps its traceback."""
-
-    def invoke(self, ctx):  # ctx: the click Context of typer's own (vendored) click
-        try:
-            return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, TyperException):  # typer's own exits and usage errors
-            raise
-        except Exception as err:
-            if not is_expected(err):
-                raise
-            print_error(error_message(err))
-            raise typer.Exit(2) from None
-
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
                   rich_markup_mode="rich", cls=ErrorReportingGroup)
@@ -58,24 +48,6 @@ reproduce_app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
                             help="Reproduce a paper's experiment: dai, regression or momentum.")
 app.add_typer(reproduce_app, name="reproduce")
 console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-def error_message(err: BaseException) -> str:
-    """The text of an expected failure; a bare ``OSError`` gets its file and a hint."""
-    message = str(err)
-    if isinstance(err, OSError) and type(err) in (OSError, PermissionError, FileNotFoundError,
-                                                  IsADirectoryError, NotADirectoryError):
-        where = f"{err.filename}: " if err.filename else ""
-        message = f"{where}{err.strerror or err}"
-        if err.errno == 28:
-            message += " (the disk is full: free some space and rerun; finished parts are kept)"
-    return message
-
-
-def print_error(message: str) -> None:
-    """``error: message`` on stderr, the message printed literally (no rich markup)."""
-    err_console.print(f"[red]error:[/] {escape(message)}")
 
 
 def check_output_dir(out: Path) -> None:
@@ -83,11 +55,6 @@ def check_output_dir(out: Path) -> None:
     from dualform.infra.results_dir import prepare_output_dir
 
     prepare_output_dir(out)
-
-
-def _fail(message: str) -> None:
-    print_error(message)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -153,21 +120,6 @@ def walkthrough(
 
         write_json_atomic(out, result)
         console.print(f"wrote {escape(str(out))}")
-
-
-# Options shared by `reproduce dai` and `sweep` (one definition, same meaning in both).
-TASKS = typer.Option(",".join(DEFAULT_TASKS), show_default=False,
-                     help="Comma-separated task names [default: " + ", ".join(DEFAULT_TASKS) + "].")
-SHOTS = typer.Option(32, help="Demonstrations per prompt.")
-N_TEST = typer.Option(200, help="Test examples per task (at most; all of a smaller test split).")
-SEEDS = typer.Option(3, help="Independent demonstration sets (and finetuning orders); intervals over them.")
-N_VALIDATION = typer.Option(12, help="Validation examples per task (LR/seed choice).")
-DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds each replicate chooses from (replicate r adds 1000·r).")
-FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
-LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
-DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
-DEVICE = typer.Option("auto", help=DEVICE_HELP)
-OVERWRITE = typer.Option(False, help="Results of other settings in --out: rename them aside (never deleted) and start afresh.")
 
 
 @reproduce_app.command("dai")
@@ -243,7 +195,7 @@ def _dai_config(model: str, tasks: str, shots: int, n_test: int, n_validation: i
         if lr_grid:
             config = dataclasses.replace(config, lr_grid=tuple(float(x) for x in lr_grid.split(",")))
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     return config.with_full_grid() if full_grid else config
 
 
@@ -292,7 +244,7 @@ def sweep(
         results = run_sweep(out, config, [m for m in models.split(",") if m], runner,
                             overwrite=overwrite)
     except ImportError as err:  # ray not installed (expected failures go through the group)
-        _fail(str(err))
+        fail(str(err))
     for name, result in results.items():
         print_dai_table(result, console)
         for failure in result.failed_jobs:
@@ -380,7 +332,7 @@ def report(results_dir: Path = typer.Argument(Path("results/dai"), help="A resul
     from dualform.viz.report import write_report
 
     if not (results_dir / "results.json").exists():
-        _fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
+        fail(f"no results.json in {results_dir}; run `dualform reproduce dai --out {results_dir}` first")
     with locked(results_dir):  # a run still writing there: DirectoryBusyError, one line
         path = write_report(results_dir)  # SchemaVersionError: one line
     console.print(f"wrote {escape(str(path))}")
@@ -411,7 +363,7 @@ def bench(
 
     from dualform.infra.bench import run_bench
     from dualform.models.load import resolve_device
-    from dualform.viz.terminal import print_table
+    from dualform.viz.terminal import bench_rows, print_table
 
     check_count(repeats, "--repeats")
     if many_seeds < 0:
@@ -423,45 +375,7 @@ def bench(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    rows = [("second load of the model", f"{result['second_load_s']:.2f} s")]
-    c, d, f = result["capture"], result["dual_form"], result["finetune"]
-    rows += [
-        (f"capture q,k,v,z,attn_out,scores ({c['tokens']} tok) / bare forward",
-         f"{c['capture_ratio']:.2f}x ({c['capture_s']:.2f} s vs {c['bare_forward_s']:.2f} s)"),
-        ("full run_with_cache / bare forward", f"{c['run_with_cache_ratio']:.2f}x"),
-        ("captured activations", f"{c['captured_MiB']:.1f} MiB"),
-        (f"dual_form ({d['tokens']} tok) / bare forward",
-         f"{d['dual_form_ratio']:.2f}x ({d['dual_form_s']:.2f} s vs {d['bare_forward_s']:.2f} s)"),
-        ("dual_form result size", f"{d['result_MiB']:.1f} MiB"),
-        (f"finetune_kv step ({f['tokens']} tok) / fwd+bwd on K,V",
-         f"{f['finetune_step_ratio']:.2f}x ({f['finetune_step_s']:.3f} s vs {f['forward_backward_s']:.3f} s)"),
-    ]
-    for k, p in result["prefix_reuse"].items():
-        rows.append((f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
-                     f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)"))
-    g = result["seed_grid"]
-    rows.append((f"finetuning {g['seeds']} seeds × {g['rates']} rates: per-seed grids / one batch",
-                 f"{g['speedup']:.2f}x ({g['per_seed_grids_s']:.1f} s vs {g['one_batch_s']:.1f} s)"))
-    if "pythia_shape" in result:
-        pc, pd = result["pythia_shape"]["capture"], result["pythia_shape"]["dual_form"]
-        rows.append((f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
-                     f"{pc['capture_ratio']:.2f}x ({pc['capture_s']:.2f} s vs {pc['bare_forward_s']:.2f} s)"))
-        rows.append((f"Pythia-160M shape: dual_form ({pd['tokens']} tok) / bare forward",
-                     f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)"))
-    if "end_to_end" in result:
-        e = result["end_to_end"]
-        for key in ("default", "many_seeds"):
-            if key in e:
-                d = e[key]
-                rows.append((f"reproduce dai, {d['seeds']} seeds",
-                             f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s, "
-                             f"peak RSS so far {d['peak_rss_MiB']:.0f} MiB"))
-        for label, key in (("seeds on their own / shared", "seed_sharing"),
-                           ("reuse+batching off / on", "reuse")):
-            p = e[key]
-            rows.append((f"one task: {label}", f"{p['speedup']:.2f}x ({p['naive']['total_s']:.0f} s "
-                         f"vs {p['shared']['total_s']:.0f} s)"))
-    rows.append(("peak RSS", f"{result['peak_rss_MiB']:.0f} MiB"))
+    rows = bench_rows(result)
     print_table(console, ("measurement", "value"), rows,
                 title=f"dualform bench ({result['device']}, {result['dtype']}, {result['threads']} threads)")
 

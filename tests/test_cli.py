@@ -38,7 +38,7 @@ def test_unknown_executor_is_a_clear_error(tmp_path):
 
 
 def test_cli_constants_match_their_homes():
-    """cli.py repeats two defaults so that building the command line imports no torch."""
+    """cli_options.py repeats two defaults so that building the command line imports no torch."""
     from dualform.cli import DEFAULT_MODEL, DEFAULT_TASKS
     from dualform.experiments.dai import protocol
     from dualform.models import load

@@ -95,3 +95,16 @@ def test_two_rows_cannot_be_loaded_at_once(tiny64):
                 pass
     with b.loaded() as m:  # once a's block is closed
         assert m is not None
+
+
+def test_more_rows_than_one_batch_holds_run_as_equal_batches(tiny64):
+    """Rows beyond ``max_rows`` run as several batches, each row still its own SGD run."""
+    lrs = [0.1, 0.05, 0.03, 0.01, 0.005]
+    rows = [(TEXTS, lr) for lr in lrs]
+    whole, split = finetune_kv_rows(tiny64, rows), finetune_kv_rows(tiny64, rows, max_rows=2)
+    assert len(split) == len(lrs)
+    assert len({id(r._row.rows) for r in split}) == 3  # 5 rows at most 2 per batch: 2 + 2 + 1
+    for a, b in zip(whole, split, strict=True):
+        assert a.lr == b.lr
+        for name, delta in a.delta_w.items():
+            torch.testing.assert_close(b.delta_w[name], delta, atol=1e-12, rtol=1e-10)

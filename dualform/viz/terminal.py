@@ -1,4 +1,4 @@
-"""Terminal tables that never cut a number or a name, and the walkthrough's table.
+"""Terminal tables that never cut a number or a name: the walkthrough's and the bench's rows.
 
 Imports only rich, so the command line prints tables without importing torch
 (:func:`print_table` is what every command prints through).
@@ -101,3 +101,48 @@ def print_walkthrough(result: dict, console: Console | None = None) -> None:
         console.print(f"[bold]{name}[/]: {text}.")
     losses = ", ".join(f"{x:.3f}" for x in result["ft_losses"])
     console.print(f"finetuning (lr {result['lr']}, one SGD step per demonstration) losses: {losses}")
+
+
+def bench_rows(result: dict) -> list[tuple[str, str]]:
+    """``dualform bench``'s result (:func:`dualform.infra.bench.run_bench`) as (measurement,
+    value) rows: each ratio with the two timings it comes from."""
+    rows = [("second load of the model", f"{result['second_load_s']:.2f} s")]
+    c, d, f = result["capture"], result["dual_form"], result["finetune"]
+    rows += [
+        (f"capture q,k,v,z,attn_out,scores ({c['tokens']} tok) / bare forward",
+         f"{c['capture_ratio']:.2f}x ({c['capture_s']:.2f} s vs {c['bare_forward_s']:.2f} s)"),
+        ("full run_with_cache / bare forward", f"{c['run_with_cache_ratio']:.2f}x"),
+        ("captured activations", f"{c['captured_MiB']:.1f} MiB"),
+        (f"dual_form ({d['tokens']} tok) / bare forward",
+         f"{d['dual_form_ratio']:.2f}x ({d['dual_form_s']:.2f} s vs {d['bare_forward_s']:.2f} s)"),
+        ("dual_form result size", f"{d['result_MiB']:.1f} MiB"),
+        (f"finetune_kv step ({f['tokens']} tok) / fwd+bwd on K,V",
+         f"{f['finetune_step_ratio']:.2f}x ({f['finetune_step_s']:.3f} s vs {f['forward_backward_s']:.3f} s)"),
+    ]
+    for k, p in result["prefix_reuse"].items():
+        rows.append((f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
+                     f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)"))
+    g = result["seed_grid"]
+    rows.append((f"finetuning {g['seeds']} seeds × {g['rates']} rates: per-seed grids / one batch",
+                 f"{g['speedup']:.2f}x ({g['per_seed_grids_s']:.1f} s vs {g['one_batch_s']:.1f} s)"))
+    if "pythia_shape" in result:
+        pc, pd = result["pythia_shape"]["capture"], result["pythia_shape"]["dual_form"]
+        rows.append((f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
+                     f"{pc['capture_ratio']:.2f}x ({pc['capture_s']:.2f} s vs {pc['bare_forward_s']:.2f} s)"))
+        rows.append((f"Pythia-160M shape: dual_form ({pd['tokens']} tok) / bare forward",
+                     f"{pd['dual_form_ratio']:.2f}x ({pd['dual_form_s']:.2f} s vs {pd['bare_forward_s']:.2f} s)"))
+    if "end_to_end" in result:
+        e = result["end_to_end"]
+        for key in ("default", "many_seeds"):
+            if key in e:
+                d = e[key]
+                rows.append((f"reproduce dai, {d['seeds']} seeds",
+                             f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s, "
+                             f"peak RSS so far {d['peak_rss_MiB']:.0f} MiB"))
+        for label, key in (("seeds on their own / shared", "seed_sharing"),
+                           ("reuse+batching off / on", "reuse")):
+            p = e[key]
+            rows.append((f"one task: {label}", f"{p['speedup']:.2f}x ({p['naive']['total_s']:.0f} s "
+                         f"vs {p['shared']['total_s']:.0f} s)"))
+    rows.append(("peak RSS", f"{result['peak_rss_MiB']:.0f} MiB"))
+    return rows
