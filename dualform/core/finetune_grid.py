@@ -47,10 +47,11 @@ from dualform.errors import check_learning_rates
 from dualform.models.features import sync_fused_kv
 from dualform.probes import head_counts
 
-#: Rows per batched run on a CPU: an SGD step of 12–28 rows costs ≈ 55 ms per row on 2 cores
-#: (SmolLM2-135M, 32-shot texts), of 40 rows ≈ 80 ms (the batch's per-row weights and gradients
-#: no longer stay in cache), so larger grids run as several batches of at most this many.
-CPU_MAX_ROWS = 24
+#: Rows per batched run on a CPU. On 2 cores an SGD step costs per row 50–53 ms at 16–20 rows,
+#: 55–57 ms at 24–28 and 62 ms at 40 (1.14× the 12-row batch's; SmolLM2-135M, 32-shot texts,
+#: ``python analyses/bench_grid_rows.py --rows 16 20 24 28 40 --repeats 3``): the batch's per-row
+#: weights and gradients stop fitting in cache, so larger grids run as equal batches of ≤ this.
+CPU_MAX_ROWS = 20
 
 
 class GridLinear(nn.Module):
