@@ -19,7 +19,7 @@ import torch
 
 from dualform.core.finetune_grid import finetune_kv_rows
 from dualform.experiments.dai.conditions import demo_training_texts
-from dualform.experiments.dai.protocol import DEFAULT_LR_GRID
+from dualform.experiments.dai.config import DEFAULT_LR_GRID
 from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.tasks.prompts import load_task, sample_demos
 

@@ -17,7 +17,9 @@ import dataclasses
 import sys
 
 from dualform.experiments.dai import results as R
-from dualform.experiments.dai.protocol import DaiConfig, Timer, evaluate_task, select, task_context
+from dualform.experiments.dai.config import DaiConfig, Timer, task_context
+from dualform.experiments.dai.protocol import evaluate_task
+from dualform.experiments.dai.selection import select
 from dualform.models.load import load_model
 
 COLUMNS = {

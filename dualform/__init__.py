@@ -46,7 +46,7 @@ _API = {
     "build_prompt": "dualform.tasks.prompts",
     "prompt_tokens": "dualform.tasks.prompts",
     # experiments
-    "DaiConfig": "dualform.experiments.dai.protocol",
+    "DaiConfig": "dualform.experiments.dai.config",
     "run_dai": "dualform.experiments.dai.protocol",
     "run_sweep": "dualform.experiments.dai.sweep",
     "run_momentum": "dualform.experiments.momentum.experiment",

@@ -182,7 +182,7 @@ def _dai_config(model: str, tasks: str, shots: int, n_test: int, n_validation: i
                 demo_seeds: str, full_grid: bool, lr_grid: str, **options):
     import dataclasses
 
-    from dualform.experiments.dai.protocol import DaiConfig
+    from dualform.experiments.dai.config import DaiConfig
     from dualform.models.load import resolve_dtype
 
     try:

@@ -16,7 +16,7 @@ from dualform.errors import is_expected
 #: Same value as dualform.models.load.DEFAULT_MODEL (tests/test_cli.py checks it); kept here so
 #: building the command line does not import torch and TransformerLens.
 DEFAULT_MODEL = "smollm2-135m"
-#: Same as dualform.experiments.dai.protocol.DEFAULT_TASKS (checked by the tests).
+#: Same as dualform.experiments.dai.config.DEFAULT_TASKS (checked by the tests).
 DEFAULT_TASKS = ("afinn-sentiment", "afinn-sentiment-5", "vader-valence", "country-region",
                  "capital-region", "textblob-subjectivity")
 #: cuda, then mps, then cpu (dualform.models.load.resolve_device).

@@ -42,7 +42,7 @@ def test_end_to_end_times_each_run_keeps_results_and_never_times_a_resumed_run(t
     import pytest
 
     from dualform.errors import InvalidArgumentError
-    from dualform.experiments.dai.protocol import DaiConfig
+    from dualform.experiments.dai.config import DaiConfig
     from dualform.infra.bench import bench_end_to_end
 
     cfg = DaiConfig(model="tiny-llama", tasks=("afinn-sentiment",), shots=4, n_validation=4,

@@ -40,11 +40,11 @@ def test_unknown_executor_is_a_clear_error(tmp_path):
 def test_cli_constants_match_their_homes():
     """cli_options.py repeats two defaults so that building the command line imports no torch."""
     from dualform.cli import DEFAULT_MODEL, DEFAULT_TASKS
-    from dualform.experiments.dai import protocol
+    from dualform.experiments.dai import config
     from dualform.models import load
 
     assert DEFAULT_MODEL == load.DEFAULT_MODEL
-    assert DEFAULT_TASKS == protocol.DEFAULT_TASKS
+    assert DEFAULT_TASKS == config.DEFAULT_TASKS
 
 
 def test_help_lists_every_command_with_examples_and_imports_nothing_heavy():

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.config import DaiConfig
+from dualform.experiments.dai.protocol import run_dai
 from dualform.experiments.dai.results import (
     ACCURACY,
     COS_ICL_FT,

@@ -26,7 +26,8 @@ from dualform.core.dual_form import dual_form
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.errors import InvalidArgumentError
 from dualform.experiments.dai import protocol
-from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.config import DaiConfig
+from dualform.experiments.dai.protocol import run_dai
 from dualform.experiments.dai.results import ACCURACY, REC2FTP, SIMAOU, SIMAOU_RANDOM, DaiResults
 from dualform.experiments.dai.sweep import run_sweep
 from dualform.infra import io as dio
@@ -99,7 +100,8 @@ def test_kill_mid_run_keeps_finished_tasks_and_resumes(tmp_path):
              "n_validation=2, n_test=2, demo_seeds=(1,), lr_grid=(0.1,), " \
              "untrained_baseline=False, attribution=False)"
     proc = spawn(f"""
-        from dualform.experiments.dai.protocol import DaiConfig, run_dai
+        from dualform.experiments.dai.config import DaiConfig
+        from dualform.experiments.dai.protocol import run_dai
         run_dai({str(tmp_path)!r}, {config}, progress=False)
     """)
     path = tmp_path / "results.json"

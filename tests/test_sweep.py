@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.config import DaiConfig
+from dualform.experiments.dai.protocol import run_dai
 from dualform.experiments.dai.results import DaiResults, TaskResult
 from dualform.experiments.dai.sweep import Job, run_sweep
 from dualform.infra.executors import LocalExecutor, get_executor

@@ -36,7 +36,8 @@ from dualform.core.finetune import (
     train_only_kv,
 )
 from dualform.errors import InvalidArgumentError
-from dualform.experiments.dai.protocol import DaiConfig, run_dai
+from dualform.experiments.dai.config import DaiConfig
+from dualform.experiments.dai.protocol import run_dai
 from dualform.experiments.dai.results import DaiResults
 from dualform.infra.rng import seeded
 from dualform.models.load import DEFAULT_MODEL, load_model

@@ -3,8 +3,9 @@
     conditions.py   ZSL / ICL / FT records at the last token (plain and prefix-reuse paths),
                     the finetuning texts and their queries
     scoring.py      records → the paper's metrics and the follow-up ones
-    protocol.py     DaiConfig, run_dai and the protocol's stage functions: seed / learning-rate
-                    selection for every replicate, test, attribution, untrained baseline
+    config.py       DaiConfig (what defines a run) and TaskContext (a task as the protocol sees it)
+    selection.py    the validation stage: each replicate's demonstration seed and learning rate
+    protocol.py     run_dai and the test stage: records, metrics, attribution, untrained baseline
     heads.py        the head-attribution stage: ICL and FT effects per head on the test queries
     pooling.py      seeds → 95 % intervals per task and pooled, paired differences, marked heads
     results.py      the typed, versioned schema of results.json (writer and every reader)

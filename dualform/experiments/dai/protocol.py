@@ -10,40 +10,35 @@ head-by-head attribution maps, and the same metrics on an untrained (random-weig
 the model; then every metric's 95 % interval over seeds and test examples
 (:mod:`dualform.experiments.dai.pooling`). All replicates × rates finetune in one batched run.
 
-The protocol is a sequence of stage functions — :func:`task_context`, :func:`select`
-(:func:`seed_val_accuracy`, :func:`finetune_runs`, :func:`ft_val_accuracy`), then
-:func:`evaluate_task` — that :func:`run_dai` calls in one process and
-:mod:`dualform.experiments.dai.sweep` calls as jobs. ``results.json``
+The protocol is a sequence of stage functions — ``config.task_context``, the validation stage
+(:mod:`dualform.experiments.dai.selection`: ``select``, i.e. ``seed_val_accuracy``,
+``finetune_runs``, ``ft_val_accuracy``), then :func:`evaluate_task` — that :func:`run_dai` calls
+in one process and :mod:`dualform.experiments.dai.sweep` calls as jobs. ``results.json``
 (:class:`~dualform.experiments.dai.results.DaiResults`, with the settings of every task) is
 rewritten atomically after every task; a rerun skips the tasks it already holds.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from dualform.core import metrics as M
 from dualform.core.attribution import compare_maps
-from dualform.core.finetune import FinetuneDivergedError, finetune_kv
-from dualform.core.finetune_grid import finetune_kv_rows
-from dualform.errors import check_count, check_learning_rates, check_not_empty
+from dualform.core.finetune import FinetuneDivergedError
 from dualform.experiments.dai.attention import record_attention
 from dualform.experiments.dai.conditions import (
     Record,
     demo_layout,
-    demo_training_texts,
     prefix_run,
     prompt_pair,
     record_all,
     training_queries,
 )
+from dualform.experiments.dai.config import DaiConfig, TaskContext, Timer, config_dict, task_context
 from dualform.experiments.dai.heads import head_effects
 from dualform.experiments.dai.pooling import (
     differences,
@@ -61,108 +56,16 @@ from dualform.experiments.dai.results import (
     TaskResult,
 )
 from dualform.experiments.dai.scoring import similarity_metrics, without_ft
+from dualform.experiments.dai.selection import finetune_runs, select
 from dualform.infra.memory import return_freed_memory
 from dualform.infra.results_dir import entry_settings, load_results, results_directory
 from dualform.infra.versions import package_versions
-from dualform.models.load import DEFAULT_MODEL, load_model, resolve_device
+from dualform.models.load import load_model, resolve_device
 from dualform.tasks.prompts import (
-    OFFLINE_TASKS,
     Example,
-    Task,
     check_task_name,
-    label_token_ids,
-    load_task,
     sample_demos,
 )
-
-FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
-DEFAULT_LR_GRID = (0.01, 0.005, 0.001, 0.0005)  # a slice of Dai's grid; larger rates collapse SmolLM2-135M
-DEFAULT_TASKS = OFFLINE_TASKS  # every packaged task
-
-
-@dataclass
-class DaiConfig:
-    """Everything that defines a run; saved in ``results.json``."""
-
-    model: str = DEFAULT_MODEL
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    shots: int = 32
-    n_validation: int = 12
-    n_test: int = 200  # at most: all of a smaller test split
-    seeds: int = 3  # independent replicates: demonstration sets (and finetuning orders)
-    demo_seeds: tuple[int, ...] = (1, 2)  # each replicate chooses among its own offsets of these
-    lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
-    n_attribution: int | None = 48  # head attribution on the first N test examples (None: all)
-    n_untrained: int | None = 64  # the untrained baseline on the first N test examples (None: all)
-    layer_causal: bool = False
-    reuse_prefix: bool = True  # run the demonstrations once per task (KV cache)
-    batch_size: int | None = None  # None: from free memory (auto_batch_size); 1: no batching
-    untrained_baseline: bool = True
-    attribution: bool = True
-    share_seeds: bool = True  # one finetuning batch for all seeds × rates, one ZSL pass (off: per seed)
-    device: str = "cpu"
-    dtype: str = "float32"  # forward passes and finetuning (SGD keeps float32 master weights)
-    device_map: str | None = None  # "auto": spread a large HF model over GPUs (accelerate)
-    seed: int = 0
-    # Metric conventions: the authors' code by default (see dualform.experiments.dai.scoring).
-    scaled_queries: bool = True  # Kendall's FT map q·q/d_head as recorded officially; False: q·q
-    keep_separator: bool = False  # train on and rank each demo's separator too (official: no)
-
-    def __post_init__(self) -> None:  # bad settings fail here, before any work
-        check_not_empty(self.tasks, "The task list (--tasks)")
-        check_not_empty(self.demo_seeds, "The demonstration seeds (--demo-seeds)")
-        for name, value in (("--shots", self.shots), ("--n-test", self.n_test),
-                            ("--n-validation", self.n_validation)):
-            check_count(value, f"{name.removeprefix('--').replace('-', '_')} ({name})")
-        if self.n_untrained is not None:
-            check_count(self.n_untrained, "n_untrained (--n-untrained; 0 there: every test example)")
-        if self.batch_size is not None:
-            check_count(self.batch_size, "batch_size (--batch-size; 0 there: from free memory)")
-        check_learning_rates(self.lr_grid, "learning-rate grid (--lr-grid)")
-
-    def with_full_grid(self) -> DaiConfig:
-        return dataclasses.replace(self, lr_grid=FULL_LR_GRID)
-
-    def candidate_seeds(self, replicate: int) -> list[int]:
-        """The demonstration seeds replicate ``replicate`` chooses from (replicate 0: exactly
-        ``demo_seeds``; replicate r: ``demo_seeds`` + 1000·r, disjoint draws)."""
-        return [s + REPLICATE_STRIDE * replicate for s in self.demo_seeds]
-
-    @property
-    def batched(self) -> bool:
-        """Whether finetuning runs share one batched run (off: batch size 1 or layer-causal)."""
-        return self.batch_size != 1 and not self.layer_causal
-
-
-REPLICATE_STRIDE = 1000
-
-
-@dataclass
-class Timer:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, stage: str, start: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
-@dataclass
-class TaskContext:
-    """A task as the protocol uses it: its splits, label token ids and the run's config."""
-
-    task: Task
-    label_ids: list[int]
-    config: DaiConfig
-
-    @property
-    def test_gold(self) -> list[int]:
-        return [example.label for example in self.task.test]
-
-    def first(self, n: int | None) -> TaskContext:
-        """The same task with only its first ``n`` test examples (``None``: all of them)."""
-        if n is None or n >= len(self.task.test):
-            return self
-        return TaskContext(dataclasses.replace(self.task, test=self.task.test[:n]), self.label_ids,
-                           self.config)
 
 
 def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: bool = True,
@@ -214,16 +117,6 @@ def _load(config: DaiConfig, untrained: bool = False):
                       device_map=config.device_map)
 
 
-def task_context(model, name: str, config: DaiConfig) -> TaskContext:
-    """Load ``name`` with ``config.n_test`` test examples, or all of a smaller test split
-    (rounded down to whole classes, as the balanced splits draw them)."""
-    full = load_task(name, seed=config.seed, n_validation=config.n_validation)
-    unit = full.n_classes
-    n_test = min(config.n_test, len(full.test)) // unit * unit
-    task = load_task(name, seed=config.seed, n_validation=config.n_validation, n_test=n_test)
-    return TaskContext(task, label_token_ids(model, task), config)
-
-
 def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool = True) -> TaskResult:
     """One task, in the protocol's order, for every replicate: demo seed on validation (ICL),
     learning rate on validation (FT, with that seed's demonstrations), then the test split."""
@@ -234,84 +127,6 @@ def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool =
     result = evaluate_task(model, untrained, ctx, selections, timer, tuned=tuned, progress=progress)
     return_freed_memory()  # else the next task's peak stacks on this one's freed heap
     return result
-
-
-def select(model, ctx: TaskContext, timer: Timer, *, progress: bool = False
-           ) -> tuple[list[Selection], list]:
-    """Validation choices of every replicate, and the chosen rates' finetuned models (every
-    replicate × rate trains in one batched run)."""
-    config = ctx.config
-    start = time.perf_counter()
-    seed_accs = [{s: seed_val_accuracy(model, ctx, s) for s in config.candidate_seeds(r)}
-                 for r in tqdm(range(config.seeds), desc=f"{ctx.task.name}: demo seeds",
-                               disable=not progress)]
-    demo_seeds = [choose_demo_seed(acc) for acc in seed_accs]
-    timer.add("select_demo_seed", start)
-    start = time.perf_counter()
-    rows = [(sample_demos(ctx.task, config.shots, s), lr) for s in demo_seeds for lr in config.lr_grid]
-    n = len(config.lr_grid)
-    if config.share_seeds:
-        runs = finetune_runs(model, ctx, rows, progress=progress)
-    else:  # the per-seed path (benchmark baseline): one batched grid per seed
-        runs = [run for r in range(config.seeds)
-                for run in finetune_runs(model, ctx, rows[r * n : (r + 1) * n], progress=progress)]
-    selections, tuned = [], []
-    for r, demo_seed in enumerate(demo_seeds):
-        mine = runs[r * n : (r + 1) * n]
-        lr_acc = {str(lr): ft_val_accuracy(ctx, run) for lr, run in zip(config.lr_grid, mine, strict=True)}
-        lr = choose_lr(lr_acc)
-        selections.append(Selection(demo_seed, lr, seed_accs[r], lr_acc))
-        tuned.append(None if lr is None else mine[config.lr_grid.index(lr)])
-    timer.add("select_lr", start)  # the chosen rates' finetuned models are reused for the test
-    return selections, tuned
-
-
-def finetune_runs(model, ctx: TaskContext, rows: list[tuple[list[Example], float]], *,
-                  progress: bool = False) -> list:
-    """One finetuning run per ``(demonstrations, rate)`` row (a diverged run gives its
-    :class:`FinetuneDivergedError`): all rows in one batched run (:func:`finetune_kv_rows`)
-    unless batching is off, the finetuning is layer-causal, or there is a single row."""
-    config = ctx.config
-    if not config.batched or len(rows) == 1:
-        return [_finetune_or_error(model, ctx.task, demos, lr, config)
-                for demos, lr in tqdm(rows, desc=f"{ctx.task.name}: finetuning", disable=not progress)]
-    texts = [demo_training_texts(model, ctx.task, demos, keep_separator=config.keep_separator)
-             for demos, _ in rows]
-    return finetune_kv_rows(model, [(t, lr) for t, (_, lr) in zip(texts, rows, strict=True)],
-                            progress=progress)
-
-
-def seed_val_accuracy(model, ctx: TaskContext, demo_seed: int) -> float:
-    """ICL validation accuracy with the demonstrations of ``demo_seed``."""
-    demos = sample_demos(ctx.task, ctx.config.shots, demo_seed)
-    return _val_accuracy(model, ctx, demos)
-
-
-def _finetune_or_error(model, task: Task, demos: list[Example], lr: float, config: DaiConfig):
-    try:
-        return _finetune(model, task, demos, lr, config)
-    except FinetuneDivergedError as err:
-        return err
-
-
-def ft_val_accuracy(ctx: TaskContext, run) -> float | str:
-    """Validation accuracy of a finetuning run, or ``"diverged: …"`` for its error."""
-    if isinstance(run, FinetuneDivergedError):
-        return f"diverged: {run}"
-    with run.loaded() as tuned:  # a grid row lends its weights: no copy per rate
-        return _val_accuracy(tuned, ctx, None)
-
-
-def choose_demo_seed(seed_acc: dict) -> int:
-    """The seed with the best ICL validation accuracy (the first of ties)."""
-    return max(seed_acc, key=seed_acc.get)
-
-
-def choose_lr(lr_acc: dict[str, float | str]) -> float | None:
-    """The rate with the best FT validation accuracy, the smallest of ties (gentler); diverged
-    rates (strings) are skipped; ``None`` when every rate diverged."""
-    scored = [(acc, -float(lr)) for lr, acc in lr_acc.items() if not isinstance(acc, str)]
-    return -max(scored)[1] if scored else None
 
 
 def evaluate_task(model, untrained, ctx: TaskContext, selections: list[Selection], timer: Timer,
@@ -437,27 +252,3 @@ def evaluate_seed(model, ctx: TaskContext, replicate: int, selection: Selection,
                                        cmp.kendall, len(effects[0]))
     timer.add("metrics", start)
     return SeedOutcome(seed, *effects)
-
-
-def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
-    if lr is None:
-        return None
-    texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
-    device = None if config.device_map else config.device  # a dispatched model stays put
-    return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
-
-
-def _val_accuracy(model, ctx: TaskContext, demos: list[Example] | None) -> float:
-    """Validation accuracy of ICL with ``demos``, or zero-shot (``demos=None``: the query
-    alone, e.g. on a finetuned model)."""
-    task, config = ctx.task, ctx.config
-    pairs = [prompt_pair(model, task, demos or [], ex) for ex in task.validation]
-    prompts = [p.icl for p in pairs] if demos is not None else [p.zsl for p in pairs]
-    recs = record_all(model, prompts, ctx.label_ids, reuse_prefix=config.reuse_prefix,
-                      batch_size=config.batch_size)
-    return M.accuracy([r.prediction for r in recs], [ex.label for ex in task.validation])
-
-
-def config_dict(config: DaiConfig) -> dict:
-    d = dataclasses.asdict(config)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -4,9 +4,9 @@ The protocol is :mod:`dualform.experiments.dai.protocol`'s — the same stage fu
 into independent jobs in three waves:
 
 1. ``seed`` jobs — ICL validation accuracy of every (model, task, replicate, candidate demo seed)
-   (:func:`~dualform.experiments.dai.protocol.seed_val_accuracy`);
+   (:func:`~dualform.experiments.dai.selection.seed_val_accuracy`);
 2. ``lr`` jobs — FT validation accuracy of every learning rate, with the replicate's chosen seed
-   (:func:`~dualform.experiments.dai.protocol.finetune_runs`, ``ft_val_accuracy``);
+   (:func:`~dualform.experiments.dai.selection.finetune_runs`, ``ft_val_accuracy``);
 3. ``test`` jobs — one per (model, task): every replicate on the test split with its chosen
    seed and rate, the untrained baseline and the intervals
    (:func:`~dualform.experiments.dai.protocol.evaluate_task`).
@@ -28,20 +28,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualform.experiments.dai.protocol import (
-    DaiConfig,
-    Timer,
+from dualform.experiments.dai.config import DaiConfig, Timer, config_dict, task_context
+from dualform.experiments.dai.protocol import evaluate_task, pool_tasks
+from dualform.experiments.dai.results import DaiResults, Selection, TaskResult
+from dualform.experiments.dai.selection import (
     choose_demo_seed,
     choose_lr,
-    config_dict,
-    evaluate_task,
     finetune_runs,
     ft_val_accuracy,
-    pool_tasks,
     seed_val_accuracy,
-    task_context,
 )
-from dualform.experiments.dai.results import DaiResults, Selection, TaskResult
 from dualform.infra.executors import Executor, LocalExecutor
 from dualform.infra.io import read_json, write_json_atomic
 from dualform.infra.results_dir import (
