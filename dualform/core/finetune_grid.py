@@ -3,16 +3,18 @@
 An LR grid trains the same model on the same demonstrations in the same order; the runs differ
 only in their W_K/W_V (:func:`finetune_kv_grid`). Independent demonstration sets (seeds) × rates
 differ in their texts too (:func:`finetune_kv_rows`): step ``t`` feeds every row its own
-``t``-th text, right-padded to one width. On a CPU (and for short demonstrations on a GPU) an SGD step is bound by
-reading the frozen weights, so the grid runs as one batch: row ``r`` holds its tokens and
-sees the model with rate ``r``'s own W_K/W_V. Each row's loss depends only on its own weights,
+``t``-th text, right-padded to one width. On a CPU (and for short demonstrations on a GPU) an
+SGD step is bound by reading the frozen weights, so the grid runs as one batch (on a CPU, more
+than :data:`CPU_MAX_ROWS` rows as several): row ``r`` holds its tokens and sees the model with
+rate ``r``'s own W_K/W_V. Each row's loss depends only on its own weights,
 so the gradient of the summed losses gives every run exactly its own gradient, and every run is
 plain batch-size-1 SGD, as in :func:`finetune_kv` (the same numbers, up to float rounding).
 
 The K/V projections of a private copy of the model (sharing every frozen weight) are swapped for
 :class:`GridLinear` modules holding one weight per rate. A run whose loss turns NaN/inf or
 explodes is dropped from the batch at that step and reported as a :class:`FinetuneDivergedError`;
-the others go on.
+the others go on. After training the copy is the batch's scratch model (:class:`TrainedRows`):
+a row's result lends its weights to it, and builds its own copy and ΔW only when asked.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ unnormalised, random baseline), SimAM before/after, SimAM_Δ (in the ``all`` and
 modes), Kendall and top-k recall (token and example level), per layer and per head, the
 head-by-head attribution maps, and the same metrics on an untrained (random-weights) copy of
 the model; then every metric's 95 % interval over seeds and test examples
-(:mod:`dualform.experiments.dai.pooling`). All replicates × rates finetune in one batched run.
+(:mod:`dualform.experiments.dai.pooling`). All replicates × rates finetune in batched runs
+(:func:`dualform.core.finetune_grid.finetune_kv_rows`).
 
 The protocol is a sequence of stage functions — ``config.task_context``, the validation stage
 (:mod:`dualform.experiments.dai.selection`: ``select``, i.e. ``seed_val_accuracy``,

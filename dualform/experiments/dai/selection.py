@@ -1,6 +1,6 @@
 """The validation stage of ``reproduce dai``: each replicate chooses its demonstration seed (ICL
 validation accuracy) and then its learning rate (FT validation accuracy, with that seed's
-demonstrations); every replicate × rate finetunes in one batched run (:func:`finetune_runs`)."""
+demonstrations); every replicate × rate finetunes in batched runs (:func:`finetune_runs`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dualform.tasks.prompts import Example, Task, sample_demos
 def select(model, ctx: TaskContext, timer: Timer, *, progress: bool = False
            ) -> tuple[list[Selection], list]:
     """Validation choices of every replicate, and the chosen rates' finetuned models (every
-    replicate × rate trains in one batched run)."""
+    replicate × rate trains in batched runs)."""
     config = ctx.config
     start = time.perf_counter()
     seed_accs = [{s: seed_val_accuracy(model, ctx, s) for s in config.candidate_seeds(r)}
@@ -50,8 +50,9 @@ def select(model, ctx: TaskContext, timer: Timer, *, progress: bool = False
 def finetune_runs(model, ctx: TaskContext, rows: list[tuple[list[Example], float]], *,
                   progress: bool = False) -> list:
     """One finetuning run per ``(demonstrations, rate)`` row (a diverged run gives its
-    :class:`FinetuneDivergedError`): all rows in one batched run (:func:`finetune_kv_rows`)
-    unless batching is off, the finetuning is layer-causal, or there is a single row."""
+    :class:`FinetuneDivergedError`): all rows in batched runs (:func:`finetune_kv_rows`: one
+    on a GPU, equal ones of at most 20 rows on a CPU) unless batching is off, the finetuning is
+    layer-causal, or there is a single row."""
     config = ctx.config
     if not config.batched or len(rows) == 1:
         return [_finetune_or_error(model, ctx.task, demos, lr, config)
