@@ -1,5 +1,6 @@
-"""What defines a ``reproduce dai`` run (:class:`DaiConfig`, saved in ``results.json``) and a
-task as the protocol sees it (:class:`TaskContext`: splits, label token ids, the config)."""
+"""What defines a ``reproduce dai`` run (:class:`DaiConfig`, saved in ``results.json``), a task
+as the protocol sees it (:class:`TaskContext`: splits, label token ids, the config) and the
+:class:`Timer` every stage adds its seconds to (``TaskResult.timing_s``)."""
 
 from __future__ import annotations
 
