@@ -215,13 +215,13 @@ class TrainedRows:
         self.names = list(master)
         self.held: int | None = None  # the row the scratch holds
         self.lent = 0  # open loaded() blocks
-        for p in kv_parameters(scratch).values():
-            p.requires_grad_(False)
 
     def load_into(self, model, r: int) -> None:
+        """Row ``r``'s weights into ``model``'s K/V (frozen there, as :func:`finetune_kv` leaves them)."""
         with torch.no_grad():
             for name, p in kv_parameters(model).items():
                 p.copy_(self.master[name][r])
+                p.requires_grad_(False)
         sync_fused_kv(model)
 
 
@@ -245,8 +245,6 @@ class Row:
         tuned = copy_for_finetuning(self.rows.base, None)
         tuned.eval()
         self.rows.load_into(tuned, self.r)
-        for p in kv_parameters(tuned).values():
-            p.requires_grad_(False)
         return tuned
 
     def delta(self) -> dict[str, Tensor]:
