@@ -74,6 +74,6 @@ N_VALIDATION = typer.Option(12, help="Validation examples per task (LR/seed choi
 DEMO_SEEDS = typer.Option("1,2", help="Demonstration seeds each replicate chooses from (replicate r adds 1000·r).")
 FULL_GRID = typer.Option(False, help="Dai's full LR grid {1..9}x{0.1..0.0001}.")
 LR_GRID = typer.Option("", help="Comma-separated learning rates (default: DaiConfig's).")
-DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities).")
+DTYPE = typer.Option("float32", help="float32, bfloat16 or float16 (float64 for identities). Half precision is faster but rounds the small hidden-state differences SimAOU and SimAM_Δ compare (README: Benchmarks).")
 DEVICE = typer.Option("auto", help=DEVICE_HELP)
 OVERWRITE = typer.Option(False, help="Results of other settings in --out: rename them aside (never deleted) and start afresh.")

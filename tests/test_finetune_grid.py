@@ -5,7 +5,8 @@ import torch
 
 from dualform import load_model
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv, kv_parameters
-from dualform.core.finetune_grid import finetune_kv_grid, finetune_kv_rows
+from dualform.core.finetune_grid import finetune_kv_grid, finetune_kv_rows, suspect_rows
+from dualform.errors import InvalidArgumentError
 
 TEXTS = ["Sentence: a fine film Label: Positive", "Sentence: a dull film Label: Negative",
          "Sentence: fine Label: Positive"]
@@ -108,3 +109,17 @@ def test_more_rows_than_one_batch_holds_run_as_equal_batches(tiny64):
         assert a.lr == b.lr
         for name, delta in a.delta_w.items():
             torch.testing.assert_close(b.delta_w[name], delta, atol=1e-12, rtol=1e-10)
+    with pytest.raises(InvalidArgumentError, match="max_rows must be an integer >= 1"):
+        finetune_kv_rows(tiny64, rows, max_rows=0)
+
+
+def test_suspect_rows_screen_finds_every_non_finite_row():
+    """One sum per weight flags the rows with a NaN or inf; a finite row whose sum overflows is
+    flagged too (its exact check then passes), a plain finite row is not."""
+    big = torch.finfo(torch.float32).max
+    k, v = torch.ones(4, 3, 2), torch.ones(4, 3)
+    k[1, 0, 0] = float("nan")
+    v[2, 1] = float("-inf")
+    k[3] = big  # finite, but its sum overflows
+    assert suspect_rows([k, v]) == [1, 2, 3]
+    assert suspect_rows([torch.ones(2, 5)]) == []

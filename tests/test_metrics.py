@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from dualform.core import metrics as M
 from dualform.core import official_random as R
+from dualform.core import training_attention as TA
 from dualform.experiments.dai.conditions import DemoLayout, RankedTokens
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics_fixture.npz"
@@ -98,12 +99,12 @@ def test_kendall_token_and_example_level():
     icl = np.array([[[3.0, 0.0, 1.0, 2.0]]])  # [example, layer, n]
     ft = np.array([[[3.0, 0.0, 2.0, 1.0]]])
     # 6 pairs, one discordant (tokens 2 and 3): τ = (5 − 1) / 6
-    assert M.kendall(icl, ft)[0, 0] == pytest.approx(2 / 3)
+    assert TA.kendall(icl, ft)[0, 0] == pytest.approx(2 / 3)
     # demonstrations of 1, 1 and 2 tokens: probabilities summed per demo rank alike → τ = 1
-    assert M.kendall(icl, ft, segments=[1, 1, 2])[0, 0] == pytest.approx(1.0)
-    assert M.kendall(np.stack([icl, ft], 2), np.stack([ft, ft], 2)).shape == (1, 1, 2)
+    assert TA.kendall(icl, ft, segments=[1, 1, 2])[0, 0] == pytest.approx(1.0)
+    assert TA.kendall(np.stack([icl, ft], 2), np.stack([ft, ft], 2)).shape == (1, 1, 2)
     with pytest.raises(ValueError, match="segments"):
-        M.kendall(icl, ft, segments=[1, 1])
+        TA.kendall(icl, ft, segments=[1, 1])
 
 
 def test_vectorised_kendall_equals_scipy_bit_for_bit():
@@ -114,7 +115,7 @@ def test_vectorised_kendall_equals_scipy_bit_for_bit():
     y[2, 1, 3] = np.nan
     expected = np.array([scipy.stats.kendalltau(a, b)[0] for a, b in
                          zip(x.reshape(-1, 25), y.reshape(-1, 25), strict=True)]).reshape(40, 3)
-    got = M.kendall_tau_b(x, y)
+    got = TA.kendall_tau_b(x, y)
     np.testing.assert_array_equal(got, expected)
     assert np.isnan(got[0, 0]) and np.isnan(got[1, 0]) and np.isnan(got[2, 1])
 
@@ -122,14 +123,14 @@ def test_vectorised_kendall_equals_scipy_bit_for_bit():
 def test_kendall_finetuning_map_uses_scaled_queries():
     """Official: q_query·q_train / d_head (recorded queries carry 1/√d_head each)."""
     q_query, q_train = np.array([[[1.0, 2.0]]]), np.array([[[3.0, 0.0], [0.0, 1.0]]])
-    assert M.finetuning_scores(q_query, q_train, d_head=2).tolist() == [[[1.5, 1.0]]]
-    assert M.finetuning_scores(q_query, q_train, d_head=2, scaled=False).tolist() == [[[3.0, 2.0]]]
+    assert TA.finetuning_scores(q_query, q_train, d_head=2).tolist() == [[[1.5, 1.0]]]
+    assert TA.finetuning_scores(q_query, q_train, d_head=2, scaled=False).tolist() == [[[3.0, 2.0]]]
     # raw scores 0, −800, −900, −1000 underflow to probabilities 1, 0, 0, 0: three FT ties, so
     # τ_b = (3 − 0) / √(6 · 3) = 1/√2 against ICL 4 > 3 > 2 > 1; scaled by 1/64 they stay
     # distinct (0, −12.5, −14.1, −15.6) and τ = 1.
     icl, raw = np.array([[[4.0, 3.0, 2.0, 1.0]]]), np.array([[[0.0, -800.0, -900.0, -1000.0]]])
-    assert M.kendall(icl, raw)[0, 0] == pytest.approx(1 / math.sqrt(2))
-    assert M.kendall(icl, raw / 64)[0, 0] == pytest.approx(1.0)
+    assert TA.kendall(icl, raw)[0, 0] == pytest.approx(1 / math.sqrt(2))
+    assert TA.kendall(icl, raw / 64)[0, 0] == pytest.approx(1.0)
 
 
 def test_ranked_tokens_leave_the_separators_out():
@@ -155,7 +156,7 @@ def test_random_baselines_use_the_official_streams():
     assert np.array_equal(M.official_stream(5).random((2, 3)), expected)
     # top-2 recall of random picks over 4 tokens whose FT top-2 is {0, 1}: hits / 2 per draw pair
     ft = np.array([[[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]]])  # [example, layer, n]
-    got = M.topk_recall_random_baseline(ft, 2, 5)
+    got = TA.topk_recall_random_baseline(ft, 2, 5)
     assert got.tolist() == [[sum(p < 2 for p in picks[:2]) / 2, sum(p < 2 for p in picks[2:]) / 2]]
 
 
@@ -195,7 +196,7 @@ def test_randints_of_other_generators_are_their_own_calls():
 
 def reference_topk_recall_random_baseline(ft, k, rng, segments=None):
     """The per-row loop the vectorised baseline replaces (one Python ``randint`` per pick)."""
-    _, p = M._kendall_inputs(ft, ft, segments)
+    _, p = TA._kendall_inputs(ft, ft, segments)
     out = np.empty(p.shape[:-1])
     for index in np.ndindex(*out.shape):
         top = set(np.argsort(-p[index])[:k].tolist())
@@ -214,25 +215,25 @@ def test_topk_recall_random_baseline_equals_the_loop(shape):
     segments = [13] * 10
     ours, theirs = random.Random(4), random.Random(4)
     for k, seg in ((5, segments), (100, None), (3, None)):
-        got = M.topk_recall_random_baseline(ft, k, ours, segments=seg)
+        got = TA.topk_recall_random_baseline(ft, k, ours, segments=seg)
         np.testing.assert_array_equal(got, reference_topk_recall_random_baseline(ft, k, theirs, seg))
         assert got.shape == shape[:-1] and ours.getstate() == theirs.getstate()
-    seeded = M.topk_recall_random_baseline(ft, 100, np.int64(9))
-    np.testing.assert_array_equal(seeded, M.topk_recall_random_baseline(ft, 100, 9))
+    seeded = TA.topk_recall_random_baseline(ft, 100, np.int64(9))
+    np.testing.assert_array_equal(seeded, TA.topk_recall_random_baseline(ft, 100, 9))
     np.testing.assert_array_equal(seeded, reference_topk_recall_random_baseline(ft, 100, random.Random(9)))
     with pytest.raises(ValueError, match="k ≥ 1"):
-        M.topk_recall_random_baseline(ft, 0, 9)
+        TA.topk_recall_random_baseline(ft, 0, 9)
 
 
 def test_topk_recall_worked_example():
     icl = np.array([[[5.0, 4.0, 3.0, 2.0, 1.0]]])  # ICL top-2 = {0, 1}
     ft = np.array([[[5.0, 1.0, 4.0, 2.0, 3.0]]])  # FT top-2 = {0, 2}; top-3 = {0, 2, 4}
-    assert M.topk_recall(icl, ft, 2)[0, 0] == 0.5
-    assert M.topk_recall(icl, ft, 3)[0, 0] == pytest.approx(2 / 3)  # ICL {0, 1, 2}
+    assert TA.topk_recall(icl, ft, 2)[0, 0] == 0.5
+    assert TA.topk_recall(icl, ft, 3)[0, 0] == pytest.approx(2 / 3)  # ICL {0, 1, 2}
     # demonstrations of 2, 2, 1 tokens: summed probabilities rank demo 0 first for both
-    assert M.topk_recall(icl, ft, 1, segments=[2, 2, 1])[0, 0] == 1.0
+    assert TA.topk_recall(icl, ft, 1, segments=[2, 2, 1])[0, 0] == 1.0
     with pytest.raises(M.MetricNotApplicableError, match="at least 6 demonstration tokens"):
-        M.topk_recall(icl, ft, 6)
+        TA.topk_recall(icl, ft, 6)
 
 
 def test_reductions_follow_the_official_order():
@@ -601,7 +602,7 @@ def training_inputs(data, scaled=True):
     ranked = DemoLayout(TRAIN_LENS, (1,) * len(TRAIN_LENS), ()).ranked()
     icl = data["icl_ctx"][..., 1:][..., list(ranked.positions)]  # the span after BOS
     raw = np.concatenate([data[f"ft_q_{i}"][:, 1:] for i in range(len(TRAIN_LENS))], 1) * 2
-    ft = M.finetuning_scores(data["ftzs_q"] * 2, raw, d_head=D_HEAD, scaled=scaled)
+    ft = TA.finetuning_scores(data["ftzs_q"] * 2, raw, d_head=D_HEAD, scaled=scaled)
     return icl, ft, ranked.segments
 
 
@@ -610,7 +611,7 @@ def test_training_attention_matches_compute_training_example_attn(fixture, level
     """Kendall, top-k recall and both random baselines, level by level, equal the script's
     (seeded with 11) with official conventions: scaled queries, separators out, official streams."""
     icl, ft, segments = training_inputs(fixture)
-    ours = M.training_attention(icl, ft, segments, seed=11)[level]
+    ours = TA.training_attention(icl, ft, segments, seed=11)[level]
     names = {"kendall": "kendall", "kendall_random": "random_kendall",
              "recall": "recall_topk", "recall_random": "random_recall_topk"}
     for name, official in names.items():
@@ -624,7 +625,7 @@ def test_unscaled_queries_are_an_explicit_deviation(fixture):
     icl, ft_scaled, segments = training_inputs(fixture)
     _, ft_raw, _ = training_inputs(fixture, scaled=False)
     np.testing.assert_array_equal(ft_raw, ft_scaled * D_HEAD)
-    tau = M.layer_mean(M.kendall(icl, ft_raw))
+    tau = M.layer_mean(TA.kendall(icl, ft_raw))
     assert np.abs(tau - fixture["token_level_kendall"]).max() > 1e-3
 
 
@@ -636,31 +637,31 @@ def test_official_crash_cases_are_marked_not_applicable(fixture):
                                       short_ctx.tolist(), 0)
     icl, ft, _ = training_inputs(fixture)
     n = 25 + 22 + 30
-    got = M.training_attention(icl[..., :n], ft[..., :n], TRAIN_LENS[:3], seed=0)
+    got = TA.training_attention(icl[..., :n], ft[..., :n], TRAIN_LENS[:3], seed=0)
     assert "at least 5 demonstrations, there are 3" in got["example"]["recall"]
     assert "at least 100 demonstration tokens, there are 77" in got["token"]["recall_random"]
     assert np.isfinite(got["token"]["kendall"]).all()
     with pytest.raises(M.MetricNotApplicableError, match="top-100"):
-        M.topk_recall(icl[..., :n], ft[..., :n], 100)
+        TA.topk_recall(icl[..., :n], ft[..., :n], 100)
 
 
 def test_random_baselines_leave_the_global_streams_alone(fixture):
     icl, ft, segments = training_inputs(fixture)
-    first = M.training_attention(icl, ft, segments, seed=3)
+    first = TA.training_attention(icl, ft, segments, seed=3)
     np.random.random(5), random.random()  # the global streams move on; ours do not follow them
-    again = M.training_attention(icl, ft, segments, seed=3)
+    again = TA.training_attention(icl, ft, segments, seed=3)
     M.simaou_random_baseline(fixture["h_zsl"], fixture["h_icl"], 3)
     for level in first:
         for name in first[level]:
             np.testing.assert_array_equal(first[level][name], again[level][name])
     # numpy's global state is untouched (Python's is drawn by the suite's beartype checks)
     state = np.random.get_state()[1].copy()
-    M.training_attention(icl, ft, segments, seed=3)
+    TA.training_attention(icl, ft, segments, seed=3)
     M.simaou_random_baseline(fixture["h_zsl"], fixture["h_icl"], 3)
     assert np.array_equal(np.random.get_state()[1], state)
     same_icl = np.repeat(icl[:1], N_EX, axis=0)
-    seeded = M.kendall_random_baseline(same_icl, 3)
-    assert np.array_equal(seeded, M.kendall_random_baseline(same_icl, 3))
+    seeded = TA.kendall_random_baseline(same_icl, 3)
+    assert np.array_equal(seeded, TA.kendall_random_baseline(same_icl, 3))
     assert len(np.unique(seeded[:, 0])) > 1  # a fresh draw for every example
 
 

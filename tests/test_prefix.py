@@ -17,7 +17,7 @@ def _check(model, n_shots: int, atol: float, rtol: float) -> None:
     labels = label_token_ids(model, task)
     pairs = [prompt_pair(model, task, demos, ex) for ex in task.test[:3]]
     icl = pairs[0].icl
-    prefix = icl.tokens[:, : icl.demo_start + icl.n_demo_tokens]
+    prefix = icl.tokens[:, : icl.n_prefix]
     run = PrefixRun(model, prefix, hooks=score_hooks(model))
     queries = [p.icl.tokens[0, prefix.shape[-1]:] for p in pairs]
     batched = record_batch(run, queries, labels, demo=icl)

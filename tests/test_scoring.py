@@ -14,6 +14,7 @@ import torch
 
 from dualform import load_model
 from dualform.core import metrics as M
+from dualform.core import training_attention as TA
 from dualform.experiments.dai.conditions import (
     DemoLayout,
     PromptPair,
@@ -94,12 +95,12 @@ def test_kendall_ranks_the_demonstration_tokens_without_separators():
     icl = np.stack([r.scores[:, :, 1:1 + SPAN][..., ranked].sum(1).double().numpy() for r in recs["icl"]])
     q = torch.stack([r.q.flatten(-2) for r in recs["ft"]]).double().numpy()
     ft = np.einsum("eld,lnd->eln", q, train_q.double().numpy()) / D_HEAD
-    levels = M.training_attention(icl, ft, (3, 2), seed=3)
+    levels = TA.training_attention(icl, ft, (3, 2), seed=3)
     assert out["kendall"]["value"]["mean"] == pytest.approx(M.overall(levels["token"]["kendall"]))
     assert out["kendall"]["example"]["mean"] == pytest.approx(M.overall(levels["example"]["kendall"]))
     assert out["kendall"]["random"]["mean"] == pytest.approx(M.overall(levels["token"]["kendall_random"]))
     unscaled = scored(recs, gold, pairs, train_q, LAYOUT.ranked(), seed=3, scaled_queries=False)
-    tau_raw = M.overall(M.kendall(icl, ft * D_HEAD))
+    tau_raw = M.overall(TA.kendall(icl, ft * D_HEAD))
     assert unscaled["kendall"]["value"]["mean"] == pytest.approx(tau_raw)
     # 5 tokens and 2 demonstrations: neither top-100 nor top-5 recall applies
     for level, k in (("token", 100), ("example", 5)):

@@ -9,7 +9,8 @@
     finetune_grid.py    several learning rates as one batched run (row r = rate r's W_K / W_V)
     prefix.py           demonstration-prefix reuse (KV cache) and right-padded query batches
     attribution.py      head-by-head ICL and FT effects (attribution patching, exact check)
-    metrics.py          Rec2FTP, SimAOU, SimAM, SimAM_Δ, Kendall, top-k recall — per layer and head
+    metrics.py          Rec2FTP, SimAOU, SimAM, SimAM_Δ — per layer and head, and their reductions
+    training_attention.py  Kendall's τ and top-k recall: ICL vs FT attention to the demonstrations
     rank.py             Kendall's τ_b vectorised over rows (equal to scipy's, bit for bit)
     official_random.py  the official scripts' random streams (numpy's and Python's), seeded
 """

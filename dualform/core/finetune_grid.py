@@ -19,7 +19,6 @@ a row's result lends its weights to it, and builds its own copy and ΔW only whe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from dualform.core.finetune import (
     training_batches,
 )
 from dualform.core.prefix import pad_tokens
-from dualform.errors import check_learning_rates
+from dualform.errors import check_count, check_learning_rates
 from dualform.models.features import sync_fused_kv
 from dualform.probes import head_counts
 
@@ -102,7 +101,8 @@ def finetune_kv_rows(
     if max_rows is None:
         on_cpu = next(model.parameters()).device.type == "cpu"
         max_rows = CPU_MAX_ROWS if on_cpu else len(rows)
-    n_batches = -(-len(rows) // max(1, max_rows))
+    check_count(max_rows, "max_rows")
+    n_batches = -(-len(rows) // max_rows)
     if n_batches > 1:
         size = -(-len(rows) // n_batches)
         return [run for start in range(0, len(rows), size)
@@ -133,9 +133,8 @@ def _finetune_batch(model, rows, explode_factor: float, max_update_ratio: float,
         if not row_losses:
             break
         grads = torch.autograd.grad(sum(row_losses.values()), list(params.values()))
-        worst = torch.stack([g.detach().abs().flatten(1).amax(1).double() for g in grads]).amax(0)
-        for r in list(row_losses):  # one reduction per weight; a row's own check only if it fails
-            if not math.isfinite(lrs[r] * float(worst[r])):  # NaN propagates through amax
+        for r in suspect_rows(grads):
+            if r in row_losses:
                 _drop_if_diverged(r, failed, row_losses, check_finite_grads, [g[r] for g in grads],
                                   params, step, lrs[r])
         if not row_losses:
@@ -160,6 +159,15 @@ def _finetune_batch(model, rows, explode_factor: float, max_update_ratio: float,
     return [failed.get(r) or FinetuneResult(None, None, losses[r], lrs[r], False, n_kv,
                                             row=Row(trained, r))
             for r in range(len(rows))]
+
+
+def suspect_rows(grads: Sequence[Tensor]) -> list[int]:
+    """Rows whose gradient may hold a NaN or inf (``grads``: one ``[row, ...]`` tensor per
+    weight). One sum per weight screens every row: a sum is finite when every entry is (NaN and
+    inf propagate), so only these rows need :func:`check_finite_grads` (a sum that overflows
+    on finite entries only sends its row there)."""
+    sums = torch.stack([g.detach().flatten(1).sum(1) for g in grads]).sum(0)
+    return torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
 
 
 def _row_steps(model, texts_per_row: Sequence[Sequence]) -> list[tuple[Tensor, Tensor]]:

@@ -351,9 +351,14 @@ class PromptTokens(NamedTuple):
     __repr__ = compact_repr
 
     @property
+    def n_prefix(self) -> int:
+        """Tokens up to the end of the demonstrations (BOS included): the shared prefix."""
+        return self.demo_start + self.n_demo_tokens
+
+    @property
     def n_query_tokens(self) -> int:
         """Tokens of the query itself (BOS not counted)."""
-        return self.tokens.shape[-1] - self.demo_start - self.n_demo_tokens
+        return self.tokens.shape[-1] - self.n_prefix
 
 
 def prompt_tokens(

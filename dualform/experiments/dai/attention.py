@@ -102,7 +102,7 @@ def attention_example(model, task, demos, query, *, ft=None, lr: float | None = 
     if ft is not None:
         runs["ft"] = (ft.model, pair.zsl.tokens)
     patterns = {c: _patterns(m, t) for c, (m, t) in runs.items()}  # [layer, head, q, k]
-    demo = slice(pair.icl.demo_start, pair.icl.demo_start + pair.icl.n_demo_tokens)
+    demo = pair.demo_slice
     if layer is None:
         layer = _default_layer(patterns, demo)
     return AttentionExample(

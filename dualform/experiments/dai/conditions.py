@@ -86,8 +86,7 @@ class PromptPair:
     @property
     def query_slice_icl(self) -> slice:
         """Key positions of the query's own tokens in the ICL prompt."""
-        start = self.icl.demo_start + self.icl.n_demo_tokens
-        return slice(start, None)
+        return slice(self.icl.n_prefix, None)
 
     @property
     def query_slice_zsl(self) -> slice:
@@ -95,7 +94,7 @@ class PromptPair:
 
     @property
     def demo_slice(self) -> slice:
-        return slice(self.icl.demo_start, self.icl.demo_start + self.icl.n_demo_tokens)
+        return slice(self.icl.demo_start, self.icl.n_prefix)
 
 
 def prompt_pair(model, task: Task, demos: list[Example], query: Example) -> PromptPair:
@@ -173,7 +172,7 @@ def demo_layout(model, task: Task, demos: list[Example], separator: str = "\n") 
         n_sep.append(len(full) - len(bare))
         texts.append(full)
     span = prompt_tokens(model, build_prompt(task, demos, demos[0], separator=separator), check=False)
-    ids = span.tokens[0, span.demo_start : span.demo_start + span.n_demo_tokens].cpu()
+    ids = span.tokens[0, span.demo_start : span.n_prefix].cpu()
     if not torch.equal(torch.cat([t[n_bos:].cpu() for t in texts]), ids):
         raise DemoLayoutError("Demonstrations tokenised one by one differ from the ICL prompt's "
                               "demonstration span; the finetuning texts would not align with it.")
@@ -183,7 +182,7 @@ def demo_layout(model, task: Task, demos: list[Example], separator: str = "\n") 
 def _bos_tokens(model, text: str, demo: Example, separator: str) -> tuple[Tensor, int]:
     """BOS + ``text`` as :func:`prompt_tokens` builds it (1-D), and the number of BOS tokens."""
     pt = prompt_tokens(model, Prompt(text, "", (demo,), demo, separator), check=False)
-    return pt.tokens[0, : pt.demo_start + pt.n_demo_tokens], pt.demo_start
+    return pt.tokens[0, : pt.n_prefix], pt.demo_start
 
 
 @torch.no_grad()
@@ -292,7 +291,7 @@ def record_all(model, prompts: list[PromptTokens], label_ids: list[int], *, dual
     if not reuse_prefix:
         return [record(model, p.tokens, label_ids, demo=p if dual else None) for p in prompts]
     first = prompts[0]
-    n_prefix = first.demo_start + first.n_demo_tokens
+    n_prefix = first.n_prefix
     if batch_size is None:
         longest = max(p.tokens.shape[-1] for p in prompts)
         batch_size = auto_batch_size(model, longest, longest - n_prefix)
@@ -315,8 +314,7 @@ TRAINING_QUERY_BATCH = 32
 def prefix_run(model, prompt: PromptTokens, *, dual: bool = True) -> PrefixRun:
     """BOS + demonstrations of ``prompt`` run once (with ``dual``, the hooks the dual form and the
     head attribution read: the score vectors and ``v``)."""
-    n_prefix = prompt.demo_start + prompt.n_demo_tokens
-    return PrefixRun(model, prompt.tokens[:, :n_prefix], hooks=score_hooks(model) if dual else ())
+    return PrefixRun(model, prompt.tokens[:, : prompt.n_prefix], hooks=score_hooks(model) if dual else ())
 
 
 @torch.no_grad()

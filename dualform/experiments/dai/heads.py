@@ -28,7 +28,7 @@ def head_effects(model, ft, pairs: list[PromptPair], gold: list[int], label_ids:
     FT per pass of :data:`FT_ATTRIBUTION_CHUNK` examples (the mean effect of the pass). ``run``:
     the demonstration prefix already run with the ``v`` hook (e.g. by the records)."""
     head = pairs[0].icl
-    n_prefix = head.demo_start + head.n_demo_tokens
+    n_prefix = head.n_prefix
     items = list(zip(pairs, gold, strict=True))
     if not reuse_prefix:
         icl = [icl_head_effects(model, p.icl.tokens, p.demo_slice, label_ids, g)

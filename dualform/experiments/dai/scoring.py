@@ -5,7 +5,7 @@ SimAM_Δ) run in both official modes: over **all** test examples (top level of t
 ``compute_sim.py ... all``) and over the examples both updates fix (``f2t``: ZSL ✗, FT ✓,
 ICL ✓; under ``"f2t"``). Kendall and top-k recall follow ``compute_training_example_attn.py``
 at token and example level: ICL = the last token's pre-softmax scores to the ranked
-demonstration tokens, summed over heads; FT = :func:`~dualform.core.metrics.finetuning_scores`
+demonstration tokens, summed over heads; FT = :func:`~dualform.core.training_attention.finetuning_scores`
 of the finetuned model's last query against each training token's query.
 
 Official conventions by default, each deviation an option: ``scaled_queries=False`` (raw
@@ -23,6 +23,7 @@ import torch
 from einops import rearrange
 
 from dualform.core import metrics as M
+from dualform.core import training_attention as TA
 from dualform.experiments.dai.conditions import PromptPair, RankedTokens, Record
 from dualform.experiments.dai.results import Summary
 
@@ -159,7 +160,7 @@ def kendall_inputs(recs: dict[str, list[Record]], pairs: list[PromptPair], train
     if train_q.shape[1] != len(positions):
         raise ValueError(f"Ranked demonstration tokens ({len(positions)}) and training tokens "
                          f"({train_q.shape[1]}) are not aligned.")
-    ft = M.finetuning_scores(q_ft.double().numpy(), train_q.double().numpy(),
+    ft = TA.finetuning_scores(q_ft.double().numpy(), train_q.double().numpy(),
                              d_head=recs["ft"][0].q.shape[-1], scaled=scaled_queries)
     return icl, ft
 
@@ -169,13 +170,13 @@ def _training_attention(recs: dict[str, list[Record]], pairs: list[PromptPair],
                         scaled_queries: bool) -> dict:
     """Kendall (token / example level) and top-k recall with their random baselines."""
     icl, ft = kendall_inputs(recs, pairs, train_q, ranked, scaled_queries=scaled_queries)
-    levels = M.training_attention(icl, ft, ranked.segments, seed=seed)
+    levels = TA.training_attention(icl, ft, ranked.segments, seed=seed)
     tok, ex = levels["token"], levels["example"]
     kendall = {"value": _summary(tok["kendall"]), "random": _summary(tok["kendall_random"]),
                "example": _summary(ex["kendall"]), "example_random": _summary(ex["kendall_random"])}
     recall, notes = {}, {}
     for level, res in levels.items():
-        entry: dict = {"k": M.TOPK[level]}
+        entry: dict = {"k": TA.TOPK[level]}
         if isinstance(res["recall"], str):
             entry["not_applicable"] = notes[f"topk_recall.{level}"] = res["recall"]
         else:
