@@ -205,6 +205,9 @@ def test_table_cells_are_intervals_and_small_ratios_are_flagged():
     assert "all tasks, pooled (tiny-llama)" in rows
     markdown = dai_markdown(results)
     assert "SimAOU − random" in markdown and "bootstrap over seeds" in markdown
+    assert "bfloat16" not in markdown
+    results.config["dtype"] = "bfloat16"  # a half-precision run says what it biases
+    assert "forward passes in bfloat16" in dai_markdown(results)
 
 
 @pytest.fixture(scope="module")

@@ -130,18 +130,24 @@ def paper_row(p: dict) -> dict[str, str]:
     return row
 
 
-def dai_rows(results: R.DaiResults, spec: TableSpec = MAIN) -> list[tuple[str, dict[str, str]]]:
-    """Rows per task (trained, untrained), pooled over tasks, then (main table) the paper's."""
+def dai_rows(results: R.DaiResults, spec: TableSpec = MAIN, *,
+             short: bool = False) -> list[tuple[str, dict[str, str]]]:
+    """Rows per task (trained, untrained), pooled over tasks, then (main table) the paper's.
+    Labels name the model (``afinn-sentiment (smollm2-135m)``), or with ``short`` leave it to
+    the title (``afinn-sentiment``, then ``  untrained`` under it): narrow terminals fit more
+    columns beside them."""
     model = results.model
+    trained, untrained, pooled = ("{}", "  untrained", "all tasks, pooled") if short else \
+        (f"{{}} ({model})", f"{{}} (untrained {model})", f"all tasks, pooled ({model})")
     rows = []
     for name, t in results.tasks.items():
-        rows.append((f"{name} ({model})", intervals_row(t.intervals, t.attribution, t.seeds, spec)))
+        rows.append((trained.format(name), intervals_row(t.intervals, t.attribution, t.seeds, spec)))
         if t.untrained:
-            rows.append((f"{name} (untrained {model})",
+            rows.append((untrained.format(name),
                          intervals_row(t.untrained_intervals, None, t.untrained, spec)))
     if len(results.tasks) > 1:
         seeds = [s for t in results.tasks.values() for s in t.seeds]
-        rows.append((f"all tasks, pooled ({model})", intervals_row(results.pooled, None, seeds, spec)))
+        rows.append((pooled, intervals_row(results.pooled, None, seeds, spec)))
     if spec.paper:
         rows.extend((label, paper_row(p)) for label, p in PAPER.items())
     return rows
@@ -169,6 +175,10 @@ def caption(results: R.DaiResults) -> str:
             f"⚠ n=K: a ratio resting on only K < {R.MIN_DENOMINATOR} examples")
     if n_attr:
         text += f"; head attribution on the first {'/'.join(map(str, n_attr))} test examples"
+    dtype = cfg.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        text += (f"; forward passes in {dtype}: its rounding of the hidden states biases SimAOU "
+                 "and SimAM_Δ (differences of them) against float32")
     n_untrained = sorted({t.n_untrained for t in results.tasks.values() if t.untrained})
     if n_untrained:
         text += (f"; untrained model on the first {'/'.join(map(str, n_untrained))} test examples "
@@ -177,11 +187,14 @@ def caption(results: R.DaiResults) -> str:
 
 
 def print_dai_table(results: R.DaiResults, console: Console | None = None) -> None:
-    """The tables, the paired differences and the caption, never cutting a cell."""
+    """The tables (the model named in their titles), the paired differences and the caption,
+    never cutting a cell."""
     console = console or Console()
+    model = f" — {results.model}"
     for title, columns, rows, first in (
-            *((spec.title, spec.headers, dai_rows(results, spec), "task / model") for spec in TABLES),
-            ("Paired differences", DIFFERENCE_COLUMNS, difference_rows(results), "task")):
+            *((spec.title + model, spec.headers, dai_rows(results, spec, short=True), "task")
+              for spec in TABLES),
+            ("Paired differences" + model, DIFFERENCE_COLUMNS, difference_rows(results), "task")):
         cells = [(escape(label), *(escape(row[k]) for _, k in columns))  # printed literally
                  for label, row in rows]
         print_table(console, (first, *(c for c, _ in columns)), cells, title=title)
