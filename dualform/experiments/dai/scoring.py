@@ -161,7 +161,7 @@ def kendall_inputs(recs: dict[str, list[Record]], pairs: list[PromptPair], train
         raise ValueError(f"Ranked demonstration tokens ({len(positions)}) and training tokens "
                          f"({train_q.shape[1]}) are not aligned.")
     ft = TA.finetuning_scores(q_ft.double().numpy(), train_q.double().numpy(),
-                             d_head=recs["ft"][0].q.shape[-1], scaled=scaled_queries)
+                              d_head=recs["ft"][0].q.shape[-1], scaled=scaled_queries)
     return icl, ft
 
 
