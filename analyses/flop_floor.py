@@ -24,9 +24,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dualform.experiments.dai.config import DaiConfig
+from dualform.experiments.dai.config import DaiConfig, load_run_model
 from dualform.experiments.dai.protocol import run_task
-from dualform.models.load import load_model
 
 
 def best_matmul_rate(repeats: int = 30) -> float:
@@ -60,9 +59,8 @@ def main() -> None:
     rate = best_matmul_rate()
     print(f"best float32 matrix product on this machine: {rate / 1e9:.0f} GFLOP/s "
           f"({torch.get_num_threads()} threads)")
-    model = load_model(config.model, dtype=config.dtype)
-    untrained = load_model(config.model, dtype=config.dtype, untrained=True) \
-        if config.untrained_baseline else None
+    model = load_run_model(config)
+    untrained = load_run_model(config, untrained=True) if config.untrained_baseline else None
     total = 0.0
     for name in config.tasks:
         flops = count_task(model, untrained, name, config)

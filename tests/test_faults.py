@@ -25,6 +25,7 @@ from dualform.cli import app
 from dualform.core.dual_form import dual_form
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
 from dualform.errors import InvalidArgumentError
+from dualform.experiments.dai import config as dai_config
 from dualform.experiments.dai import protocol
 from dualform.experiments.dai.config import DaiConfig
 from dualform.experiments.dai.protocol import run_dai
@@ -270,7 +271,7 @@ def test_damaged_results_json_is_named_and_kept(tmp_path, content, where):
     (["--tasks", "no-such-task"], "pip install dualform[hub]"),  # printed literally
 ])
 def test_bad_options_fail_before_any_model_is_loaded(tmp_path, monkeypatch, args, expected):
-    monkeypatch.setattr(protocol, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(dai_config, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     result = cli(*(["--tasks", "afinn-sentiment"] if "--tasks" not in args else []), *args,
                  "--out", str(tmp_path))
     assert expected in error_of(result)
@@ -278,14 +279,14 @@ def test_bad_options_fail_before_any_model_is_loaded(tmp_path, monkeypatch, args
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_suggests_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(protocol, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(dai_config, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     message = error_of(cli("--tasks", "afinn-sentiment", "--device", "cuda", "--out", str(tmp_path)))
     assert "CUDA is not available here" in message and "--device cpu" in message
 
 
 def test_out_under_a_file_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr(protocol, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(dai_config, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     message = error_of(cli("--tasks", "afinn-sentiment", "--out", str(tmp_path / "file" / "out")))
     assert f"{tmp_path / 'file'} is a file, not a directory" in message
 

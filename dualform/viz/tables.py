@@ -137,17 +137,16 @@ def dai_rows(results: R.DaiResults, spec: TableSpec = MAIN, *,
     the title (``afinn-sentiment``, then ``  untrained`` under it): narrow terminals fit more
     columns beside them."""
     model = results.model
-    trained, untrained, pooled = ("{}", "  untrained", "all tasks, pooled") if short else \
-        (f"{{}} ({model})", f"{{}} (untrained {model})", f"all tasks, pooled ({model})")
+    of_model = "" if short else f" ({model})"
     rows = []
     for name, t in results.tasks.items():
-        rows.append((trained.format(name), intervals_row(t.intervals, t.attribution, t.seeds, spec)))
+        rows.append((name + of_model, intervals_row(t.intervals, t.attribution, t.seeds, spec)))
         if t.untrained:
-            rows.append((untrained.format(name),
+            rows.append(("  untrained" if short else f"{name} (untrained {model})",
                          intervals_row(t.untrained_intervals, None, t.untrained, spec)))
     if len(results.tasks) > 1:
         seeds = [s for t in results.tasks.values() for s in t.seeds]
-        rows.append((pooled, intervals_row(results.pooled, None, seeds, spec)))
+        rows.append(("all tasks, pooled" + of_model, intervals_row(results.pooled, None, seeds, spec)))
     if spec.paper:
         rows.extend((label, paper_row(p)) for label, p in PAPER.items())
     return rows

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from dualform.errors import check_count, check_learning_rates, check_not_empty
-from dualform.models.load import DEFAULT_MODEL
+from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.tasks.prompts import OFFLINE_TASKS, Task, label_token_ids, load_task
 
 FULL_LR_GRID = tuple(round(m * e, 6) for e in (0.1, 0.01, 0.001, 0.0001) for m in range(1, 10))
@@ -110,6 +110,13 @@ def task_context(model, name: str, config: DaiConfig) -> TaskContext:
     n_test = min(config.n_test, len(full.test)) // unit * unit
     task = load_task(name, seed=config.seed, n_validation=config.n_validation, n_test=n_test)
     return TaskContext(task, label_token_ids(model, task), config)
+
+
+def load_run_model(config: DaiConfig, untrained: bool = False):
+    """The model a run of ``config`` uses (its device, dtype and device map), or its untrained
+    (random-weights) twin."""
+    return load_model(config.model, device=config.device, dtype=config.dtype, untrained=untrained,
+                      device_map=config.device_map)
 
 
 def config_dict(config: DaiConfig) -> dict:

@@ -39,7 +39,14 @@ from dualform.experiments.dai.conditions import (
     record_all,
     training_queries,
 )
-from dualform.experiments.dai.config import DaiConfig, TaskContext, Timer, config_dict, task_context
+from dualform.experiments.dai.config import (
+    DaiConfig,
+    TaskContext,
+    Timer,
+    config_dict,
+    load_run_model,
+    task_context,
+)
 from dualform.experiments.dai.heads import head_effects
 from dualform.experiments.dai.pooling import (
     differences,
@@ -61,7 +68,7 @@ from dualform.experiments.dai.selection import finetune_runs, select
 from dualform.infra.memory import return_freed_memory
 from dualform.infra.results_dir import entry_settings, load_results, results_directory
 from dualform.infra.versions import package_versions
-from dualform.models.load import load_model, resolve_device
+from dualform.models.load import resolve_device
 from dualform.tasks.prompts import (
     Example,
     check_task_name,
@@ -92,9 +99,9 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
         for name in config.tasks:
             if name in results.tasks:
                 continue  # resume: finished tasks are kept
-            model = model or _load(config)
+            model = model or load_run_model(config)
             if config.untrained_baseline:
-                untrained = untrained or _load(config, untrained=True)
+                untrained = untrained or load_run_model(config, untrained=True)
             results.tasks[name] = run_task(model, untrained, name, config, progress=progress)
             results.settings[name] = entry_settings(config_dict(config))
             results.save(path)
@@ -111,11 +118,6 @@ def pool_tasks(results: DaiResults) -> DaiResults:
     results.pooled_untrained = Intervals(overall_intervals([t.untrained for t in tasks]))
     results.pooled_differences = differences([t.seeds for t in tasks], [t.untrained for t in tasks])
     return results
-
-
-def _load(config: DaiConfig, untrained: bool = False):
-    return load_model(config.model, device=config.device, dtype=config.dtype, untrained=untrained,
-                      device_map=config.device_map)
 
 
 def run_task(model, untrained, name: str, config: DaiConfig, *, progress: bool = True) -> TaskResult:

@@ -51,7 +51,7 @@ def finetune_runs(model, ctx: TaskContext, rows: list[tuple[list[Example], float
                   progress: bool = False) -> list:
     """One finetuning run per ``(demonstrations, rate)`` row (a diverged run gives its
     :class:`FinetuneDivergedError`): all rows in batched runs (:func:`finetune_kv_rows`: one
-    on a GPU, equal ones of at most 20 rows on a CPU) unless batching is off, the finetuning is
+    on a GPU, equal ones of at most ``CPU_MAX_ROWS`` rows on a CPU) unless batching is off, the finetuning is
     layer-causal, or there is a single row."""
     config = ctx.config
     if not config.batched or len(rows) == 1:
@@ -70,8 +70,11 @@ def seed_val_accuracy(model, ctx: TaskContext, demo_seed: int) -> float:
 
 
 def _finetune_or_error(model, task: Task, demos: list[Example], lr: float, config: DaiConfig):
+    """:func:`finetune_kv` on ``demos`` at ``lr``, or its :class:`FinetuneDivergedError`."""
+    texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
+    device = None if config.device_map else config.device  # a dispatched model stays put
     try:
-        return _finetune(model, task, demos, lr, config)
+        return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
     except FinetuneDivergedError as err:
         return err
 
@@ -94,14 +97,6 @@ def choose_lr(lr_acc: dict[str, float | str]) -> float | None:
     rates (strings) are skipped; ``None`` when every rate diverged."""
     scored = [(acc, -float(lr)) for lr, acc in lr_acc.items() if not isinstance(acc, str)]
     return -max(scored)[1] if scored else None
-
-
-def _finetune(model, task: Task, demos: list[Example], lr: float | None, config: DaiConfig):
-    if lr is None:
-        return None
-    texts = demo_training_texts(model, task, demos, keep_separator=config.keep_separator)
-    device = None if config.device_map else config.device  # a dispatched model stays put
-    return finetune_kv(model, texts, lr, device=device, layer_causal=config.layer_causal)
 
 
 def _val_accuracy(model, ctx: TaskContext, demos: list[Example] | None) -> float:

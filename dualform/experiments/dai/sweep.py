@@ -28,7 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualform.experiments.dai.config import DaiConfig, Timer, config_dict, task_context
+from dualform.experiments.dai.config import (
+    DaiConfig,
+    Timer,
+    config_dict,
+    load_run_model,
+    task_context,
+)
 from dualform.experiments.dai.protocol import evaluate_task, pool_tasks
 from dualform.experiments.dai.results import DaiResults, Selection, TaskResult
 from dualform.experiments.dai.selection import (
@@ -47,7 +53,6 @@ from dualform.infra.results_dir import (
     results_directory,
 )
 from dualform.infra.versions import package_versions
-from dualform.models.load import load_model
 from dualform.tasks.prompts import sample_demos
 
 
@@ -84,8 +89,7 @@ def _model(config: DaiConfig, untrained: bool = False):
     """Load once per worker process and keep (jobs of one model share it)."""
     key = (config.model, untrained, config.device, config.dtype, config.device_map)
     if key not in _MODELS:
-        _MODELS[key] = load_model(config.model, device=config.device, dtype=config.dtype,
-                                  untrained=untrained, device_map=config.device_map)
+        _MODELS[key] = load_run_model(config, untrained)
     return _MODELS[key]
 
 
