@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from dualform.experiments.dai import metric_names as N
 from dualform.experiments.dai import results as R
 from dualform.experiments.dai.config import DaiConfig, Timer, task_context
 from dualform.experiments.dai.protocol import evaluate_task
@@ -23,11 +24,11 @@ from dualform.experiments.dai.selection import select
 from dualform.models.load import load_model
 
 COLUMNS = {
-    "FT acc": R.ACCURACY["ft"], "Rec2FTP": R.REC2FTP,
-    "Kendall tok.": R.KENDALL, "rand. tok.": R.KENDALL_RANDOM,
-    "Kendall ex.": R.KENDALL_EXAMPLE, "rand. ex.": R.KENDALL_EXAMPLE_RANDOM,
-    "top-100 rec.": R.TOPK_TOKEN, "rand. top-100": R.TOPK_TOKEN_RANDOM,
-    "top-5 rec. ex.": R.TOPK_EXAMPLE, "rand. top-5": R.TOPK_EXAMPLE_RANDOM,
+    "FT acc": N.ACCURACY["ft"], "Rec2FTP": N.REC2FTP,
+    "Kendall tok.": N.KENDALL, "rand. tok.": N.KENDALL_RANDOM,
+    "Kendall ex.": N.KENDALL_EXAMPLE, "rand. ex.": N.KENDALL_EXAMPLE_RANDOM,
+    "top-100 rec.": N.TOPK_TOKEN, "rand. top-100": N.TOPK_TOKEN_RANDOM,
+    "top-5 rec. ex.": N.TOPK_EXAMPLE, "rand. top-5": N.TOPK_EXAMPLE_RANDOM,
 }
 
 

@@ -6,21 +6,19 @@ import numpy as np
 import pytest
 
 from dualform.experiments.dai.config import DaiConfig
-from dualform.experiments.dai.protocol import run_dai
-from dualform.experiments.dai.results import (
+from dualform.experiments.dai.metric_names import (
     ACCURACY,
     COS_ICL_FT,
     KENDALL,
     KENDALL_EXAMPLE,
-    SCHEMA_VERSION,
     SIMAM_DELTA,
     SIMAOU,
     SIMAOU_RANDOM,
     TOPK_EXAMPLE,
     TOPK_TOKEN,
-    DaiResults,
-    SchemaVersionError,
 )
+from dualform.experiments.dai.protocol import run_dai
+from dualform.experiments.dai.results import SCHEMA_VERSION, DaiResults, SchemaVersionError
 from dualform.infra.io import ResultWriteError, write_json_atomic
 from dualform.viz.tables import dai_markdown
 

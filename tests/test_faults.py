@@ -28,8 +28,9 @@ from dualform.errors import InvalidArgumentError
 from dualform.experiments.dai import config as dai_config
 from dualform.experiments.dai import protocol
 from dualform.experiments.dai.config import DaiConfig
+from dualform.experiments.dai.metric_names import ACCURACY, REC2FTP, SIMAOU, SIMAOU_RANDOM
 from dualform.experiments.dai.protocol import run_dai
-from dualform.experiments.dai.results import ACCURACY, REC2FTP, SIMAOU, SIMAOU_RANDOM, DaiResults
+from dualform.experiments.dai.results import DaiResults
 from dualform.experiments.dai.sweep import run_sweep
 from dualform.infra import io as dio
 from dualform.infra.executors import LocalExecutor

@@ -4,16 +4,9 @@ untrained baseline's first examples, never a subset that depends on each model's
 import numpy as np
 import pytest
 
+from dualform.experiments.dai.metric_names import REC2FTP, SIMAOU, f2t
 from dualform.experiments.dai.pooling import differences
-from dualform.experiments.dai.results import (
-    REC2FTP,
-    SIMAOU,
-    MetricSet,
-    SeedResult,
-    Selection,
-    Summary,
-    f2t,
-)
+from dualform.experiments.dai.results import MetricSet, SeedResult, Selection, Summary
 from dualform.experiments.stats import paired_difference
 
 

@@ -12,24 +12,26 @@ import torch
 from dualform import dual_form, finetune_kv, load_model, load_task, prompt_tokens, sample_demos
 from dualform.experiments.dai.attention import AttentionExample, attention_example
 from dualform.experiments.dai.conditions import demo_training_texts
-from dualform.experiments.dai.pooling import pool_task, pooled_attribution
-from dualform.experiments.dai.protocol import pool_tasks
-from dualform.experiments.dai.results import (
+from dualform.experiments.dai.metric_names import (
     ACCURACY,
     COS_ICL_FT,
     KENDALL,
     REC2FTP,
-    SCHEMA_VERSION,
     SIMAM_AFTER,
     SIMAM_DELTA,
     SIMAOU,
+    f2t,
+)
+from dualform.experiments.dai.pooling import pool_task, pooled_attribution
+from dualform.experiments.dai.protocol import pool_tasks
+from dualform.experiments.dai.results import (
+    SCHEMA_VERSION,
     DaiResults,
     SchemaVersionError,
     SeedResult,
     Selection,
     Summary,
     TaskResult,
-    f2t,
     metric_set,
 )
 from dualform.infra.io import as_stored

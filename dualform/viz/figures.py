@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import plotly.graph_objects as go
 
+from dualform.experiments.dai import metric_names as N
 from dualform.experiments.dai import results as R
 from dualform.viz.attention import (
     AttentionExample,
@@ -74,7 +75,7 @@ def task_label(task: str, t: R.TaskResult) -> str:
 def accuracy_figure(results: R.DaiResults) -> go.Figure:
     """Accuracy of ZSL / ICL / FT per task, with 95 % intervals over seeds and examples."""
     names = {"zsl": "ZSL", "icl": "ICL", "ft": "FT"}
-    groups = {task_label(task, t): {names[c]: t.intervals.get(R.ACCURACY[c]) for c in names}
+    groups = {task_label(task, t): {names[c]: t.intervals.get(N.ACCURACY[c]) for c in names}
               for task, t in results.tasks.items()}
     colors = {names[c]: color for c, color in CONDITION_COLORS.items()}
     return grouped_bars(groups, f"Accuracy ({results.model})", y_title="accuracy %",
@@ -83,9 +84,9 @@ def accuracy_figure(results: R.DaiResults) -> go.Figure:
 
 #: Headline metrics of the overview: label → metric name.
 HEADLINE = {
-    "SimAOU": R.SIMAOU, "SimAOU (z, per head)": R.SIMAOU_Z, "SimAM before": R.SIMAM_BEFORE,
-    "SimAM after": R.SIMAM_AFTER, "SimAM_Δ": R.SIMAM_DELTA, "Kendall": R.KENDALL,
-    "cos(ΔW_ICL q, Δz_FT)": R.COS_ICL_FT,
+    "SimAOU": N.SIMAOU, "SimAOU (z, per head)": N.SIMAOU_Z, "SimAM before": N.SIMAM_BEFORE,
+    "SimAM after": N.SIMAM_AFTER, "SimAM_Δ": N.SIMAM_DELTA, "Kendall": N.KENDALL,
+    "cos(ΔW_ICL q, Δz_FT)": N.COS_ICL_FT,
 }
 
 
@@ -96,8 +97,8 @@ def overview_figure(results: R.DaiResults) -> go.Figure:
         for task, t in results.tasks.items():
             groups[label][task_label(task, t)] = t.intervals.get(name)
         groups[label]["untrained (pooled)"] = results.pooled_untrained.get(name)
-        if name in R.RANDOM_BASELINES:
-            groups[label]["random (pooled)"] = results.pooled.get(R.RANDOM_BASELINES[name])
+        if name in N.RANDOM_BASELINES:
+            groups[label]["random (pooled)"] = results.pooled.get(N.RANDOM_BASELINES[name])
     return grouped_bars(groups, f"Headline metrics ({results.model}), 95 % intervals")
 
 
@@ -118,18 +119,18 @@ def _lines(t: R.TaskResult, title: str, parts: dict[str, str], baselines: dict[s
 
 LINE_FIGURES: dict[str, tuple[str, dict[str, str], dict[str, str], str]] = {
     "simaou_layers": ("SimAOU per layer", {
-        "SimAOU": R.SIMAOU, "SimAOU unnorm.": R.SIMAOU_UNNORM, "SimAOU of z (per head)": R.SIMAOU_Z},
-        {"random": R.SIMAOU_RANDOM}, "similarity"),
+        "SimAOU": N.SIMAOU, "SimAOU unnorm.": N.SIMAOU_UNNORM, "SimAOU of z (per head)": N.SIMAOU_Z},
+        {"random": N.SIMAOU_RANDOM}, "similarity"),
     "simam_layers": ("SimAM per layer (before: ICL vs ZSL, after: ICL vs FT)", {
-        "SimAM before": R.SIMAM_BEFORE, "SimAM after": R.SIMAM_AFTER}, {}, "similarity"),
-    "simam_delta_layers": ("SimAM_Δ per layer", {"SimAM_Δ": R.SIMAM_DELTA}, {}, "SimAM_Δ"),
+        "SimAM before": N.SIMAM_BEFORE, "SimAM after": N.SIMAM_AFTER}, {}, "similarity"),
+    "simam_delta_layers": ("SimAM_Δ per layer", {"SimAM_Δ": N.SIMAM_DELTA}, {}, "SimAM_Δ"),
     "kendall_layers": ("Kendall τ per layer", {
-        "Kendall": R.KENDALL, "Kendall (example level)": R.KENDALL_EXAMPLE},
-        {"random": R.KENDALL_RANDOM, "random (example level)": R.KENDALL_EXAMPLE_RANDOM}, "τ"),
+        "Kendall": N.KENDALL, "Kendall (example level)": N.KENDALL_EXAMPLE},
+        {"random": N.KENDALL_RANDOM, "random (example level)": N.KENDALL_EXAMPLE_RANDOM}, "τ"),
     "recall_layers": ("Top-k recall per layer (top-100 tokens, top-5 demonstrations)", {
-        "top-100 tokens": R.TOPK_TOKEN, "top-5 demonstrations": R.TOPK_EXAMPLE},
-        {"random top-100": R.TOPK_TOKEN_RANDOM, "random top-5": R.TOPK_EXAMPLE_RANDOM}, "recall"),
-    "cos_layers": ("cos(ΔW_ICL q, Δz_FT) per layer", {"cos": R.COS_ICL_FT}, {}, "cosine"),
+        "top-100 tokens": N.TOPK_TOKEN, "top-5 demonstrations": N.TOPK_EXAMPLE},
+        {"random top-100": N.TOPK_TOKEN_RANDOM, "random top-5": N.TOPK_EXAMPLE_RANDOM}, "recall"),
+    "cos_layers": ("cos(ΔW_ICL q, Δz_FT) per layer", {"cos": N.COS_ICL_FT}, {}, "cosine"),
 }
 MARK_NOTE = "○: 95 % interval excludes 0"
 
@@ -137,10 +138,10 @@ MARK_NOTE = "○: 95 % interval excludes 0"
 def _head_maps(t: R.TaskResult, title: Callable[[str], str]) -> dict[str, go.Figure]:
     figs: dict[str, go.Figure] = {}
     marks = t.intervals.head_distinct
-    if (z := t.per_head_mean(R.SIMAOU_Z)) is not None:
+    if (z := t.per_head_mean(N.SIMAOU_Z)) is not None:
         figs["heads_simaou_z"] = head_heatmap(z, title(f"SimAOU of z per head ({MARK_NOTE})"),
-                                              colorbar="SimAOU", marks=marks.get(R.SIMAOU_Z))
-    simam = {"before": R.SIMAM_BEFORE, "after": R.SIMAM_AFTER, "Δ": R.SIMAM_DELTA}
+                                              colorbar="SimAOU", marks=marks.get(N.SIMAOU_Z))
+    simam = {"before": N.SIMAM_BEFORE, "after": N.SIMAM_AFTER, "Δ": N.SIMAM_DELTA}
     maps = {n: t.per_head_mean(m) for n, m in simam.items()}
     if all(v is not None for v in maps.values()):
         figs["heads_simam"] = head_heatmaps(maps, title(f"SimAM per head ({MARK_NOTE})"),
@@ -167,10 +168,10 @@ def _dual_maps(t: R.TaskResult, title: Callable[[str], str]) -> dict[str, go.Fig
         maps = {"‖ΔW_ICL‖": icl, "‖W_ZSL‖": zsl, "‖ΔW_ICL‖ / ‖W_ZSL‖": ratio}
         figs["heads_norms"] = head_heatmaps(maps, title("Frobenius norms per head"),
                                             diverging=False, shared_scale=False)
-    if (cos := t.per_head_mean(R.COS_ICL_FT)) is not None:
+    if (cos := t.per_head_mean(N.COS_ICL_FT)) is not None:
         figs["heads_cos"] = head_heatmap(cos, title(f"cos(ΔW_ICL q, Δz_FT) per head ({MARK_NOTE})"),
                                          colorbar="cosine",
-                                         marks=t.intervals.head_distinct.get(R.COS_ICL_FT))
+                                         marks=t.intervals.head_distinct.get(N.COS_ICL_FT))
     return figs
 
 

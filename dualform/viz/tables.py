@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.markup import escape
 
+from dualform.experiments.dai import metric_names as N
 from dualform.experiments.dai import results as R
 from dualform.experiments.stats import Interval
 from dualform.viz.terminal import print_table
@@ -32,33 +33,33 @@ PAPER = {
 }
 #: (column title, metric name, digits)
 METRIC_COLUMNS = [
-    ("acc ZSL %", R.ACCURACY["zsl"], 1), ("acc FT %", R.ACCURACY["ft"], 1),
-    ("acc ICL %", R.ACCURACY["icl"], 1), ("Rec2FTP %", R.REC2FTP, 1),
-    ("SimAOU", R.SIMAOU, 3), ("SimAOU unnorm.", R.SIMAOU_UNNORM, 3),
-    ("SimAOU rand.", R.SIMAOU_RANDOM, 3), ("SimAM before", R.SIMAM_BEFORE, 3),
-    ("SimAM after", R.SIMAM_AFTER, 3), ("SimAM_Δ", R.SIMAM_DELTA, 3),
-    ("Kendall", R.KENDALL, 3),
+    ("acc ZSL %", N.ACCURACY["zsl"], 1), ("acc FT %", N.ACCURACY["ft"], 1),
+    ("acc ICL %", N.ACCURACY["icl"], 1), ("Rec2FTP %", N.REC2FTP, 1),
+    ("SimAOU", N.SIMAOU, 3), ("SimAOU unnorm.", N.SIMAOU_UNNORM, 3),
+    ("SimAOU rand.", N.SIMAOU_RANDOM, 3), ("SimAM before", N.SIMAM_BEFORE, 3),
+    ("SimAM after", N.SIMAM_AFTER, 3), ("SimAM_Δ", N.SIMAM_DELTA, 3),
+    ("Kendall", N.KENDALL, 3),
 ]
 COLUMNS = [(title, name) for title, name, _ in METRIC_COLUMNS] + [("head attr. ρ", "attribution")]
 TRAINING_COLUMNS = [
-    ("Kendall token", R.KENDALL, 3), ("rand.", R.KENDALL_RANDOM, 3),
-    ("Kendall example", R.KENDALL_EXAMPLE, 3), ("rand.", R.KENDALL_EXAMPLE_RANDOM, 3),
-    ("top-100 recall token", R.TOPK_TOKEN, 3), ("rand.", R.TOPK_TOKEN_RANDOM, 3),
-    ("top-5 recall example", R.TOPK_EXAMPLE, 3), ("rand.", R.TOPK_EXAMPLE_RANDOM, 3),
+    ("Kendall token", N.KENDALL, 3), ("rand.", N.KENDALL_RANDOM, 3),
+    ("Kendall example", N.KENDALL_EXAMPLE, 3), ("rand.", N.KENDALL_EXAMPLE_RANDOM, 3),
+    ("top-100 recall token", N.TOPK_TOKEN, 3), ("rand.", N.TOPK_TOKEN_RANDOM, 3),
+    ("top-5 recall example", N.TOPK_EXAMPLE, 3), ("rand.", N.TOPK_EXAMPLE_RANDOM, 3),
 ]
 F2T_COLUMNS = [("n_f2t", "n_f2t", 0)] + [
-    (title, R.f2t(name), 3) for title, name in (
-        ("SimAOU", R.SIMAOU), ("SimAOU unnorm.", R.SIMAOU_UNNORM), ("SimAOU rand.", R.SIMAOU_RANDOM),
-        ("SimAM before", R.SIMAM_BEFORE), ("SimAM after", R.SIMAM_AFTER), ("SimAM_Δ", R.SIMAM_DELTA))]
+    (title, N.f2t(name), 3) for title, name in (
+        ("SimAOU", N.SIMAOU), ("SimAOU unnorm.", N.SIMAOU_UNNORM), ("SimAOU rand.", N.SIMAOU_RANDOM),
+        ("SimAM before", N.SIMAM_BEFORE), ("SimAM after", N.SIMAM_AFTER), ("SimAM_Δ", N.SIMAM_DELTA))]
 NOT_APPLICABLE = "n/a"
 DIVERGED = "diverged"
 #: Paired differences shown in the second table: (column title, difference key).
 DIFFERENCE_COLUMNS = [
-    ("SimAOU − random", f"{R.SIMAOU} − {R.SIMAOU_RANDOM}"),
-    ("Kendall − random", f"{R.KENDALL} − {R.KENDALL_RANDOM}"),
+    ("SimAOU − random", f"{N.SIMAOU} − {N.SIMAOU_RANDOM}"),
+    ("Kendall − random", f"{N.KENDALL} − {N.KENDALL_RANDOM}"),
     *((f"{title} − untrained", f"trained − untrained: {name}") for title, name in (
-        ("acc ICL %", R.ACCURACY["icl"]), ("SimAOU", R.SIMAOU), ("SimAOU unnorm.", R.SIMAOU_UNNORM),
-        ("SimAM after", R.SIMAM_AFTER), ("SimAM_Δ", R.SIMAM_DELTA), ("Kendall", R.KENDALL))),
+        ("acc ICL %", N.ACCURACY["icl"]), ("SimAOU", N.SIMAOU), ("SimAOU unnorm.", N.SIMAOU_UNNORM),
+        ("SimAM after", N.SIMAM_AFTER), ("SimAM_Δ", N.SIMAM_DELTA), ("Kendall", N.KENDALL))),
 ]
 
 
@@ -71,7 +72,7 @@ def interval_cell(interval: Interval | None, digits: int = 3, *, ratio: bool = F
     if interval is None or math.isnan(interval.mean):
         return "–"
     cell = f"{interval.mean:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
-    if ratio and interval.n < R.MIN_DENOMINATOR:
+    if ratio and interval.n < N.MIN_DENOMINATOR:
         cell += f" ⚠ n={interval.n}"
     return cell
 
@@ -110,7 +111,7 @@ def intervals_row(intervals: R.Intervals, attribution: R.Attribution | None = No
         if name == "n_f2t":
             row[name] = str(sum(s.n_f2t for s in seeds)) if seeds else "–"
             continue
-        value = interval_cell(intervals.get(name), digits, ratio=name in (R.REC2FTP, *R.F2T_NAMES))
+        value = interval_cell(intervals.get(name), digits, ratio=name in (N.REC2FTP, *N.F2T_NAMES))
         if value == "–" and any(s.not_applicable(name) for s in seeds):
             value = NOT_APPLICABLE
         elif value == "–" and diverged:
@@ -124,9 +125,9 @@ def intervals_row(intervals: R.Intervals, attribution: R.Attribution | None = No
 
 def paper_row(p: dict) -> dict[str, str]:
     row = {name: "–" for _, name in COLUMNS}
-    row.update({R.REC2FTP: _fmt(p["rec2ftp"], 1), R.SIMAOU: _fmt(p["simaou"]),
-                R.SIMAOU_RANDOM: _fmt(p["simaou_random"]), R.SIMAM_BEFORE: _fmt(p["simam_before"]),
-                R.SIMAM_AFTER: _fmt(p["simam_after"]), R.KENDALL: _fmt(p["kendall"])})
+    row.update({N.REC2FTP: _fmt(p["rec2ftp"], 1), N.SIMAOU: _fmt(p["simaou"]),
+                N.SIMAOU_RANDOM: _fmt(p["simaou_random"]), N.SIMAM_BEFORE: _fmt(p["simam_before"]),
+                N.SIMAM_AFTER: _fmt(p["simam_after"]), N.KENDALL: _fmt(p["kendall"])})
     return row
 
 
@@ -171,7 +172,7 @@ def caption(results: R.DaiResults) -> str:
     n_attr = sorted({t.n_attribution for t in results.tasks.values() if t.n_attribution})
     text = (f"{cfg.get('seeds', 1)} seed(s) × {'/'.join(map(str, n_test))} test examples per task; "
             "mean [95 % interval] (bootstrap over seeds, then test examples); "
-            f"⚠ n=K: a ratio resting on only K < {R.MIN_DENOMINATOR} examples")
+            f"⚠ n=K: a ratio resting on only K < {N.MIN_DENOMINATOR} examples")
     if n_attr:
         text += f"; head attribution on the first {'/'.join(map(str, n_attr))} test examples"
     dtype = cfg.get("dtype", "float32")

@@ -11,14 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from dualform.core.attribution import compare_maps
-from dualform.experiments.dai.results import (
-    RANDOM_BASELINES,
-    Attribution,
-    Intervals,
-    SeedResult,
-    TaskResult,
-    over_every_example,
-)
+from dualform.experiments.dai.metric_names import RANDOM_BASELINES, over_every_example
+from dualform.experiments.dai.results import Attribution, Intervals, SeedResult, TaskResult
 from dualform.experiments.stats import Interval, bootstrap_ci, bootstrap_columns, paired_difference
 
 #: Bootstrap draws of the per-layer bands and per-head marks (one draw serves every column).
