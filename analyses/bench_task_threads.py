@@ -1,0 +1,119 @@
+"""Would ``reproduce dai`` finish sooner with two tasks side by side? Measured, not guessed.
+
+A task's work is many small matrix products, which two CPU threads share imperfectly. This
+script runs the same tasks (the default protocol) twice in this process, back to back: one
+after the other on every torch thread (what ``run_dai`` does), then side by side on Python
+threads, each with its own module objects over the same weights and ``threads // workers``
+torch threads. It prints both wall times, their ratio, the growth of the process's peak RSS
+during each (Linux: it reads ``/proc``), and whether the two give the same numbers (every seed's
+per-example metrics; other torch thread counts may round differently, though on the embedded
+model they did not in the runs the README quotes).
+
+Usage::
+
+    python analyses/bench_task_threads.py                                   # 2 small tasks
+    python analyses/bench_task_threads.py --tasks afinn-sentiment vader-valence --grid-rows 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import queue
+import threading
+import time
+
+import torch
+
+import dualform.core.finetune_grid as grid
+from dualform.experiments.dai.config import DaiConfig, load_run_model
+from dualform.experiments.dai.protocol import run_task
+from dualform.infra.memory import return_freed_memory
+from dualform.models.load import clone_model
+
+
+def peak_rss_gib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 2**20
+
+
+def reset_peak() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    return_freed_memory()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def one_after_the_other(models, tasks, config) -> dict:
+    return {name: run_task(*models, name, config, progress=False) for name in tasks}
+
+
+def side_by_side(models, tasks, config, workers: int) -> dict:
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for name in tasks:
+        todo.put(name)
+    out: dict = {}
+
+    def work(own) -> None:
+        while True:
+            try:
+                name = todo.get_nowait()
+            except queue.Empty:
+                return
+            out[name] = run_task(*own, name, config, progress=False)
+
+    copies = [models] + [tuple(clone_model(m, share=[*m.parameters(), *m.buffers()]) for m in models)
+                         for _ in range(workers - 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    try:
+        pool = [threading.Thread(target=work, args=(own,)) for own in copies]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def same_numbers(a: dict, b: dict) -> bool:
+    for name, task in a.items():
+        other = b[name]
+        for sa, sb in zip(task.seeds + task.untrained, other.seeds + other.untrained, strict=True):
+            if any(v.per_example != sb.metrics[k].per_example for k, v in sa.metrics.items()):
+                return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["country-region", "capital-region"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--grid-rows", type=int, default=grid.CPU_MAX_ROWS,
+                        help="rows per batched finetuning run (smaller: less memory)")
+    parser.add_argument("--batch-size", type=int, default=0, help="query batch (0: from free memory)")
+    args = parser.parse_args()
+    grid.CPU_MAX_ROWS = args.grid_rows
+    config = dataclasses.replace(DaiConfig(), tasks=tuple(args.tasks), batch_size=args.batch_size or None)
+    models = (load_run_model(config), load_run_model(config, untrained=True))
+    base = peak_rss_gib()
+    print(f"{len(args.tasks)} tasks, {torch.get_num_threads()} torch threads, models loaded: "
+          f"peak RSS {base:.2f} GiB")
+    runs = {}
+    for label, fn in (("one after the other", lambda: one_after_the_other(models, args.tasks, config)),
+                      (f"{args.workers} side by side", lambda: side_by_side(models, args.tasks, config,
+                                                                            args.workers))):
+        reset_peak()
+        start = time.perf_counter()
+        runs[label] = fn()
+        wall = time.perf_counter() - start
+        print(f"{label:>22}: {wall:6.1f} s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+        runs[label + " s"] = wall
+    sequential, parallel = runs["one after the other s"], runs[f"{args.workers} side by side s"]
+    print(f"side by side / one after the other: {parallel / sequential:.2f}× the wall time; same "
+          f"numbers: {same_numbers(runs['one after the other'], runs[f'{args.workers} side by side'])}")
+
+
+if __name__ == "__main__":
+    main()
