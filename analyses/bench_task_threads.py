@@ -1,13 +1,13 @@
-"""Would ``reproduce dai`` finish sooner with two tasks side by side? Measured, not guessed.
+"""``reproduce dai --workers 2`` against the default one task at a time, in one run.
 
 A task's work is many small matrix products, which two CPU threads share imperfectly. This
 script runs the same tasks (the default protocol) twice in this process, back to back: one
-after the other on every torch thread (what ``run_dai`` does), then side by side on Python
-threads, each with its own module objects over the same weights and ``threads // workers``
-torch threads. It prints both wall times, their ratio, the growth of the process's peak RSS
-during each (Linux: it reads ``/proc``), and whether the two give the same numbers (every seed's
-per-example metrics; other torch thread counts may round differently, though on the embedded
-model they did not in the runs the README quotes).
+after the other on every torch thread (``--workers 1``, the default), then side by side on
+worker threads, each with its own module objects over the same weights and
+``threads // workers`` torch threads (``--workers N``). It prints both wall times, their ratio,
+the process's peak RSS during each (Linux: it reads ``/proc``), and whether the two give the
+same numbers (every seed's per-example metrics; other torch thread counts may round
+differently, though on the embedded model they did not in the runs the README quotes).
 
 Usage::
 
@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import queue
-import threading
 import time
+from functools import partial
 
 import torch
 
 import dualform.core.finetune_grid as grid
 from dualform.experiments.dai.config import DaiConfig, load_run_model
 from dualform.experiments.dai.protocol import run_task
+from dualform.experiments.dai.workers import run_tasks
 from dualform.infra.memory import return_freed_memory
-from dualform.models.load import clone_model
 
 
 def peak_rss_gib() -> float:
@@ -45,36 +44,14 @@ def reset_peak() -> None:
 
 
 def one_after_the_other(models, tasks, config) -> dict:
-    return {name: run_task(*models, name, config, progress=False) for name in tasks}
+    """What ``reproduce dai`` does by default (``--workers 1``)."""
+    return dict(run_tasks(partial(run_task, config=config, progress=False), tasks, models))
 
 
 def side_by_side(models, tasks, config, workers: int) -> dict:
-    todo: queue.SimpleQueue = queue.SimpleQueue()
-    for name in tasks:
-        todo.put(name)
-    out: dict = {}
-
-    def work(own) -> None:
-        while True:
-            try:
-                name = todo.get_nowait()
-            except queue.Empty:
-                return
-            out[name] = run_task(*own, name, config, progress=False)
-
-    copies = [models] + [tuple(clone_model(m, share=[*m.parameters(), *m.buffers()]) for m in models)
-                         for _ in range(workers - 1)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))
-    try:
-        pool = [threading.Thread(target=work, args=(own,)) for own in copies]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    """What ``reproduce dai --workers N`` does (:func:`dualform.experiments.dai.workers.run_tasks`)."""
+    return dict(run_tasks(partial(run_task, config=config, progress=False), tasks, models,
+                          workers=workers))
 
 
 def same_numbers(a: dict, b: dict) -> bool:

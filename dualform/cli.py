@@ -140,6 +140,7 @@ def reproduce_dai(
     attribution: bool = typer.Option(True, help="Head-by-head attribution maps."),
     batch_size: int = typer.Option(0, help="Queries per batch (0: from free memory; 1: no batching of queries, attribution or the LR grid)."),
     reuse_prefix: bool = typer.Option(True, help="Run the demonstrations once per task (KV cache)."),
+    workers: int = typer.Option(1, help="Tasks at once, on threads sharing the model's weights: 2 on a 2-core CPU take ~0.9x the time but ~1.6 GiB more memory (README: Benchmarks). Numbers equal up to float rounding."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: str = typer.Option("", help="'auto': spread a large HF model over the GPUs (accelerate)."),
@@ -168,7 +169,7 @@ def reproduce_dai(
     config = _dai_config(model, tasks, shots, n_test, n_validation, demo_seeds, full_grid, lr_grid,
                          seeds=seeds, layer_causal=layer_causal, untrained_baseline=untrained,
                          n_untrained=n_untrained or None, attribution=attribution, batch_size=batch_size or None,
-                         reuse_prefix=reuse_prefix, device=device, dtype=dtype,
+                         reuse_prefix=reuse_prefix, workers=workers, device=device, dtype=dtype,
                          device_map=device_map or None, scaled_queries=scaled_queries,
                          keep_separator=keep_separator)
     results = run_dai(out, config, overwrite=overwrite)

@@ -26,7 +26,7 @@ from dualform.infra.io import as_stored, read_json
 from dualform.infra.lock import locked, remove_temporaries
 
 #: Settings that change how a result is computed but not what it is (up to float rounding).
-EXECUTION_ONLY = ("device", "device_map", "batch_size", "reuse_prefix")
+EXECUTION_ONLY = ("device", "device_map", "batch_size", "reuse_prefix", "workers")
 
 
 class OutputDirError(DualformError, OSError):

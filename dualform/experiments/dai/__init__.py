@@ -11,5 +11,6 @@
     metric_names.py  the metrics' names (SIMAOU = "simaou.normalized"), for the writer and every reader
     results.py       the typed, versioned schema of results.json (writer and every reader)
     sweep.py         the same stage functions as independent jobs on an executor
+    workers.py       several tasks at once on worker threads sharing the weights (--workers)
     attention.py     the attention example a run records (ICL / ZSL / FT patterns, ΔW spectra)
 """

@@ -37,6 +37,7 @@ class DaiConfig:
     untrained_baseline: bool = True
     attribution: bool = True
     share_seeds: bool = True  # one finetuning batch for all seeds × rates, one ZSL pass (off: per seed)
+    workers: int = 1  # tasks at once on threads sharing the weights (faster on a CPU, more memory)
     device: str = "cpu"
     dtype: str = "float32"  # forward passes and finetuning (SGD keeps float32 master weights)
     device_map: str | None = None  # "auto": spread a large HF model over GPUs (accelerate)
@@ -53,6 +54,7 @@ class DaiConfig:
             check_count(value, f"{name.removeprefix('--').replace('-', '_')} ({name})")
         if self.n_untrained is not None:
             check_count(self.n_untrained, "n_untrained (--n-untrained; 0 there: every test example)")
+        check_count(self.workers, "workers (--workers)")
         if self.batch_size is not None:
             check_count(self.batch_size, "batch_size (--batch-size; 0 there: from free memory)")
         check_learning_rates(self.lr_grid, "learning-rate grid (--lr-grid)")

@@ -16,7 +16,8 @@ The protocol is a sequence of stage functions — ``config.task_context``, the v
 ``finetune_runs``, ``ft_val_accuracy``), then :func:`evaluate_task` — that :func:`run_dai` calls
 in one process and :mod:`dualform.experiments.dai.sweep` calls as jobs. ``results.json``
 (:class:`~dualform.experiments.dai.results.DaiResults`, with the settings of every task) is
-rewritten atomically after every task; a rerun skips the tasks it already holds.
+rewritten atomically after every task; a rerun skips the tasks it already holds. With
+``workers > 1`` several tasks run at once (:mod:`dualform.experiments.dai.workers`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,7 @@ from dualform.experiments.dai.results import (
 )
 from dualform.experiments.dai.scoring import similarity_metrics, without_ft
 from dualform.experiments.dai.selection import finetune_runs, select
+from dualform.experiments.dai.workers import run_tasks
 from dualform.infra.memory import return_freed_memory
 from dualform.infra.results_dir import entry_settings, load_results, results_directory
 from dualform.infra.versions import package_versions
@@ -95,14 +98,14 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
             stored["schema_version"] = SCHEMA_VERSION
         results = DaiResults.from_json(stored, path)
         results.versions = package_versions()
-        model = untrained = None
-        for name in config.tasks:
-            if name in results.tasks:
-                continue  # resume: finished tasks are kept
-            model = model or load_run_model(config)
-            if config.untrained_baseline:
-                untrained = untrained or load_run_model(config, untrained=True)
-            results.tasks[name] = run_task(model, untrained, name, config, progress=progress)
+        todo = [name for name in config.tasks if name not in results.tasks]  # resume: kept
+        order = [*results.tasks, *todo]
+        model = load_run_model(config) if todo else None
+        untrained = load_run_model(config, untrained=True) if todo and config.untrained_baseline else None
+        run = partial(run_task, config=config, progress=progress)  # run(model, untrained, name)
+        for name, result in run_tasks(run, todo, (model, untrained), workers=config.workers):
+            results.tasks[name] = result
+            results.tasks = {n: results.tasks[n] for n in order if n in results.tasks}
             results.settings[name] = entry_settings(config_dict(config))
             results.save(path)
         pool_tasks(results)
