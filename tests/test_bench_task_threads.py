@@ -4,24 +4,13 @@ torch's thread count as it was."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from dualform import DaiConfig, load_model
 
 
-def _script():
-    path = Path(__file__).resolve().parents[1] / "analyses" / "bench_task_threads.py"
-    spec = importlib.util.spec_from_file_location("bench_task_threads", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_side_by_side_tasks_give_the_same_numbers(single_thread):
-    script = _script()
+def test_side_by_side_tasks_give_the_same_numbers(single_thread, analysis):
+    script = analysis("bench_task_threads")
     # One torch thread on both sides: a run on other thread counts may round differently (the
     # tiny model's SGD does, in the 8th digit), which is not what this test is about.
     models = (load_model("tiny-llama"), load_model("tiny-llama", untrained=True))

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 from dualform import DaiConfig, load_model
 
 
-def _script():
-    path = Path(__file__).resolve().parents[1] / "analyses" / "flop_floor.py"
-    spec = importlib.util.spec_from_file_location("flop_floor", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_task_counts_its_matrix_flops_and_attribution_adds_to_them():
-    script = _script()
+def test_a_task_counts_its_matrix_flops_and_attribution_adds_to_them(analysis):
+    script = analysis("flop_floor")
     model = load_model("tiny-llama")
     config = DaiConfig(model="tiny-llama", tasks=("afinn-sentiment",), shots=3, n_validation=4,
                        n_test=4, seeds=1, demo_seeds=(1,), lr_grid=(0.1,),
