@@ -1,15 +1,15 @@
 """Several tasks of ``reproduce dai`` at once, on worker threads of one process (``--workers``).
 
 A task's work is many small matrix products (batches of ~10-token queries, SGD steps of 12 short
-texts) that CPU threads share imperfectly: on 2 cores, two tasks side by side on one torch thread
-each finish in ≈ 0.8× the time of one after the other on two threads (the default run: 0.89×)
-— but each holds its own working memory (+1.6 GiB for the second; README: Benchmarks,
-``analyses/bench_task_threads.py``), so one worker is the default. Every worker has its own module objects (hooks and shims are installed per model)
-over the very same weight tensors (:func:`~dualform.models.load.clone_model`, everything
-shared), and ``threads // workers`` torch threads (the last tasks get the threads of the
-workers that ran out of tasks). A task reads nothing another task writes: the numbers are those
-of one worker up to the float rounding of another thread count (none on the embedded model in
-the runs measured).
+texts) that CPU threads share imperfectly: on 2 cores, two tasks side by side on one torch
+thread each finish in ≈ 0.8× the time of one after the other on two threads (the default run:
+0.89×) — but each holds its own working memory (+1.6 GiB for the second; README: Benchmarks,
+``analyses/bench_task_threads.py``), so one worker is the default. Every worker has its own
+module objects (hooks and shims are installed per model) over the very same weight tensors
+(:func:`~dualform.models.load.clone_model`, everything shared), and ``threads // workers`` torch
+threads (the last tasks get the threads of the workers that ran out of tasks). A task reads
+nothing another task writes: the numbers are those of one worker up to the float rounding of
+another thread count (on the embedded model, only the ICL attribution effects moved, by ≤ 1e-7).
 
 Workers are daemon threads; results reach the caller (which saves them) as each task finishes.
 An error in a task stops the handing out of tasks; the tasks already running finish and are
