@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from functools import partial
 
@@ -43,13 +42,9 @@ def reset_peak() -> None:
         refs.write("5")
 
 
-def one_after_the_other(models, tasks, config) -> dict:
-    """What ``reproduce dai`` does by default (``--workers 1``)."""
-    return dict(run_tasks(partial(run_task, config=config, progress=False), tasks, models))
-
-
-def side_by_side(models, tasks, config, workers: int) -> dict:
-    """What ``reproduce dai --workers N`` does (:func:`dualform.experiments.dai.workers.run_tasks`)."""
+def run_all(models, tasks, config, workers: int = 1) -> dict:
+    """``{task: TaskResult}`` as ``reproduce dai --workers N`` computes them
+    (:func:`dualform.experiments.dai.workers.run_tasks`; one worker: the default)."""
     return dict(run_tasks(partial(run_task, config=config, progress=False), tasks, models,
                           workers=workers))
 
@@ -72,24 +67,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="query batch (0: from free memory)")
     args = parser.parse_args()
     grid.CPU_MAX_ROWS = args.grid_rows
-    config = dataclasses.replace(DaiConfig(), tasks=tuple(args.tasks), batch_size=args.batch_size or None)
+    config = DaiConfig(tasks=tuple(args.tasks), batch_size=args.batch_size or None)
     models = (load_run_model(config), load_run_model(config, untrained=True))
     base = peak_rss_gib()
     print(f"{len(args.tasks)} tasks, {torch.get_num_threads()} torch threads, models loaded: "
           f"peak RSS {base:.2f} GiB")
     runs = {}
-    for label, fn in (("one after the other", lambda: one_after_the_other(models, args.tasks, config)),
-                      (f"{args.workers} side by side", lambda: side_by_side(models, args.tasks, config,
-                                                                            args.workers))):
+    for workers in (1, args.workers):
         reset_peak()
         start = time.perf_counter()
-        runs[label] = fn()
-        wall = time.perf_counter() - start
-        print(f"{label:>22}: {wall:6.1f} s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
-        runs[label + " s"] = wall
-    sequential, parallel = runs["one after the other s"], runs[f"{args.workers} side by side s"]
+        results = run_all(models, args.tasks, config, workers)
+        runs[workers] = (results, time.perf_counter() - start)
+        label = "one after the other" if workers == 1 else f"{workers} side by side"
+        print(f"{label:>22}: {runs[workers][1]:6.1f} s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+    (first, sequential), (second, parallel) = runs[1], runs[args.workers]
     print(f"side by side / one after the other: {parallel / sequential:.2f}× the wall time; same "
-          f"numbers: {same_numbers(runs['one after the other'], runs[f'{args.workers} side by side'])}")
+          f"numbers: {same_numbers(first, second)}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ def test_side_by_side_tasks_give_the_same_numbers(single_thread, analysis):
     config = DaiConfig(model="tiny-llama", tasks=("afinn-sentiment", "vader-valence"), shots=3,
                        n_validation=4, n_test=4, seeds=1, demo_seeds=(1,), lr_grid=(0.1,),
                        n_untrained=2, n_attribution=2)
-    first = script.one_after_the_other(models, config.tasks, config)
-    second = script.side_by_side(models, config.tasks, config, workers=2)
+    first = script.run_all(models, config.tasks, config)
+    second = script.run_all(models, config.tasks, config, workers=2)
     assert torch.get_num_threads() == 1
     assert sorted(second) == sorted(config.tasks)
     assert script.same_numbers(first, second)

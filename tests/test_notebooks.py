@@ -3,7 +3,6 @@ and is stored with the outputs of its current code (static PNGs included, for Gi
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from nbclient import NotebookClient
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 PLOTLY = "application/vnd.plotly.v1+json"
-RUNNER = Path(__file__).resolve().parents[1] / "analyses" / "run_notebooks.py"
 REGENERATE = "python analyses/run_notebooks.py (make notebooks)"
 #: What each notebook must show besides running: (mime type or text, minimum count).
 EXPECTED = {
@@ -23,13 +21,6 @@ EXPECTED = {
     "03_momentum_attention.ipynb": [(PLOTLY, 3)],
     "04_regression_gd.ipynb": [(PLOTLY, 2), ("GD step(s)", 3)],
 }
-
-
-def _runner():
-    spec = importlib.util.spec_from_file_location("run_notebooks", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _warnings(outputs: list) -> list[str]:
@@ -59,12 +50,13 @@ def test_there_are_the_four_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_is_stored_with_the_outputs_of_its_current_code(path):
+def test_notebook_is_stored_with_the_outputs_of_its_current_code(path, analysis):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == "python3"
     recorded = nb.metadata.get("dualform", {}).get("code_sha256")
-    assert recorded == _runner().code_sha256(nb), f"{path.name}: outputs are stale; run {REGENERATE}"
+    current = analysis("run_notebooks").code_sha256(nb)
+    assert recorded == current, f"{path.name}: outputs are stale; run {REGENERATE}"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1))  # one clean run
     outputs = _outputs(nb)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
@@ -157,13 +155,10 @@ def test_report_of_another_experiment(tmp_path):
     assert text.count('class="plotly-graph-div') == 1  # curves.html, redrawn
 
 
-def test_png_export_with_kaleido_and_the_local_chromium(tmp_path):
+def test_png_export_with_kaleido_and_the_local_chromium(tmp_path, analysis):
     """analyses/readme_figures.py: kaleido renders through the distribution's Chromium, offline."""
     need_chromium("for the PNG export (kaleido)")
-    script = Path(__file__).resolve().parents[1] / "analyses" / "readme_figures.py"
-    spec = importlib.util.spec_from_file_location("readme_figures", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = analysis("readme_figures")
     module.ensure_browser()
     figs = module.readme_figures(fake_results())
     assert {"overview", "heads_simam", "heads_attribution"} <= set(figs)
