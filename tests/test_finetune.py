@@ -9,6 +9,7 @@ from dualform.core.finetune import (
     finetune_kv,
     kv_parameters,
     next_token_loss,
+    next_token_losses,
 )
 from dualform.errors import InvalidArgumentError
 from dualform.models.features import fused_parameters
@@ -33,6 +34,22 @@ def test_one_step_is_minus_lr_times_gradient(tiny64):
     for (name, _), grad in zip(params.items(), grads, strict=True):
         torch.testing.assert_close(result.delta_w[name], -lr * grad, atol=1e-12, rtol=1e-10)
     assert any(g.abs().max() > 0 for g in grads)
+
+
+def test_per_sequence_losses_equal_each_sequence_on_its_own():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 11, generator=gen, dtype=torch.float64)
+    tokens = torch.randint(0, 11, (3, 6), generator=gen)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False  # right padding
+    mask[2, 2:] = False
+    each = next_token_losses(logits, tokens, mask)
+    alone = [next_token_loss(logits[r : r + 1, : int(mask[r].sum())], tokens[r : r + 1, : int(mask[r].sum())],
+                             mask[r : r + 1, : int(mask[r].sum())]) for r in range(3)]
+    assert each.shape == (3,)
+    torch.testing.assert_close(each, torch.stack(alone), atol=1e-12, rtol=0)
+    pooled = next_token_loss(logits, tokens, mask)  # one mean over every real token of the batch
+    torch.testing.assert_close(pooled, (each * torch.tensor([5.0, 3.0, 1.0], dtype=torch.float64)).sum() / 9)
 
 
 def test_only_kv_change_and_caller_model_untouched(tiny64):

@@ -274,14 +274,32 @@ def next_token_loss(
     mask: torch.Tensor,
 ) -> Float[Tensor, ""]:
     """Mean cross-entropy of predicting token t+1 from position t over real (unpadded) tokens."""
+    per_token, weights = _token_losses(logits, tokens, mask)
+    return (per_token * weights).sum() / weights.sum()
+
+
+def next_token_losses(
+    logits: Float[Tensor, "batch pos vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    mask: torch.Tensor,
+) -> Float[Tensor, " batch"]:
+    """:func:`next_token_loss` of each sequence on its own, in one pass: a backward through the
+    summed losses touches the logits once, not once per sequence (slicing the logits per row
+    would zero-fill a full-size gradient for every row)."""
+    per_token, weights = _token_losses(logits, tokens, mask)
+    return (per_token * weights).sum(-1) / weights.sum(-1)
+
+
+def _token_losses(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token cross-entropy of the next token, ``[batch, pos - 1]``, and its 0/1 weights."""
     targets_ok = mask[:, 1:] & mask[:, :-1]
     per_token = F.cross_entropy(
         rearrange(_at_least_float32(logits[:, :-1]), "b p v -> (b p) v"),
         rearrange(tokens[:, 1:], "b p -> (b p)"),
         reduction="none",
     )
-    weights = rearrange(targets_ok, "b p -> (b p)").to(per_token.dtype)
-    return (per_token * weights).sum() / weights.sum()
+    per_token = rearrange(per_token, "(b p) -> b p", b=tokens.shape[0])
+    return per_token, targets_ok.to(per_token.dtype)
 
 
 def _at_least_float32(t: Tensor) -> Tensor:

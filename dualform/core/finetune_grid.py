@@ -39,7 +39,7 @@ from dualform.core.finetune import (
     copy_for_finetuning,
     kv_parameters,
     master_weights,
-    next_token_loss,
+    next_token_losses,
     sgd_step,
     training_batches,
 )
@@ -124,9 +124,8 @@ def _finetune_batch(model, rows, explode_factor: float, max_update_ratio: float,
     steps = _row_steps(grid, [texts for texts, _ in rows])
     desc = "finetune W_K/W_V (batched rows)"
     for step, (tokens, mask) in enumerate(tqdm(steps, desc=desc, disable=not progress)):
-        logits = grid(tokens)
-        row_losses = {r: next_token_loss(logits[r : r + 1], tokens[r : r + 1], mask[r : r + 1])
-                      for r in range(len(rows)) if r not in failed}
+        every_row = next_token_losses(grid(tokens), tokens, mask)
+        row_losses = {r: every_row[r] for r in range(len(rows)) if r not in failed}
         for r in list(row_losses):
             _drop_if_diverged(r, failed, row_losses, check_loss, row_losses[r], losses[r], step,
                               lrs[r], explode_factor)
