@@ -48,10 +48,11 @@ from dualform.errors import check_count, check_learning_rates
 from dualform.models.features import sync_fused_kv
 from dualform.probes import head_counts
 
-#: Rows per batched run on a CPU. On 2 cores an SGD step costs per row 50–53 ms at 16–20 rows,
-#: 55–57 ms at 24–28 and 62 ms at 40 (1.14× the 12-row batch's; SmolLM2-135M, 32-shot texts,
-#: ``python analyses/bench_grid_rows.py --rows 16 20 24 28 40 --repeats 3``): the batch's per-row
-#: weights and gradients stop fitting in cache, so larger grids run as equal batches of ≤ this.
+#: Rows per batched run on a CPU, for memory: the backward keeps every row's activations. On 2
+#: cores an SGD step costs per row 52 ms at 12 rows, 50 ms at 16–20, 47 ms at 28–40
+#: (SmolLM2-135M, 32-shot texts, ``python analyses/bench_grid_rows.py --rows 16 20 24 28 40
+#: --repeats 3``), but the 10-seed run's 40 rows in one batch took 57.4 s at a 5.57 GiB peak
+#: against 62.4 s at 3.86 GiB as two batches of 20.
 CPU_MAX_ROWS = 20
 
 
