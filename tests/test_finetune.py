@@ -44,8 +44,9 @@ def test_per_sequence_losses_equal_each_sequence_on_its_own():
     mask[1, 4:] = False  # right padding
     mask[2, 2:] = False
     each = next_token_losses(logits, tokens, mask)
-    alone = [next_token_loss(logits[r : r + 1, : int(mask[r].sum())], tokens[r : r + 1, : int(mask[r].sum())],
-                             mask[r : r + 1, : int(mask[r].sum())]) for r in range(3)]
+    lengths = [int(m.sum()) for m in mask]
+    alone = [next_token_loss(logits[r : r + 1, :n], tokens[r : r + 1, :n], mask[r : r + 1, :n])
+             for r, n in enumerate(lengths)]
     assert each.shape == (3,)
     torch.testing.assert_close(each, torch.stack(alone), atol=1e-12, rtol=0)
     pooled = next_token_loss(logits, tokens, mask)  # one mean over every real token of the batch

@@ -51,8 +51,8 @@ from dualform.probes import head_counts
 #: Rows per batched run on a CPU, for memory: the backward keeps every row's activations. On 2
 #: cores an SGD step costs per row 52 ms at 12 rows, 50 ms at 16–20, 47 ms at 28–40
 #: (SmolLM2-135M, 32-shot texts, ``python analyses/bench_grid_rows.py --rows 16 20 24 28 40
-#: --repeats 3``), but a 10-seed task's 40 rows (32 steps) in one batch took 57.4 s at a 5.57 GiB peak
-#: against 62.4 s at 3.86 GiB as two batches of 20.
+#: --repeats 3``), but a 10-seed task's 40 rows (32 steps) in one batch took 57.4 s at a
+#: 5.57 GiB peak against 62.4 s at 3.86 GiB as two batches of 20.
 CPU_MAX_ROWS = 20
 
 
