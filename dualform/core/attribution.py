@@ -16,6 +16,8 @@ gives the exact ablation for checking (a forward per head).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -44,7 +46,7 @@ def icl_head_effects(
     if prefix is not None:
         return icl_head_effects_batch(prefix, [tokens.reshape(-1)], demo, label_ids, [gold])[0]
     tokens = tokens.reshape(1, -1)
-    with torch.enable_grad():
+    with torch.enable_grad(), differentiable_embeddings(model):
         cap = capture(model, tokens, hooks=("attn_scores", "v", "z"), detach=False)
         margin = label_margin(cap.logits[0, -1, label_ids], gold)
         grads = torch.autograd.grad(margin, [cap.get("z", layer) for layer in cap.layers])
@@ -59,7 +61,7 @@ def icl_head_effects_batch(
     right-padded forward + backward. Rows do not interact (a real token never attends to a later
     pad), so the gradient of the summed margins holds each row's own gradient."""
     batch = pad_queries(queries, pad_id=0)
-    with torch.enable_grad():
+    with torch.enable_grad(), differentiable_embeddings(prefix.model):
         cap = prefix.run(batch, ("attn_scores", "v", "z"), detach=False, last_logits=True)
         lasts = batch.last.tolist()
         margin = sum(label_margin(cap.logits[row, 0, label_ids], gold)
@@ -68,6 +70,18 @@ def icl_head_effects_batch(
     values = [prefix.capture.value_vectors(layer)[0] for layer in cap.layers]
     return torch.stack([_row_effects(cap, grads, row=row, last=last, prefix_values=values, demo=demo)
                         for row, last in enumerate(lasts)])
+
+
+@contextmanager
+def differentiable_embeddings(model) -> Iterator[None]:
+    """Within the block the token embeddings start the autograd graph, so the activations have
+    gradients even when every weight is frozen (``requires_grad=False``)."""
+    def start_graph(embedded: Tensor, hook) -> Tensor:
+        return embedded if embedded.requires_grad else embedded.detach().requires_grad_(True)
+
+    name = "hook_embed" if "hook_embed" in model.hook_dict else hook_name("resid_pre", 0)
+    with hooks(model, [(name, start_graph)]):
+        yield
 
 
 def _row_effects(cap, grads, *, row: int, last: int, prefix_values: list[Tensor] | None,

@@ -227,8 +227,10 @@ def master_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
 def sgd_step(param: Tensor, master: Tensor, grad: Tensor, lr: float | Tensor) -> None:
     """``W ← W − lr·g`` on the master weights, then the parameter holds them (rounded). The
     same arithmetic for a float ``lr`` and a per-rate tensor, so a batched grid and single
-    runs round alike."""
-    master.sub_(lr * grad.to(master.dtype))
+    runs round alike. ``grad`` is consumed: ``lr·g`` is formed in its memory (no new buffer of
+    the weights' size per step)."""
+    step = grad.to(master.dtype)
+    master.sub_(step.mul_(lr))
     if master.data_ptr() != param.data_ptr():
         param.copy_(master)
 

@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from einops import einsum
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -65,8 +64,26 @@ class GridLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias)  # [rate, out]
 
     def forward(self, x: Tensor) -> Tensor:
-        out = einsum(x, self.weight, "rate pos d_in, rate d_out d_in -> rate pos d_out")
+        out = _RowMatmul.apply(x, self.weight)
         return out if self.bias is None else out + self.bias[:, None, :]
+
+
+class _RowMatmul(torch.autograd.Function):
+    """``y[r] = x[r] W_r^T`` (``einsum("rate pos d_in, rate d_out d_in -> rate pos d_out")``)
+    whose weight gradient ``g[r]^T x[r]`` is formed directly as ``[rate, d_out, d_in]``, the
+    layout SGD updates (einsum's backward forms its transpose, and the update then strides)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.bmm(x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
 
 
 def finetune_kv_grid(

@@ -9,6 +9,9 @@ same process on the same input:
 * one ``finetune_kv`` SGD step vs a plain forward+backward with gradients only on W_K/W_V;
 * per-query ICL cost with prefix reuse + batching vs one full forward per query (8/16/32 shots);
 * seeds × rates finetuning in one batched run vs one LR grid per seed;
+* frozen float32 CPU linears through oneDNN vs PyTorch's default path (MKL): one linear
+  product, a batched forward of the model and a batched finetuning grid
+  (:mod:`dualform.models.cpu_matmul`); on one task end to end with ``--end-to-end``;
 * optionally (``--end-to-end``) the default ``reproduce dai`` (wall, CPU, stages), and on one
   task seed sharing on vs off and reuse+batching on vs off;
 * the second load of the embedded model (seconds);
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import resource
 import statistics
 import time
@@ -40,6 +44,14 @@ from dualform.experiments.dai.config import DaiConfig
 from dualform.experiments.dai.protocol import run_dai
 from dualform.experiments.dai.results import DaiResults
 from dualform.infra.rng import seeded
+from dualform.models.cpu_matmul import (
+    BACKEND_ENV,
+    PROBE_SHAPE,
+    fast_linears,
+    measured_speedup,
+    onednn_available,
+    use_onednn,
+)
 from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.probes import capture
 
@@ -179,6 +191,54 @@ def bench_seed_grid(model, seeds: int = 3, lrs: tuple[float, ...] = (0.01, 0.005
             "one_batch_s": timing["candidate_s"], "speedup": 1 / timing["ratio"]}
 
 
+@contextlib.contextmanager
+def cpu_matmul_setting(value: str):
+    """``DUALFORM_CPU_MATMUL=value`` for the block (the cached choice re-made inside and after)."""
+    before = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = value
+    use_onednn.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BACKEND_ENV, None)
+        else:
+            os.environ[BACKEND_ENV] = before
+        use_onednn.cache_clear()
+
+
+def bench_cpu_matmul(model, repeats: int, n_rows: int = 12, n_tokens: int = 16) -> dict:
+    """Frozen float32 linears: the default path (``DUALFORM_CPU_MATMUL=default``) vs oneDNN
+    (``=onednn``) on one ``[128, 1024] × [1024, 1024]`` product, on a batched forward of
+    ``n_rows`` × ``n_tokens`` tokens, and on 4 steps of a 12-row finetuning grid."""
+    from dualform.core.finetune_grid import finetune_kv_rows
+
+    if not onednn_available() or next(model.parameters()).device.type != "cpu":
+        return {"available": False}
+    tokens = _tokens(model, n_tokens).repeat(n_rows, 1)
+    texts = [tokens[0]] * 4
+    rows = [(texts, lr) for lr in (0.01, 0.005, 0.001, 0.0005)] * 3
+    frozen = load_model_copy(model).requires_grad_(False)
+    out = {"available": True, "linear_speedup": measured_speedup(*PROBE_SHAPE)}
+    with fast_linears(frozen), torch.no_grad():
+        out["forward"] = _paired_settings(lambda: frozen(tokens), repeats)
+    with fast_linears(frozen):
+        out["grid"] = _paired_settings(lambda: finetune_kv_rows(frozen, rows), max(2, repeats // 2))
+    return out
+
+
+def _paired_settings(fn: Callable[[], object], repeats: int) -> dict:
+    def with_setting(value: str) -> Callable[[], object]:
+        def run() -> object:
+            with cpu_matmul_setting(value):
+                return fn()
+        return run
+
+    timing = paired(with_setting("default"), with_setting("onednn"), repeats)
+    return {"default_s": timing["baseline_s"], "onednn_s": timing["candidate_s"],
+            "speedup": 1 / timing["ratio"]}
+
+
 def _timed_run(config: DaiConfig, keep: Path | None = None) -> dict:
     """One ``run_dai`` from scratch (in a temporary directory, or in ``keep``, which must hold
     no results: a resumed run would time nothing); peak RSS is the process's so far."""
@@ -219,6 +279,10 @@ def bench_end_to_end(name: str, device: str | None = None, dtype: str = "float32
         out["many_seeds"] = _timed_run(dataclasses.replace(cfg, seeds=many_seeds),
                                        keep and keep / f"seeds-{many_seeds}")
     out["seed_sharing"] = _paired_runs(small, {"share_seeds": False})
+    with cpu_matmul_setting("default"):
+        naive = _timed_run(small)
+    out["cpu_matmul"] = {"naive": naive, "shared": _timed_run(small)}
+    out["cpu_matmul"]["speedup"] = naive["total_s"] / out["cpu_matmul"]["shared"]["total_s"]
     out["reuse"] = _paired_runs(dataclasses.replace(small, seeds=1),
                                 {"reuse_prefix": False, "batch_size": 1})
     return out
@@ -278,6 +342,7 @@ def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = 
     out["finetune"] = bench_finetune_step(model, repeats)
     out["prefix_reuse"] = bench_prefix(model)
     out["seed_grid"] = bench_seed_grid(model, repeats=max(1, repeats // 2))
+    out["cpu_matmul"] = bench_cpu_matmul(model, repeats)
     if pythia_shape:
         out["pythia_shape"] = bench_pythia_shape(repeats, device)
     if end_to_end:

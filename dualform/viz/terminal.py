@@ -125,6 +125,15 @@ def bench_rows(result: dict) -> list[tuple[str, str]]:
     g = result["seed_grid"]
     rows.append((f"finetuning {g['seeds']} seeds × {g['rates']} rates: per-seed grids / one batch",
                  f"{g['speedup']:.2f}x ({g['per_seed_grids_s']:.1f} s vs {g['one_batch_s']:.1f} s)"))
+    m = result.get("cpu_matmul", {})
+    if m.get("available"):
+        rows.append(("frozen float32 linear [128,1024]x[1024,1024]: default (MKL) / oneDNN",
+                     f"{m['linear_speedup']:.2f}x"))
+        for label, key in (("model forward, 12 × 16 tok", "forward"),
+                           ("finetuning grid, 12 rows × 4 steps", "grid")):
+            t = m[key]
+            rows.append((f"{label}: default linears / oneDNN",
+                         f"{t['speedup']:.2f}x ({t['default_s']:.2f} s vs {t['onednn_s']:.2f} s)"))
     if "pythia_shape" in result:
         pc, pd = result["pythia_shape"]["capture"], result["pythia_shape"]["dual_form"]
         rows.append((f"Pythia-160M shape: capture q,k,v,z,scores ({pc['tokens']} tok) / bare forward",
@@ -140,7 +149,10 @@ def bench_rows(result: dict) -> list[tuple[str, str]]:
                              f"{d['total_s']:.0f} s wall, {d['cpu_s']:.0f} CPU-s, "
                              f"peak RSS so far {d['peak_rss_MiB']:.0f} MiB"))
         for label, key in (("seeds on their own / shared", "seed_sharing"),
-                           ("reuse+batching off / on", "reuse")):
+                           ("reuse+batching off / on", "reuse"),
+                           ("default linears / oneDNN", "cpu_matmul")):
+            if key not in e:
+                continue
             p = e[key]
             rows.append((f"one task: {label}", f"{p['speedup']:.2f}x ({p['naive']['total_s']:.0f} s "
                          f"vs {p['shared']['total_s']:.0f} s)"))

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from dualform.errors import check_count, check_learning_rates, check_not_empty
+from dualform.models.cpu_matmul import install_fast_linears
 from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.tasks.prompts import OFFLINE_TASKS, Task, label_token_ids, load_task
 
@@ -116,9 +117,14 @@ def task_context(model, name: str, config: DaiConfig) -> TaskContext:
 
 def load_run_model(config: DaiConfig, untrained: bool = False):
     """The model a run of ``config`` uses (its device, dtype and device map), or its untrained
-    (random-weights) twin."""
-    return load_model(config.model, device=config.device, dtype=config.dtype, untrained=untrained,
-                      device_map=config.device_map)
+    (random-weights) twin. The run's own model: every weight frozen (finetuning turns on the
+    gradient of the K/V copies it trains) and its frozen float32 CPU linears through oneDNN
+    where that is faster here (:mod:`dualform.models.cpu_matmul`)."""
+    model = load_model(config.model, device=config.device, dtype=config.dtype, untrained=untrained,
+                       device_map=config.device_map)
+    model.requires_grad_(False)
+    install_fast_linears(model)
+    return model
 
 
 def config_dict(config: DaiConfig) -> dict:

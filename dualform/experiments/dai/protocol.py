@@ -71,6 +71,7 @@ from dualform.experiments.dai.workers import run_tasks
 from dualform.infra.memory import return_freed_memory
 from dualform.infra.results_dir import entry_settings, load_results, results_directory
 from dualform.infra.versions import package_versions
+from dualform.models.cpu_matmul import cpu_matmul_backend
 from dualform.models.load import resolve_device
 from dualform.tasks.prompts import (
     Example,
@@ -98,6 +99,8 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
             stored["schema_version"] = SCHEMA_VERSION
         results = DaiResults.from_json(stored, path)
         results.versions = package_versions()
+        if resolve_device(config.device).type == "cpu":
+            results.versions["cpu_matmul"] = cpu_matmul_backend()  # float32 linears' path
         todo = [name for name in config.tasks if name not in results.tasks]  # resume: kept
         order = [*results.tasks, *todo]
         model = load_run_model(config) if todo else None

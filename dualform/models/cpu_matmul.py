@@ -1,0 +1,166 @@
+"""Float32 linear layers through oneDNN on CPUs where PyTorch's default BLAS is slow.
+
+PyTorch runs a float32 ``nn.Linear`` on the CPU through MKL's sgemm. On AMD CPUs MKL picks
+AVX2 code: about 220 GFLOP/s on the 2-core AMD EPYC (AVX-512) that runs dualform's CI, while
+oneDNN's matmul, which ships inside PyTorch (``torch.ops.mkldnn._linear_pointwise``, the op
+TorchInductor uses for CPU linears), runs AVX-512 there at about 500 GFLOP/s. Both compute in
+float32 with float32 accumulation; they differ in the order of the sums, i.e. at float32
+rounding (float64 and half-precision layers are never touched).
+
+:func:`install_fast_linears` binds a ``forward`` to every float32 CPU ``nn.Linear`` of a model
+that calls :func:`fast_linear`: oneDNN for a **frozen** weight (no ``requires_grad``; the input
+may need its gradient, which oneDNN computes too), the default path for a weight being trained
+(its gradient then comes from autograd as before). Which path is faster is measured once per
+process (:func:`use_onednn`), never assumed; ``DUALFORM_CPU_MATMUL=onednn`` or
+``=default`` overrides the measurement. :func:`fast_linears` is the context-manager form that
+leaves a user's model as it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+#: Environment variable choosing the float32 CPU linear path: ``auto`` (measured), ``onednn``
+#: or ``default``.
+BACKEND_ENV = "DUALFORM_CPU_MATMUL"
+#: oneDNN is used where it is at least this much faster than the default path.
+MIN_SPEEDUP = 1.15
+#: The product the measurement times: ``[rows, d_in] × [d_out, d_in]`` (a batch of short
+#: prompts through a small model's layer). One decision for every shape keeps a run's rounding
+#: the same from one run to the next.
+PROBE_SHAPE = (128, 1024, 1024)
+
+
+def onednn_linear(x: Float[Tensor, "rows d_in"], weight: Float[Tensor, "d_out d_in"],
+                  bias: Float[Tensor, " d_out"] | None = None) -> Float[Tensor, "rows d_out"]:
+    """``x W^T + b`` by oneDNN (no autograd)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """``x W^T + b`` for a frozen ``W``/``b``: forward and the input's gradient by oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(weight)
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (weight,) = ctx.saved_tensors
+        return onednn_linear(grad, weight.t()), None, None  # ∂/∂x = g W
+
+
+def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, by oneDNN where that applies and is faster here: a float32
+    CPU input and a frozen float32 weight (and bias) of a shape :func:`use_onednn` chose."""
+    if not _applies(x, weight, bias):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = _FrozenLinear.apply(flat, weight, bias)
+    else:
+        out = onednn_linear(flat, weight, bias)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    return (frozen and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
+            and weight.device.type == "cpu" and x.dim() >= 2 and x.shape[-1] > 0
+            and (bias is None or bias.dtype == torch.float32)
+            and use_onednn())
+
+
+def backend_setting() -> str:
+    """``auto`` | ``onednn`` | ``default`` from :data:`BACKEND_ENV` (``auto`` when unset)."""
+    value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value not in ("auto", "onednn", "default"):
+        raise ValueError(f"{BACKEND_ENV}={value!r}: choose auto, onednn or default.")
+    return value
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """oneDNN's linear op is in this PyTorch build and agrees with ``F.linear`` on a probe."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.randn(8, 16, generator=gen), torch.randn(4, 16, generator=gen)
+        return torch.allclose(onednn_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    except (AttributeError, RuntimeError):  # no such op, or no kernel for this CPU
+        return False
+
+
+@functools.cache
+def use_onednn() -> bool:
+    """Whether frozen float32 linears take the oneDNN path in this process: the
+    :data:`BACKEND_ENV` setting, or (``auto``) a measurement of both paths on this CPU."""
+    setting = backend_setting()
+    if setting == "default" or not onednn_available():
+        return False
+    return setting == "onednn" or measured_speedup(*PROBE_SHAPE) >= MIN_SPEEDUP
+
+
+def cpu_matmul_backend() -> str:
+    """``"onednn"`` or ``"default"``: the path frozen float32 CPU linears take here."""
+    return "onednn" if use_onednn() else "default"
+
+
+def measured_speedup(rows: int, d_in: int, d_out: int, repeats: int = 5) -> float:
+    """Time of ``F.linear`` / time of oneDNN on a ``[rows, d_in] × [d_out, d_in]`` float32
+    product (best of ``repeats``, after a warm-up)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, d_in, generator=gen), torch.randn(d_out, d_in, generator=gen)
+    return _best_time(F.linear, x, w, repeats) / _best_time(onednn_linear, x, w, repeats)
+
+
+def _best_time(fn: Callable, x: Tensor, w: Tensor, repeats: int) -> float:
+    fn(x, w)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x, w)
+        best = min(best, time.perf_counter() - start)
+    return max(best, 1e-9)
+
+
+def _fast_forward(self: nn.Linear, x: Tensor) -> Tensor:
+    return fast_linear(x, self.weight, self.bias)
+
+
+def install_fast_linears(model: nn.Module) -> Callable[[], None]:
+    """Bind :func:`fast_linear` as ``forward`` of every ``nn.Linear`` in ``model`` (bound
+    methods: a deep copy calls its own weights); returns the undo."""
+    patched = []
+    for module in model.modules():
+        if type(module) is nn.Linear and "forward" not in vars(module):
+            module.forward = types.MethodType(_fast_forward, module)
+            patched.append(module)
+
+    def undo() -> None:
+        for module in patched:
+            vars(module).pop("forward", None)
+
+    return undo
+
+
+@contextmanager
+def fast_linears(model: nn.Module) -> Iterator[nn.Module]:
+    """:func:`install_fast_linears` for the duration of the block."""
+    undo = install_fast_linears(model)
+    try:
+        yield model
+    finally:
+        undo()
