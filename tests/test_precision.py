@@ -8,7 +8,7 @@ import torch
 
 from dualform import finetune_kv, load_model, load_task, sample_demos
 from dualform.core.finetune import kv_parameters
-from dualform.core.prefix import auto_batch_size
+from dualform.core.prefix import CPU_BATCH_CAP, auto_batch_size
 from dualform.experiments.dai.conditions import prompt_pair, record_all
 from dualform.models.load import ModelLoadError, byte_tokenizer, resolve_dtype, tiny_hf_model
 from dualform.tasks.prompts import label_token_ids
@@ -86,7 +86,7 @@ def test_device_map_is_refused_for_tiny_models():
 def test_auto_batch_size_follows_free_memory():
     model = load_model("tiny-llama")
     plenty = auto_batch_size(model, n_keys=300, n_query=12, free_bytes=10**12)
-    assert plenty == 16  # the CPU cap
+    assert plenty == CPU_BATCH_CAP
     assert auto_batch_size(model, n_keys=300, n_query=12, free_bytes=10**3) == 1
     mid = [auto_batch_size(model, n_keys=300, n_query=12, free_bytes=b, cap=10**6)
            for b in (10**7, 10**8, 10**9)]
