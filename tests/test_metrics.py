@@ -225,6 +225,21 @@ def test_topk_recall_random_baseline_equals_the_loop(shape):
         TA.topk_recall_random_baseline(ft, 0, 9)
 
 
+@pytest.mark.parametrize("shape", [(6, 4, 130), (3, 2, 4, 130)])  # [example, layer, (head,) n]
+def test_topk_recall_equals_the_official_loop(shape):
+    """All rows at once equal the official per-row ``np.isin(top_icl, top_ft)`` loop, ties
+    (rounded scores, saturated rows) included, at token and example level."""
+    rng = np.random.default_rng(2)
+    icl, ft = np.round(rng.normal(size=shape), 1), np.round(rng.normal(size=shape), 1)
+    icl[0] *= 400  # exact-0 probabilities tie
+    for k, seg in ((5, [13] * 10), (100, None), (3, None)):
+        p_icl, p_ft = TA._kendall_inputs(icl, ft, seg)
+        loop = np.empty(p_icl.shape[:-1])
+        for index in np.ndindex(*loop.shape):
+            loop[index] = np.isin(np.argsort(-p_icl[index])[:k], np.argsort(-p_ft[index])[:k]).sum() / k
+        np.testing.assert_array_equal(TA.topk_recall(icl, ft, k, segments=seg), loop)
+
+
 def test_topk_recall_worked_example():
     icl = np.array([[[5.0, 4.0, 3.0, 2.0, 1.0]]])  # ICL top-2 = {0, 1}
     ft = np.array([[[5.0, 1.0, 4.0, 2.0, 3.0]]])  # FT top-2 = {0, 2}; top-3 = {0, 2, 4}

@@ -153,10 +153,9 @@ def topk_recall(
     """
     icl, ft = _kendall_inputs(icl_attention_to_demos, ft_attention_to_train, segments)
     _check_topk(icl.shape[-1], k, segments)
-    out = np.empty(icl.shape[:-1])
-    for index in np.ndindex(*out.shape):
-        out[index] = np.isin(_top(icl[index], k), _top(ft[index], k)).sum() / k
-    return out
+    in_ft_top = np.zeros(ft.shape, dtype=bool)  # every row at once: a top-k holds k distinct items
+    np.put_along_axis(in_ft_top, _top(ft, k), True, axis=-1)
+    return np.take_along_axis(in_ft_top, _top(icl, k), axis=-1).sum(axis=-1) / k
 
 
 def topk_recall_random_baseline(
