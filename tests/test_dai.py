@@ -133,3 +133,23 @@ def test_prefix_reuse_and_batching_do_not_change_the_results(run, tmp_path):
                     strict=True):
         for name in (*ACCURACY.values(), SIMAOU, SIMAM_DELTA, KENDALL):
             assert abs(a.metrics[name].mean - b.metrics[name].mean) < 1e-4, name
+
+
+def test_rows_validated_at_once_equal_one_by_one():
+    """The learning-rate choice's validation accuracies, every row of a batched finetuning run in
+    one forward, equal each row's own (a diverged row reported as such)."""
+    import torch
+
+    from dualform.experiments.dai.config import task_context
+    from dualform.experiments.dai.selection import finetune_runs, ft_val_accuracies, ft_val_accuracy
+    from dualform.models.load import load_model
+    from dualform.tasks.prompts import sample_demos
+
+    model = load_model("tiny-llama", dtype=torch.float64)
+    ctx = task_context(model, "afinn-sentiment", CONFIG)
+    rows = [(sample_demos(ctx.task, CONFIG.shots, s), lr) for s in (1, 2) for lr in (0.1, 0.01, 1e6)]
+    runs = finetune_runs(model, ctx, rows)
+    at_once = ft_val_accuracies(ctx, runs)
+    assert at_once == [ft_val_accuracy(ctx, run) for run in runs]
+    assert isinstance(at_once[2], str) and at_once[2].startswith("diverged")
+    assert all(isinstance(a, float) for i, a in enumerate(at_once) if i % 3 != 2)

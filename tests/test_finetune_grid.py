@@ -98,6 +98,27 @@ def test_two_rows_cannot_be_loaded_at_once(tiny64):
         assert m is not None
 
 
+def test_every_row_at_once_equals_each_row_loaded(tiny64):
+    """``as_grid()``: k queries per row, rate-major, in one forward give each row's own logits
+    (float64); a row cannot be loaded meanwhile, and the scratch is a plain model afterwards."""
+    rows = finetune_kv_grid(tiny64, TEXTS, [0.1, 0.03, 0.01])
+    trained = rows[0].row.rows
+    assert trained.n_rows == 3
+    queries = tiny64.to_tokens(TEXTS[:2])  # k = 2 queries (the tokenizer pads the shorter)
+    with trained.as_grid() as grid:
+        everything = grid(queries.repeat(3, 1))
+        with pytest.raises(RuntimeError, match="computes every row at once"):
+            with rows[1].loaded():
+                pass
+    for r, got in enumerate(rows):
+        with got.loaded() as model:
+            torch.testing.assert_close(everything[2 * r : 2 * r + 2], model(queries), atol=1e-10, rtol=1e-10)
+    assert isinstance(trained.scratch.blocks[0].attn.k.original_component, torch.nn.Linear)
+    with rows[0].loaded(), pytest.raises(RuntimeError, match="cannot compute all its rows"):
+        with trained.as_grid():
+            pass
+
+
 def test_more_rows_than_one_batch_holds_run_as_equal_batches(tiny64):
     """Rows beyond ``max_rows`` run as several batches, each row still its own SGD run."""
     lrs = [0.1, 0.05, 0.03, 0.01, 0.005]

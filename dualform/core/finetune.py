@@ -78,6 +78,11 @@ class FinetuneResult:
         return self._model
 
     @property
+    def row(self):
+        """Its row of a batched run (:class:`dualform.core.finetune_grid.Row`), or ``None``."""
+        return self._row
+
+    @property
     def delta_w(self) -> dict[str, Tensor]:
         if self._delta_w is None:
             self._delta_w = self._row.delta()

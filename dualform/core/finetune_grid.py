@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -56,7 +57,9 @@ CPU_MAX_ROWS = 20
 
 
 class GridLinear(nn.Module):
-    """``y[r] = x[r] W_r^T + b_r``: a linear layer with one weight per batch row (per rate)."""
+    """``y[r] = x[r] W_r^T + b_r``: a linear layer with one weight per rate. The batch holds the
+    rates' inputs rate-major: one row per rate when training, ``k`` consecutive rows per rate
+    when every rate runs the same ``k`` queries (:meth:`TrainedRows.as_grid`)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
@@ -64,8 +67,12 @@ class GridLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias)  # [rate, out]
 
     def forward(self, x: Tensor) -> Tensor:
-        out = _RowMatmul.apply(x, self.weight)
-        return out if self.bias is None else out + self.bias[:, None, :]
+        per_rate = x.shape[0] // self.weight.shape[0]
+        grouped = rearrange(x, "(rate row) pos d_in -> rate (row pos) d_in", row=per_rate)
+        out = _RowMatmul.apply(grouped, self.weight)
+        if self.bias is not None:
+            out = out + self.bias[:, None, :]
+        return rearrange(out, "rate (row pos) d_out -> (rate row) pos d_out", row=per_rate)
 
 
 class _RowMatmul(torch.autograd.Function):
@@ -169,9 +176,11 @@ def _finetune_batch(model, rows, explode_factor: float, max_update_ratio: float,
             _drop_if_diverged(r, failed, {r: None}, check_update,
                               {n: master[n][r] - before[n] for n in master},
                               before, lrs[r], max_update_ratio)
+    linears = _kv_linears(grid)
+    swapped = {name: linears[name].original_component for name in originals}
     for name, inner in originals.items():  # the copy turns into the rows' scratch model
-        _kv_linears(grid)[name].set_original_component(inner)
-    trained = TrainedRows(model, grid, master, before)
+        linears[name].set_original_component(inner)
+    trained = TrainedRows(model, grid, master, before, swapped)
     n_kv = head_counts(model)[1]
     return [failed.get(r) or FinetuneResult(None, None, losses[r], lrs[r], False, n_kv,
                                             row=Row(trained, r))
@@ -235,8 +244,12 @@ class TrainedRows:
     """The trained K/V weights of a batched run (``master[name][row]``) and a scratch copy of the
     model (frozen weights shared) that lends them one row at a time."""
 
-    def __init__(self, base, scratch, master: dict[str, Tensor], before: dict[str, Tensor]) -> None:
+    def __init__(self, base, scratch, master: dict[str, Tensor], before: dict[str, Tensor],
+                 grid_linears: dict[str, nn.Module] | None = None) -> None:
         self.base, self.scratch, self.master, self.before = base, scratch, master, before
+        self.grid_linears = grid_linears or {}  # the K/V projections that hold every row
+        self.n_rows = next(iter(master.values())).shape[0]
+        self.in_grid = False  # as_grid() is open: the scratch holds every row
         self.names = list(master)
         self.held: int | None = None  # the row the scratch holds
         self.lent = 0  # open loaded() blocks
@@ -248,6 +261,26 @@ class TrainedRows:
                 p.copy_(self.master[name][r])
                 p.requires_grad_(False)
         sync_fused_kv(model)
+
+    @contextmanager
+    def as_grid(self) -> Iterator[nn.Module]:
+        """The scratch copy computing every row at once (its K/V projections hold all the rows'
+        trained weights): feed it ``k`` queries per row, rate-major (batch row ``i·k + j`` is
+        query ``j`` on row ``i``). Refuses while a row is lent out."""
+        if self.lent or self.in_grid or not self.grid_linears:
+            raise RuntimeError("This batched finetuning run cannot compute all its rows at once "
+                               "now (a row is in use through loaded(), or it kept no grid).")
+        linears = _kv_linears(self.scratch)
+        inner = {name: linears[name].original_component for name in self.grid_linears}
+        self.in_grid = True
+        try:
+            for name, grid_linear in self.grid_linears.items():
+                linears[name].set_original_component(grid_linear)
+            yield self.scratch
+        finally:
+            for name, module in inner.items():
+                linears[name].set_original_component(module)
+            self.in_grid = False
 
 
 @dataclass
@@ -280,6 +313,9 @@ class Row:
     def loaded(self) -> Iterator[nn.Module]:
         """The scratch copy holding this row; refuses while it is lent out holding another."""
         rows = self.rows
+        if rows.in_grid:
+            raise RuntimeError(f"Row {self.r} cannot be loaded while its batched run computes every "
+                               "row at once (as_grid()); use its .model instead.")
         if rows.held != self.r:
             if rows.lent:
                 raise RuntimeError(

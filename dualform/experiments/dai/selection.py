@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 
+import torch
 from tqdm.auto import tqdm
 
 from dualform.core import metrics as M
 from dualform.core.finetune import FinetuneDivergedError, finetune_kv
-from dualform.core.finetune_grid import finetune_kv_rows
+from dualform.core.finetune_grid import TrainedRows, finetune_kv_rows
+from dualform.core.prefix import logits_at, pad_queries
 from dualform.experiments.dai.conditions import demo_training_texts, prompt_pair, record_all
 from dualform.experiments.dai.config import DaiConfig, TaskContext, Timer
 from dualform.experiments.dai.results import Selection
@@ -36,10 +38,11 @@ def select(model, ctx: TaskContext, timer: Timer, *, progress: bool = False
     else:  # the per-seed path (benchmark baseline): one batched grid per seed
         runs = [run for r in range(config.seeds)
                 for run in finetune_runs(model, ctx, rows[r * n : (r + 1) * n], progress=progress)]
+    accuracies = ft_val_accuracies(ctx, runs)
     selections, tuned = [], []
     for r, demo_seed in enumerate(demo_seeds):
         mine = runs[r * n : (r + 1) * n]
-        lr_acc = {str(lr): ft_val_accuracy(ctx, run) for lr, run in zip(config.lr_grid, mine, strict=True)}
+        lr_acc = {str(lr): acc for lr, acc in zip(config.lr_grid, accuracies[r * n : (r + 1) * n], strict=True)}
         lr = choose_lr(lr_acc)
         selections.append(Selection(demo_seed, lr, seed_accs[r], lr_acc))
         tuned.append(None if lr is None else mine[config.lr_grid.index(lr)])
@@ -85,6 +88,34 @@ def ft_val_accuracy(ctx: TaskContext, run) -> float | str:
         return f"diverged: {run}"
     with run.loaded() as tuned:  # a grid row lends its weights: no copy per rate
         return _val_accuracy(tuned, ctx, None)
+
+
+def ft_val_accuracies(ctx: TaskContext, runs: list) -> list[float | str]:
+    """:func:`ft_val_accuracy` of each run; the rows of one batched finetuning run are validated
+    together, in one forward computing every row (:meth:`TrainedRows.as_grid`)."""
+    accs: list[float | str | None] = [None] * len(runs)
+    batches: dict[int, tuple] = {}
+    for i, run in enumerate(runs):
+        if not isinstance(run, FinetuneDivergedError) and run.row is not None:
+            batches.setdefault(id(run.row.rows), (run.row.rows, []))[1].append((i, run.row.r))
+    gold = [ex.label for ex in ctx.task.validation]
+    for trained, members in batches.values():
+        predictions = _grid_predictions(trained, ctx)
+        for i, r in members:
+            accs[i] = M.accuracy(predictions[r], gold)
+    return [ft_val_accuracy(ctx, run) if acc is None else acc for acc, run in zip(accs, runs, strict=True)]
+
+
+def _grid_predictions(trained: TrainedRows, ctx: TaskContext) -> list[list[int]]:
+    """Zero-shot validation predictions of every row of a batched finetuning run, ``[row][example]``:
+    the validation queries, right-padded, repeated once per row, in one forward."""
+    prompts = [prompt_pair(trained.scratch, ctx.task, [], ex).zsl.tokens[0] for ex in ctx.task.validation]
+    batch = pad_queries(prompts, pad_id=0)
+    device = next(trained.scratch.parameters()).device
+    tokens, last = batch.tokens.repeat(trained.n_rows, 1).to(device), batch.last.repeat(trained.n_rows)
+    with trained.as_grid() as grid, torch.no_grad(), logits_at(grid, last) as pick:
+        logits = pick(grid(tokens))[:, 0, ctx.label_ids]
+    return logits.argmax(-1).view(trained.n_rows, -1).tolist()
 
 
 def choose_demo_seed(seed_acc: dict) -> int:
