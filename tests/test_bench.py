@@ -51,7 +51,33 @@ def test_end_to_end_times_each_run_keeps_results_and_never_times_a_resumed_run(t
     assert out["default"]["seeds"] == 1 and out["many_seeds"]["seeds"] == 2
     assert out["default"]["total_s"] > 0 and out["default"]["peak_rss_MiB"] > 0
     assert {"naive", "shared", "speedup"} <= set(out["seed_sharing"]) and out["reuse"]["speedup"] > 0
+    assert out["cpu_matmul"]["speedup"] > 0  # default linears vs oneDNN, the same task
     saved = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("default", "seeds-2")]
     assert [len(s["tasks"]["afinn-sentiment"]["seeds"]) for s in saved] == [1, 2]
     with pytest.raises(InvalidArgumentError, match="already holds results"):
         bench_end_to_end("tiny-llama", config=cfg, small=cfg, keep=tmp_path)
+
+
+def test_cpu_matmul_rows_time_both_paths_and_restore_the_setting(single_thread):
+    import os
+
+    from dualform.infra.bench import bench_cpu_matmul
+    from dualform.models.cpu_matmul import BACKEND_ENV, onednn_available
+    from dualform.models.load import load_model
+    from dualform.viz.terminal import bench_rows
+
+    before = os.environ.get(BACKEND_ENV)
+    out = bench_cpu_matmul(load_model("tiny-llama"), repeats=2, n_rows=2, n_tokens=6)
+    assert os.environ.get(BACKEND_ENV) == before
+    assert out["available"] == onednn_available()
+    if not out["available"]:
+        return
+    assert out["linear_speedup"] > 0 and out["forward"]["speedup"] > 0 and out["grid"]["speedup"] > 0
+    one = {"tokens": 1, "capture_ratio": 1, "capture_s": 1, "bare_forward_s": 1,
+           "run_with_cache_ratio": 1, "captured_MiB": 1, "dual_form_ratio": 1, "dual_form_s": 1,
+           "result_MiB": 1, "finetune_step_ratio": 1, "finetune_step_s": 1, "forward_backward_s": 1,
+           "seeds": 1, "rates": 1, "speedup": 1, "per_seed_grids_s": 1, "one_batch_s": 1}
+    result = {"second_load_s": 1, "capture": one, "dual_form": one, "finetune": one,
+              "prefix_reuse": {}, "seed_grid": one, "cpu_matmul": out, "peak_rss_MiB": 1}
+    labels = [label for label, _ in bench_rows(result)]
+    assert sum("oneDNN" in label for label in labels) == 3
