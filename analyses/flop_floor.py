@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from dualform.experiments.dai.config import DaiConfig, load_run_model
 from dualform.experiments.dai.protocol import run_task
-from dualform.infra.bench import cpu_matmul_setting
-from dualform.models.cpu_matmul import onednn_available, onednn_linear
+from dualform.models.cpu_matmul import (
+    best_time,
+    cpu_matmul_setting,
+    onednn_available,
+    onednn_linear,
+)
 
 
 def best_matmul_rate(repeats: int = 30) -> float:
@@ -35,15 +39,8 @@ def best_matmul_rate(repeats: int = 30) -> float:
     PyTorch's default path (MKL) or by oneDNN (:mod:`dualform.models.cpu_matmul`), whichever
     is faster here."""
     a, w = torch.randn(1200, 576), torch.randn(1536, 576)
-    paths = [lambda: a @ w.t()] + ([lambda: onednn_linear(a, w)] if onednn_available() else [])
-    best = float("inf")
-    for product in paths:
-        for _ in range(5):
-            product()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - start)
+    paths = [F.linear, *([onednn_linear] if onednn_available() else [])]
+    best = min(best_time(product, a, w, repeats) for product in paths)
     return 2 * a.shape[0] * a.shape[1] * w.shape[0] / best
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from dualform.models import cpu_matmul
 from dualform.models.cpu_matmul import (
     BACKEND_ENV,
+    cpu_matmul_setting,
     fast_linear,
     fast_linears,
     install_fast_linears,
@@ -23,12 +24,10 @@ needs_onednn = pytest.mark.skipif(not onednn_available(), reason="no oneDNN line
 
 
 @pytest.fixture
-def forced(monkeypatch):
+def forced():
     """oneDNN chosen whatever this CPU measures (the decision is cached per process)."""
-    monkeypatch.setenv(BACKEND_ENV, "onednn")
-    cpu_matmul.use_onednn.cache_clear()
-    yield
-    cpu_matmul.use_onednn.cache_clear()
+    with cpu_matmul_setting("onednn"):
+        yield
 
 
 def _layer(d_in=48, d_out=80, bias=True, seed=0) -> nn.Linear:
@@ -71,16 +70,12 @@ def test_trained_weight_and_float64_take_the_default_path(forced):
 
 
 @needs_onednn
-def test_default_setting_keeps_f_linear_bit_for_bit(monkeypatch):
-    monkeypatch.setenv(BACKEND_ENV, "default")
-    cpu_matmul.use_onednn.cache_clear()
-    try:
+def test_default_setting_keeps_f_linear_bit_for_bit():
+    with cpu_matmul_setting("default"):
         layer = _layer()
         x = torch.randn(6, 48)
         assert torch.equal(fast_linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias))
         assert cpu_matmul.cpu_matmul_backend() == "default"
-    finally:
-        cpu_matmul.use_onednn.cache_clear()
 
 
 def test_unknown_setting_names_the_choices(monkeypatch):

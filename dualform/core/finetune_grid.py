@@ -245,9 +245,9 @@ class TrainedRows:
     model (frozen weights shared) that lends them one row at a time."""
 
     def __init__(self, base, scratch, master: dict[str, Tensor], before: dict[str, Tensor],
-                 grid_linears: dict[str, nn.Module] | None = None) -> None:
+                 grid_linears: dict[str, nn.Module]) -> None:
         self.base, self.scratch, self.master, self.before = base, scratch, master, before
-        self.grid_linears = grid_linears or {}  # the K/V projections that hold every row
+        self.grid_linears = grid_linears  # the K/V projections that hold every row
         self.n_rows = next(iter(master.values())).shape[0]
         self.in_grid = False  # as_grid() is open: the scratch holds every row
         self.names = list(master)
@@ -267,9 +267,9 @@ class TrainedRows:
         """The scratch copy computing every row at once (its K/V projections hold all the rows'
         trained weights): feed it ``k`` queries per row, rate-major (batch row ``i·k + j`` is
         query ``j`` on row ``i``). Refuses while a row is lent out."""
-        if self.lent or self.in_grid or not self.grid_linears:
+        if self.lent or self.in_grid:
             raise RuntimeError("This batched finetuning run cannot compute all its rows at once "
-                               "now (a row is in use through loaded(), or it kept no grid).")
+                               "now: a row is in use through loaded().")
         linears = _kv_linears(self.scratch)
         inner = {name: linears[name].original_component for name in self.grid_linears}
         self.in_grid = True

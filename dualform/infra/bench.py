@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import resource
 import statistics
 import time
@@ -45,12 +44,11 @@ from dualform.experiments.dai.protocol import run_dai
 from dualform.experiments.dai.results import DaiResults
 from dualform.infra.rng import seeded
 from dualform.models.cpu_matmul import (
-    BACKEND_ENV,
     PROBE_SHAPE,
+    cpu_matmul_setting,
     fast_linears,
     measured_speedup,
     onednn_available,
-    use_onednn,
 )
 from dualform.models.load import DEFAULT_MODEL, load_model
 from dualform.probes import capture
@@ -189,22 +187,6 @@ def bench_seed_grid(model, seeds: int = 3, lrs: tuple[float, ...] = (0.01, 0.005
                     lambda: finetune_kv_rows(model, [(t, lr) for t in texts for lr in lrs]), repeats)
     return {"seeds": seeds, "rates": len(lrs), "shots": shots, "per_seed_grids_s": timing["baseline_s"],
             "one_batch_s": timing["candidate_s"], "speedup": 1 / timing["ratio"]}
-
-
-@contextlib.contextmanager
-def cpu_matmul_setting(value: str):
-    """``DUALFORM_CPU_MATMUL=value`` for the block (the cached choice re-made inside and after)."""
-    before = os.environ.get(BACKEND_ENV)
-    os.environ[BACKEND_ENV] = value
-    use_onednn.cache_clear()
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(BACKEND_ENV, None)
-        else:
-            os.environ[BACKEND_ENV] = before
-        use_onednn.cache_clear()
 
 
 def bench_cpu_matmul(model, repeats: int, n_rows: int = 12, n_tokens: int = 16) -> dict:

@@ -62,8 +62,8 @@ class _FrozenLinear(torch.autograd.Function):
 
 
 def fast_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, by oneDNN where that applies and is faster here: a float32
-    CPU input and a frozen float32 weight (and bias) of a shape :func:`use_onednn` chose."""
+    """``F.linear(x, weight, bias)``, by oneDNN where that applies and this process chose it
+    (:func:`use_onednn`): a float32 CPU input and a frozen float32 weight (and bias)."""
     if not _applies(x, weight, bias):
         return F.linear(x, weight, bias)
     flat = x.reshape(-1, x.shape[-1])
@@ -113,6 +113,22 @@ def use_onednn() -> bool:
     return setting == "onednn" or measured_speedup(*PROBE_SHAPE) >= MIN_SPEEDUP
 
 
+@contextmanager
+def cpu_matmul_setting(value: str) -> Iterator[None]:
+    """``DUALFORM_CPU_MATMUL=value`` for the block (the cached choice re-made inside and after)."""
+    before = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = value
+    use_onednn.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BACKEND_ENV, None)
+        else:
+            os.environ[BACKEND_ENV] = before
+        use_onednn.cache_clear()
+
+
 def cpu_matmul_backend() -> str:
     """``"onednn"`` or ``"default"``: the path frozen float32 CPU linears take here."""
     return "onednn" if use_onednn() else "default"
@@ -123,10 +139,11 @@ def measured_speedup(rows: int, d_in: int, d_out: int, repeats: int = 5) -> floa
     product (best of ``repeats``, after a warm-up)."""
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(rows, d_in, generator=gen), torch.randn(d_out, d_in, generator=gen)
-    return _best_time(F.linear, x, w, repeats) / _best_time(onednn_linear, x, w, repeats)
+    return best_time(F.linear, x, w, repeats) / best_time(onednn_linear, x, w, repeats)
 
 
-def _best_time(fn: Callable, x: Tensor, w: Tensor, repeats: int) -> float:
+def best_time(fn: Callable, x: Tensor, w: Tensor, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls ``fn(x, w)``, after one warm-up call."""
     fn(x, w)
     best = float("inf")
     for _ in range(repeats):
