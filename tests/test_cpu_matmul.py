@@ -78,10 +78,17 @@ def test_default_setting_keeps_f_linear_bit_for_bit():
         assert cpu_matmul.cpu_matmul_backend() == "default"
 
 
-def test_unknown_setting_names_the_choices(monkeypatch):
+def test_unknown_setting_names_the_choices(monkeypatch, tmp_path):
+    from dualform.errors import DualformError
+    from dualform.experiments.dai.config import DaiConfig
+    from dualform.experiments.dai.protocol import run_dai
+
     monkeypatch.setenv(BACKEND_ENV, "mkl")
     with pytest.raises(ValueError, match="auto, onednn or default"):
         cpu_matmul.backend_setting()
+    with pytest.raises(DualformError, match="DUALFORM_CPU_MATMUL='mkl'"):  # one message, before any work
+        run_dai(tmp_path / "run", DaiConfig(model="tiny-llama"), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_measured_speedup_is_a_positive_ratio():

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from dualform.errors import InvalidArgumentError
+
 #: Environment variable choosing the float32 CPU linear path: ``auto`` (measured), ``onednn``
 #: or ``default``.
 BACKEND_ENV = "DUALFORM_CPU_MATMUL"
@@ -86,7 +88,7 @@ def backend_setting() -> str:
     """``auto`` | ``onednn`` | ``default`` from :data:`BACKEND_ENV` (``auto`` when unset)."""
     value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
     if value not in ("auto", "onednn", "default"):
-        raise ValueError(f"{BACKEND_ENV}={value!r}: choose auto, onednn or default.")
+        raise InvalidArgumentError(f"{BACKEND_ENV}={value!r}: choose auto, onednn or default.")
     return value
 
 

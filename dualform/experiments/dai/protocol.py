@@ -71,7 +71,7 @@ from dualform.experiments.dai.workers import run_tasks
 from dualform.infra.memory import return_freed_memory
 from dualform.infra.results_dir import entry_settings, load_results, results_directory
 from dualform.infra.versions import package_versions
-from dualform.models.cpu_matmul import cpu_matmul_backend
+from dualform.models.cpu_matmul import backend_setting, cpu_matmul_backend
 from dualform.models.load import resolve_device
 from dualform.tasks.prompts import (
     Example,
@@ -89,7 +89,8 @@ def run_dai(out_dir: str | Path, config: DaiConfig | None = None, *, progress: b
     them); other settings raise :class:`SettingsMismatchError` unless ``overwrite`` (the old
     file is renamed aside, never deleted)."""
     config = config or DaiConfig()
-    resolve_device(config.device)  # a missing device or task fails here, before any work
+    resolve_device(config.device)  # a missing device, task or matmul setting fails here, before any work
+    backend_setting()
     for name in config.tasks:
         check_task_name(name)
     with results_directory(out_dir) as out:
