@@ -22,6 +22,13 @@ def test_bench_reports_every_ratio_as_json(single_thread):
     assert shots["8"]["prompt_tokens"] < shots["16"]["prompt_tokens"] < shots["32"]["prompt_tokens"]
     assert all(s["speedup"] > 0 for s in shots.values())
     assert out["seed_grid"]["speedup"] > 0 and out["seed_grid"]["seeds"] == 3
+    shared = out["shared_prefix"]  # tiny-llama takes the shared-prefix attention
+    assert shared["available"] and shared["speedup"] > 0 and shared["queries"] == 64
+    from dualform.viz.terminal import bench_rows
+
+    rows = dict(bench_rows(out))
+    label = next(k for k in rows if "copied / shared prefix cache" in k)
+    assert rows[label].startswith(f"{shared['speedup']:.2f}x")
 
 
 def test_pythia_shaped_bench_measures_capture_and_dual_form(single_thread):

@@ -9,16 +9,21 @@ keys included), and the prefix's own keys/values captured once.
 Queries are right-padded: a real token never attends to a later (pad) position, so no attention
 mask is needed and each row is read at its own last real position.
 
-TransformerLens 4.3 reads the cache from the ``past_key_values`` keyword while transformers 5.x
-passes it as ``cache``; :func:`dualform.models.compat.kv_cache` bridges the two for the duration
-of each forward here, so the caller's model is left as it was.
+On the plain bridge attention (every block :func:`~dualform.models.compat.prefix_attention.
+model_applies`, e.g. Llama-style models such as SmolLM2) the query batches read the batch-1
+cache directly (:func:`~dualform.models.compat.prefix_attention.shared_prefix_attention`):
+no per-row copy of the prefix's keys and values. Elsewhere each batch gets its own copy of the
+cache and the bridge's own attention; TransformerLens 4.3 reads the cache from the
+``past_key_values`` keyword while transformers 5.x passes it as ``cache``, which
+:func:`dualform.models.compat.kv_cache` bridges for the duration of each forward here, so the
+caller's model is left as it was.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +32,7 @@ from torch import Tensor
 
 from dualform.infra.reprs import compact_repr
 from dualform.models.compat import attention_hooks, kv_cache
+from dualform.models.compat.prefix_attention import model_applies, shared_prefix_attention
 from dualform.probes import Capture, capture, head_counts, hooks
 
 
@@ -106,6 +112,7 @@ class PrefixRun:
         self.prefix = prefix.reshape(1, -1)
         self.length = self.prefix.shape[-1]
         self.cache = new_cache(model) if self.length else None
+        self.shared = bool(self.length) and model_applies(model)  # queries read the cache in place
         device = next(model.parameters()).device
         if not self.length:
             self.capture = Capture({}, *head_counts(model))
@@ -134,16 +141,23 @@ class PrefixRun:
         capture's logits are then ``[batch, 1, vocab]``."""
         device = next(self.model.parameters()).device
         tokens = queries.tokens.to(device)
-        cached = {} if self.cache is None else {"cache": self._cache_for(tokens.shape[0]),
-                                                "use_cache": True}
+        cached = {}
+        if self.cache is not None:
+            cache = self.cache if self.shared else self._cache_for(tokens.shape[0])
+            cached = {"cache": cache, "use_cache": True}
         with (torch.set_grad_enabled(not detach and torch.is_grad_enabled()),
-              kv_cache(self.model), attention_hooks(self.model)):
+              kv_cache(self.model), attention_hooks(self.model),
+              shared_prefix_attention(self.model) if self.shared else nullcontext()):
             if not last_logits:
-                return capture(self.model, tokens, hooks=names, detach=detach, **cached)
-            with logits_at(self.model, queries.last) as pick:
                 cap = capture(self.model, tokens, hooks=names, detach=detach, **cached)
-            cap.logits = pick(cap.logits)
-            return cap
+            else:
+                with logits_at(self.model, queries.last) as pick:
+                    cap = capture(self.model, tokens, hooks=names, detach=detach, **cached)
+                cap.logits = pick(cap.logits)
+        if self.shared and self.cache.get_seq_length() != self.length:
+            raise RuntimeError(f"the shared prefix cache was written ({self.length} → "
+                               f"{self.cache.get_seq_length()} positions): a dualform bug")
+        return cap
 
     def prefix_kv(self, layer: int, *, rotated: bool = True) -> tuple[Tensor, Tensor]:
         """The prefix's keys (rotated when captured) and values, per query head: ``[pos, head, d]``."""

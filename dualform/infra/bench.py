@@ -8,6 +8,8 @@ same process on the same input:
 * ``dual_form`` on a ~300-token 32-demonstration prompt vs a bare forward of that prompt;
 * one ``finetune_kv`` SGD step vs a plain forward+backward with gradients only on W_K/W_V;
 * per-query ICL cost with prefix reuse + batching vs one full forward per query (8/16/32 shots);
+* query batches reading the prefix's cache in place (shared-prefix attention) vs each batch on
+  its own copy of it (the bridge's attention), 32 shots;
 * seeds × rates finetuning in one batched run vs one LR grid per seed;
 * frozen float32 CPU linears through oneDNN vs PyTorch's default path (MKL): one linear
   product, a batched forward of the model and a batched finetuning grid
@@ -173,6 +175,37 @@ def bench_prefix(model, shots: tuple[int, ...] = (8, 16, 32), n_queries: int = 1
     return out
 
 
+def bench_shared_prefix(model, shots: int = 32, n_queries: int = 64, repeats: int = 2) -> dict:
+    """ICL records of ``n_queries`` test queries in batches on one ``shots``-demonstration
+    prefix: each batch on its own copy of the prefix's cache through the bridge's attention vs
+    every batch reading the one cache in place
+    (:mod:`dualform.models.compat.prefix_attention`). The prefix run itself is not timed."""
+    from dualform.experiments.dai.conditions import prefix_run, prompt_pair, record_all
+    from dualform.tasks.prompts import label_token_ids, load_task, sample_demos
+
+    task = load_task("afinn-sentiment")
+    labels = label_token_ids(model, task)
+    demos = sample_demos(task, shots, seed=1)
+    prompts = [prompt_pair(model, task, demos, ex).icl for ex in task.test[:n_queries]]
+    run = prefix_run(model, prompts[0])
+    if not run.shared:
+        return {"available": False}
+
+    def records(shared: bool) -> Callable[[], object]:
+        def go() -> object:
+            run.shared = shared
+            try:
+                return record_all(model, prompts, labels, dual=True, run=run, batch_size=32)
+            finally:
+                run.shared = True
+        return go
+
+    timing = paired(records(False), records(True), repeats)
+    return {"available": True, "prompt_tokens": int(prompts[0].tokens.shape[-1]),
+            "queries": len(prompts), "copied_s": timing["baseline_s"],
+            "shared_s": timing["candidate_s"], "speedup": 1 / timing["ratio"]}
+
+
 def bench_seed_grid(model, seeds: int = 3, lrs: tuple[float, ...] = (0.01, 0.005, 0.001, 0.0005),
                     shots: int = 16, repeats: int = 2) -> dict:
     """Finetuning of every seed × rate: one batched run (:func:`finetune_kv_rows`, each row its
@@ -323,6 +356,7 @@ def run_bench(name: str = DEFAULT_MODEL, repeats: int = 5, device: str | None = 
     out["dual_form"] = bench_dual_form(model, repeats)
     out["finetune"] = bench_finetune_step(model, repeats)
     out["prefix_reuse"] = bench_prefix(model)
+    out["shared_prefix"] = bench_shared_prefix(model)
     out["seed_grid"] = bench_seed_grid(model, repeats=max(1, repeats // 2))
     out["cpu_matmul"] = bench_cpu_matmul(model, repeats)
     if pythia_shape:

@@ -4,7 +4,7 @@
     names.py     model names and where their files live (cache directory), without torch
     card.py      the model card of ``dualform info``, computed once and kept as JSON
     features.py  attention features per model (GQA, rotary, ALiBi, soft-cap, fused QKV layout), refusals
-    compat.py    every shim over TransformerLens / transformers internals, version-guarded, reversible
+    compat/      every shim over TransformerLens / transformers internals, version-guarded, reversible
     cpu_matmul.py  frozen float32 CPU linears through oneDNN where that is measured faster, reversible
 
 The names below are imported lazily, so ``dualform.models.names`` and ``dualform.models.card``

@@ -27,7 +27,8 @@ CARD_FILE = "dualform-card.json"
 #: Files of a model directory whose change changes the card (config and weights).
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 #: The dualform modules a card is computed with: a change to one of them recomputes the cards.
-CODE = ("models/card.py", "models/load.py", "models/features.py", "models/compat.py", "probes.py")
+CODE = ("models/card.py", "models/load.py", "models/features.py", "models/compat/__init__.py",
+        "probes.py")
 HOOK_LISTS = ("short_hooks", "layer_hooks", "other_hooks")
 
 

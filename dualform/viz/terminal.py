@@ -122,6 +122,11 @@ def bench_rows(result: dict) -> list[tuple[str, str]]:
     for k, p in result["prefix_reuse"].items():
         rows.append((f"ICL per query, {k} shots ({p['prompt_tokens']} tok): naive / prefix reuse",
                      f"{p['speedup']:.1f}x ({p['naive_per_query_s']:.3f} s vs {p['reuse_per_query_s']:.3f} s)"))
+    sp = result.get("shared_prefix", {})
+    if sp.get("available"):
+        rows.append((f"ICL records, {sp['queries']} queries on a {sp['prompt_tokens']}-token "
+                     "prompt: copied / shared prefix cache",
+                     f"{sp['speedup']:.2f}x ({sp['copied_s']:.2f} s vs {sp['shared_s']:.2f} s)"))
     g = result["seed_grid"]
     rows.append((f"finetuning {g['seeds']} seeds × {g['rates']} rates: per-seed grids / one batch",
                  f"{g['speedup']:.2f}x ({g['per_seed_grids_s']:.1f} s vs {g['one_batch_s']:.1f} s)"))

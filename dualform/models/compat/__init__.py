@@ -1,4 +1,6 @@
-"""Every shim over TransformerLens / transformers internals, in one place.
+"""Every shim over TransformerLens / transformers internals, in one place: this module, and
+
+    prefix_attention.py  the bridge's attention on query batches over one cached prefix, without per-row copies
 
 Each shim is tied to the library versions it was written against (:data:`TESTED`): outside that
 range it raises :class:`CompatError` naming the versions, or steps aside where the newer
@@ -12,6 +14,9 @@ exit, so a user's model is left as it was once dualform is done with it.
   its own module (OPT, GPT-J) through a function that fires ``hook_rot_q``/``hook_rot_k``,
   ``hook_attn_scores`` and ``hook_pattern`` *inside* the computation, and keep the bridge's
   float32 softmax from downcasting a float64 model.
+* :func:`~dualform.models.compat.prefix_attention.shared_prefix_attention` (its own module) —
+  the bridge's attention on query batches over one cached prefix, reading the prefix's keys
+  and values in place instead of copying them per row (three copies per layer in the bridge).
 * :func:`finite_padding_patterns` — the NaN attention rows of fully masked (left-padding)
   queries in the TransformerLens 4 bridge.
 * :func:`deepcopy_module`, :func:`drop_quantization_config` — copying a bridge after an autograd
@@ -110,7 +115,9 @@ def _patch(model, method: str, replacement, applies) -> Callable[[], None]:
     for block in model.blocks:
         attn = block.attn
         if applies(attn) and method not in vars(attn):
-            setattr(attn, method, types.MethodType(replacement, attn))
+            # into the instance dict: a bridge's __setattr__ forwards a public name (``forward``)
+            # to the wrapped Hugging Face module
+            vars(attn)[method] = types.MethodType(replacement, attn)
             patched.append(attn)
 
     def undo() -> None:
