@@ -140,3 +140,17 @@ def test_other_attentions_take_the_bridges_own_path(llama64):
         assert not shared_prefix_applies(attn)
     finally:
         attn.config.use_attn_result = before
+
+
+def test_a_model_put_in_training_mode_takes_the_bridges_path(llama64):
+    """Dropout in training mode is not the shared path's: a run made in eval mode then copies the
+    cache per batch, with the same numbers (dropout 0 in this model)."""
+    shared, copied, queries = _pair(llama64)
+    want = copied.run(queries, ("z",), last_logits=True)
+    llama64.train()
+    try:
+        got = shared.run(queries, ("z",), last_logits=True)
+    finally:
+        llama64.eval()
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-12, rtol=1e-12)
+    assert shared.cache.get_seq_length() == shared.length

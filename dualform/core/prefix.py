@@ -141,20 +141,21 @@ class PrefixRun:
         capture's logits are then ``[batch, 1, vocab]``."""
         device = next(self.model.parameters()).device
         tokens = queries.tokens.to(device)
+        shared = self.shared and model_applies(self.model)  # e.g. not since a .train()
         cached = {}
         if self.cache is not None:
-            cache = self.cache if self.shared else self._cache_for(tokens.shape[0])
+            cache = self.cache if shared else self._cache_for(tokens.shape[0])
             cached = {"cache": cache, "use_cache": True}
         with (torch.set_grad_enabled(not detach and torch.is_grad_enabled()),
               kv_cache(self.model), attention_hooks(self.model),
-              shared_prefix_attention(self.model) if self.shared else nullcontext()):
+              shared_prefix_attention(self.model) if shared else nullcontext()):
             if not last_logits:
                 cap = capture(self.model, tokens, hooks=names, detach=detach, **cached)
             else:
                 with logits_at(self.model, queries.last) as pick:
                     cap = capture(self.model, tokens, hooks=names, detach=detach, **cached)
                 cap.logits = pick(cap.logits)
-        if self.shared and self.cache.get_seq_length() != self.length:
+        if shared and self.cache.get_seq_length() != self.length:
             raise RuntimeError(f"the shared prefix cache was written ({self.length} → "
                                f"{self.cache.get_seq_length()} positions): a dualform bug")
         return cap
