@@ -148,3 +148,18 @@ def test_frozen_embedded_model_matches_default_path(smol, forced):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(effects, ref_effects, rtol=1e-3, atol=1e-5)
     assert effects.abs().max() > 0
+
+
+def test_auto_keeps_the_default_path_on_a_cpu_without_avx512(monkeypatch):
+    """``auto`` measures only where AVX-512 kernels run (the gain is AVX-512 code vs MKL's AVX2):
+    an AVX2-only CPU keeps PyTorch's path without a timing probe, so the choice cannot flip."""
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+    probed = []
+    monkeypatch.setattr(cpu_matmul, "measured_speedup", lambda *a, **k: probed.append(a) or 3.0)
+    for capability, expected in (("AVX2", False), ("DEFAULT", False), ("AVX512", True)):
+        monkeypatch.setattr(cpu_matmul, "cpu_capability", lambda c=capability: c)
+        cpu_matmul.use_onednn.cache_clear()
+        assert cpu_matmul.use_onednn() is expected, capability
+    assert len(probed) == 1  # only the AVX-512 CPU was timed
+    cpu_matmul.use_onednn.cache_clear()
