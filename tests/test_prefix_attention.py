@@ -154,3 +154,13 @@ def test_a_model_put_in_training_mode_takes_the_bridges_path(llama64):
         llama64.eval()
     torch.testing.assert_close(got.logits, want.logits, atol=1e-12, rtol=1e-12)
     assert shared.cache.get_seq_length() == shared.length
+
+
+def test_the_shim_refuses_untested_library_versions(llama64, monkeypatch):
+    from dualform.models import compat
+
+    monkeypatch.setitem(compat.TESTED, "transformer-lens", ((9, 0), (10, 0)))
+    with pytest.raises(compat.CompatError, match="shared-prefix attention.*transformer-lens 9.0"):
+        with shared_prefix_attention(llama64):
+            pass
+    assert not any("forward" in vars(block.attn) for block in llama64.blocks)
