@@ -157,9 +157,11 @@ def test_auto_keeps_the_default_path_on_a_cpu_without_avx512(monkeypatch):
     monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
     probed = []
     monkeypatch.setattr(cpu_matmul, "measured_speedup", lambda *a, **k: probed.append(a) or 3.0)
-    for capability, expected in (("AVX2", False), ("DEFAULT", False), ("AVX512", True)):
-        monkeypatch.setattr(cpu_matmul, "cpu_capability", lambda c=capability: c)
-        cpu_matmul.use_onednn.cache_clear()
-        assert cpu_matmul.use_onednn() is expected, capability
-    assert len(probed) == 1  # only the AVX-512 CPU was timed
-    cpu_matmul.use_onednn.cache_clear()
+    try:
+        for capability, expected in (("AVX2", False), ("DEFAULT", False), ("AVX512", True)):
+            monkeypatch.setattr(cpu_matmul, "cpu_capability", lambda c=capability: c)
+            cpu_matmul.use_onednn.cache_clear()
+            assert cpu_matmul.use_onednn() is expected, capability
+        assert len(probed) == 1  # only the AVX-512 CPU was timed
+    finally:
+        cpu_matmul.use_onednn.cache_clear()  # the next caller decides on the real CPU

@@ -9,9 +9,9 @@ keys included), and the prefix's own keys/values captured once.
 Queries are right-padded: a real token never attends to a later (pad) position, so no attention
 mask is needed and each row is read at its own last real position.
 
-On the plain bridge attention (every block :func:`~dualform.models.compat.prefix_attention.
-model_applies`, e.g. Llama-style models such as SmolLM2) the query batches read the batch-1
-cache directly (:func:`~dualform.models.compat.prefix_attention.shared_prefix_attention`):
+On the plain bridge attention (every block, by
+:func:`~dualform.models.compat.prefix_attention.model_applies`: e.g. Llama-style models such as
+SmolLM2) the query batches read the batch-1 cache directly (:func:`~dualform.models.compat.prefix_attention.shared_prefix_attention`):
 no per-row copy of the prefix's keys and values. Elsewhere each batch gets its own copy of the
 cache and the bridge's own attention; TransformerLens 4.3 reads the cache from the
 ``past_key_values`` keyword while transformers 5.x passes it as ``cache``, which

@@ -151,21 +151,29 @@ def bench_finetune_step(model, repeats: int, n_tokens: int = 24, n_steps: int = 
             "finetune_call_ratio_incl_copy": timing["ratio"], "model_copy_once_s": copy_s}
 
 
-def bench_prefix(model, shots: tuple[int, ...] = (8, 16, 32), n_queries: int = 16) -> dict:
-    """Per-query ICL record cost: one full forward per query vs prefix reuse + batching
-    (the prefix run is included, amortised over ``n_queries``)."""
-    from dualform.experiments.dai.conditions import prompt_pair, record_all
+def icl_prompts(model, shots: int, n_queries: int) -> tuple[list, list[int]]:
+    """The ICL prompts of afinn-sentiment's first ``n_queries`` test examples with ``shots``
+    demonstrations (seed 1), and the label token ids: what the prefix benchmarks time."""
+    from dualform.experiments.dai.conditions import prompt_pair
     from dualform.tasks.prompts import label_token_ids, load_task, sample_demos
 
     task = load_task("afinn-sentiment")
-    labels = label_token_ids(model, task)
+    demos = sample_demos(task, shots, seed=1)
+    prompts = [prompt_pair(model, task, demos, ex).icl for ex in task.test[:n_queries]]
+    return prompts, label_token_ids(model, task)
+
+
+def bench_prefix(model, shots: tuple[int, ...] = (8, 16, 32), n_queries: int = 16) -> dict:
+    """Per-query ICL record cost: one full forward per query vs prefix reuse + batching
+    (the prefix run is included, amortised over ``n_queries``)."""
+    from dualform.experiments.dai.conditions import record_all
+
     out = {}
     for k in shots:
-        demos = sample_demos(task, k, seed=1)
-        prompts = [prompt_pair(model, task, demos, ex).icl for ex in task.test[:n_queries]]
+        prompts, labels = icl_prompts(model, k, n_queries)
         timing = paired(
-            lambda p=prompts: record_all(model, p, labels, dual=True, reuse_prefix=True),
-            lambda p=prompts: record_all(model, p, labels, dual=True, reuse_prefix=False),
+            lambda p=prompts, ids=labels: record_all(model, p, ids, dual=True, reuse_prefix=True),
+            lambda p=prompts, ids=labels: record_all(model, p, ids, dual=True, reuse_prefix=False),
             2,
         )
         out[str(k)] = {"prompt_tokens": int(prompts[0].tokens.shape[-1]),
@@ -180,13 +188,9 @@ def bench_shared_prefix(model, shots: int = 32, n_queries: int = 64, repeats: in
     prefix: each batch on its own copy of the prefix's cache through the bridge's attention vs
     every batch reading the one cache in place
     (:mod:`dualform.models.compat.prefix_attention`). The prefix run itself is not timed."""
-    from dualform.experiments.dai.conditions import prefix_run, prompt_pair, record_all
-    from dualform.tasks.prompts import label_token_ids, load_task, sample_demos
+    from dualform.experiments.dai.conditions import prefix_run, record_all
 
-    task = load_task("afinn-sentiment")
-    labels = label_token_ids(model, task)
-    demos = sample_demos(task, shots, seed=1)
-    prompts = [prompt_pair(model, task, demos, ex).icl for ex in task.test[:n_queries]]
+    prompts, labels = icl_prompts(model, shots, n_queries)
     run = prefix_run(model, prompts[0])
     if not run.shared:
         return {"available": False}

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from dualform.errors import InvalidArgumentError
 
-#: Environment variable choosing the float32 CPU linear path: ``auto`` (measured), ``onednn``
-#: or ``default``.
+#: Environment variable choosing the float32 CPU linear path: ``auto`` (measured on a CPU with
+#: AVX-512 kernels, PyTorch's path elsewhere), ``onednn`` or ``default``.
 BACKEND_ENV = "DUALFORM_CPU_MATMUL"
 #: oneDNN is used where it is at least this much faster than the default path.
 MIN_SPEEDUP = 1.15

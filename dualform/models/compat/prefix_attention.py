@@ -16,7 +16,7 @@ are the bridge's own methods. The cache is never written.
 
 It applies only to the plain bridge attention with none of the features the bridge adds on top
 (:func:`shared_prefix_applies`); elsewhere :class:`dualform.core.prefix.PrefixRun` takes the
-bridge's own path. ``tests/test_prefix.py`` pins it against that path, hook by hook.
+bridge's own path. ``tests/test_prefix_attention.py`` pins it against that path, hook by hook.
 """
 
 from __future__ import annotations
