@@ -150,18 +150,22 @@ def test_frozen_embedded_model_matches_default_path(smol, forced):
     assert effects.abs().max() > 0
 
 
-def test_auto_keeps_the_default_path_on_a_cpu_without_avx512(monkeypatch):
-    """``auto`` measures only where AVX-512 kernels run (the gain is AVX-512 code vs MKL's AVX2):
-    an AVX2-only CPU keeps PyTorch's path without a timing probe, so the choice cannot flip."""
+def test_auto_is_a_rule_on_the_cpu_capability_not_a_timing(monkeypatch):
+    """``auto`` takes oneDNN exactly where PyTorch runs AVX-512 kernels, without timing anything:
+    a timing probe near its threshold made two runs of one command take different paths."""
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
     probed = []
-    monkeypatch.setattr(cpu_matmul, "measured_speedup", lambda *a, **k: probed.append(a) or 3.0)
+    monkeypatch.setattr(cpu_matmul, "measured_speedup", lambda *a, **k: probed.append(a) or 0.5)
     try:
         for capability, expected in (("AVX2", False), ("DEFAULT", False), ("AVX512", True)):
             monkeypatch.setattr(cpu_matmul, "cpu_capability", lambda c=capability: c)
             cpu_matmul.use_onednn.cache_clear()
             assert cpu_matmul.use_onednn() is expected, capability
-        assert len(probed) == 1  # only the AVX-512 CPU was timed
+            assert cpu_matmul.cpu_matmul_backend() == ("onednn" if expected else "default")
+        assert probed == []  # nothing was timed
+        monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)
+        cpu_matmul.use_onednn.cache_clear()
+        assert cpu_matmul.use_onednn() is False  # no oneDNN op in this build: the default path
     finally:
         cpu_matmul.use_onednn.cache_clear()  # the next caller decides on the real CPU

@@ -70,19 +70,23 @@ def _tied_pairs(new_run: np.ndarray) -> np.ndarray:
 
 
 def _inversions(seq: np.ndarray) -> np.ndarray:
-    """Pairs i < j with seq_i > seq_j per row (values 0 … n−1), one Fenwick tree per row."""
+    """Pairs i < j with seq_i > seq_j per row (values 0 … n−1), one Fenwick tree per row, the
+    trees of all rows in one flat array (a flat ``take`` is ~3× faster than 2-D indexing)."""
     n_rows, n = seq.shape
-    tree = np.zeros((n_rows, n + 2), np.int64)  # 1-based; column n + 1 absorbs overflow
-    rows, steps = np.arange(n_rows), n.bit_length() + 1
+    width = n + 2  # 1-based; column n + 1 absorbs overflow, column 0 stays 0
+    tree = np.zeros(n_rows * width, np.int64)
+    base = np.arange(n_rows, dtype=np.int64) * width
+    steps = n.bit_length() + 1
+    by_position = np.ascontiguousarray(seq.T, dtype=np.int64) + 1
     out = np.zeros(n_rows, np.int64)
     for k in range(n):
-        i, seen_le = seq[:, k] + 1, np.zeros(n_rows, np.int64)
-        for _ in range(steps):  # items seen so far with value ≤ seq_k (tree[:, 0] stays 0)
-            seen_le += tree[rows, i]
-            i = i - (i & -i)
+        i, seen_le = by_position[k], np.zeros(n_rows, np.int64)
+        while i.any():  # items seen so far with value ≤ seq_k
+            seen_le += np.take(tree, base + i)
+            i = i & (i - 1)  # i − lowbit(i)
         out += k - seen_le
-        i = seq[:, k] + 1
+        i = by_position[k]
         for _ in range(steps):
-            tree[rows, i] += 1
+            tree[base + i] += 1
             i = np.minimum(i + (i & -i), n + 1)
     return out

@@ -5,7 +5,7 @@
     card.py      the model card of ``dualform info``, computed once and kept as JSON
     features.py  attention features per model (GQA, rotary, ALiBi, soft-cap, fused QKV layout), refusals
     compat/      every shim over TransformerLens / transformers internals, version-guarded, reversible
-    cpu_matmul.py  frozen float32 CPU linears through oneDNN where that is measured faster, reversible
+    cpu_matmul.py  frozen float32 CPU linears through oneDNN on AVX-512 CPUs, reversible
 
 The names below are imported lazily, so ``dualform.models.names`` and ``dualform.models.card``
 load without torch.

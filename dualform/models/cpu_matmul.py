@@ -10,12 +10,16 @@ rounding (float64 and half-precision layers are never touched).
 :func:`install_fast_linears` binds a ``forward`` to every float32 CPU ``nn.Linear`` of a model
 that calls :func:`fast_linear`: oneDNN for a **frozen** weight (no ``requires_grad``; the input
 may need its gradient, which oneDNN computes too), the default path for a weight being trained
-(its gradient then comes from autograd as before). Which path is faster is measured once per
-process on a CPU with AVX-512 kernels (:func:`use_onednn`; on an AVX2-only CPU, where both
-paths run AVX2 code and measured alike, the default path is kept without a timing probe
-whose noise could flip the choice), never assumed; ``DUALFORM_CPU_MATMUL=onednn`` or
-``=default`` overrides the measurement. :func:`fast_linears` is the context-manager form that
-leaves a user's model as it was.
+(its gradient then comes from autograd as before). ``auto`` (:func:`use_onednn`) takes oneDNN
+where PyTorch runs AVX-512 kernels and PyTorch's path elsewhere — a rule, not a per-process
+timing probe, so two runs of one command on one machine take the same path and round alike
+(the FT side of ``reproduce dai`` is chaotic in those roundings). The rule rests on
+measurements (``dualform bench`` times both paths in every run, :func:`measured_speedup`):
+oneDNN was 2.89× and 1.21× MKL on two 2-core AVX-512 AMD EPYC machines, 0.97–1.16× on an
+AVX2-only one, where a probe of a few milliseconds flipped the choice from run to run, as it
+did at 1.21× (probes of 1.21–1.42× against a threshold of 1.15 chose MKL once in seven).
+``DUALFORM_CPU_MATMUL=onednn`` or ``=default`` overrides the rule. :func:`fast_linears` is
+the context-manager form that leaves a user's model as it was.
 """
 
 from __future__ import annotations
@@ -34,14 +38,11 @@ from torch import Tensor, nn
 
 from dualform.errors import InvalidArgumentError
 
-#: Environment variable choosing the float32 CPU linear path: ``auto`` (measured on a CPU with
+#: Environment variable choosing the float32 CPU linear path: ``auto`` (oneDNN on a CPU with
 #: AVX-512 kernels, PyTorch's path elsewhere), ``onednn`` or ``default``.
 BACKEND_ENV = "DUALFORM_CPU_MATMUL"
-#: oneDNN is used where it is at least this much faster than the default path.
-MIN_SPEEDUP = 1.15
-#: The product the measurement times: ``[rows, d_in] × [d_out, d_in]`` (a batch of short
-#: prompts through a small model's layer). One decision for every shape keeps a run's rounding
-#: the same from one run to the next.
+#: The product :func:`measured_speedup` times in ``dualform bench``: ``[rows, d_in] × [d_out,
+#: d_in]`` (a batch of short prompts through a small model's layer).
 PROBE_SHAPE = (128, 1024, 1024)
 
 
@@ -110,16 +111,13 @@ def onednn_available() -> bool:
 @functools.cache
 def use_onednn() -> bool:
     """Whether frozen float32 linears take the oneDNN path in this process: the
-    :data:`BACKEND_ENV` setting, or (``auto``) a measurement of both paths on this CPU."""
+    :data:`BACKEND_ENV` setting, or (``auto``) whether PyTorch runs AVX-512 kernels here."""
     setting = backend_setting()
     if setting == "default" or not onednn_available():
         return False
-    if setting == "onednn":
-        return True
-    # auto: the gain is AVX-512 code where MKL runs AVX2 (AMD); on an AVX2-only CPU both run
-    # AVX2 (measured 0.97–1.16× on one), and a timing probe near the threshold would make the
-    # choice, hence the FT side's order of sums, differ from process to process
-    return cpu_capability().startswith("AVX512") and measured_speedup(*PROBE_SHAPE) >= MIN_SPEEDUP
+    # auto: the gain is oneDNN's AVX-512 code where MKL runs AVX2 (AMD); the same rule on every
+    # run of a machine (a timing probe near a threshold made the choice differ between runs)
+    return setting == "onednn" or cpu_capability().startswith("AVX512")
 
 
 def cpu_capability() -> str:
