@@ -120,6 +120,45 @@ def test_vectorised_kendall_equals_scipy_bit_for_bit():
     assert np.isnan(got[0, 0]) and np.isnan(got[1, 0]) and np.isnan(got[2, 1])
 
 
+def test_simam_delta_is_undefined_where_a_change_is_rounding():
+    """A change no larger than rounding gives nan, not the cosine of two rounding errors; the
+    reductions skip it only when asked (elsewhere nan spreads, as in the official code)."""
+    zsl = np.array([[[[4.0, 2.0]], [[4.0, 2.0]]]])  # [example, layer, head, q]: 2 layers
+    icl = zsl + np.array([[[[0.0, 1e-9]], [[1.0, 0.0]]]])  # layer 0: ICL changes nothing
+    ft = zsl + np.array([[[[1.0, 0.0]], [[2.0, 0.0]]]])
+    got = M.simam_delta(icl, zsl, ft)
+    assert np.isnan(got[0, 0, 0]) and got[0, 1, 0] == pytest.approx(1.0)
+    assert np.isnan(M.simam_delta(icl, zsl, zsl)).all()  # FT changes nothing either
+    assert M.simam_delta(icl, zsl, ft, rtol=0.0)[0, 0, 0] == pytest.approx(0.0)  # noise, if forced
+    assert np.isnan(M.overall(got))
+    assert M.overall(got, skip_undefined=True) == pytest.approx(1.0)
+    np.testing.assert_array_equal(M.layer_mean(got, skip_undefined=True), [np.nan, 1.0])
+    np.testing.assert_array_equal(M.head_mean(got, skip_undefined=True), [[np.nan], [1.0]])
+
+
+def test_icl_leaves_layer_0_scores_of_the_query_unchanged_on_smollm2(smol):
+    """The model's own activations: SmolLM2 (rotary, no position in its embeddings) scores the
+    query tokens at layer 0 alike with and without demonstrations (relative positions only), to
+    float32 rounding — so SimAM_Δ is undefined there and defined from layer 1 on."""
+    from dualform.probes import capture
+
+    query = smol.to_tokens(" great movie\nSentiment:", prepend_bos=False)
+    demos = smol.to_tokens("Review: awful film\nSentiment: negative\nReview:", prepend_bos=False)
+    bos = torch.tensor([[smol.tokenizer.bos_token_id]])
+    n = query.shape[-1]
+    scores = {}
+    for name, tokens in (("icl", torch.cat([bos, demos, query], -1)), ("zsl", torch.cat([bos, query], -1))):
+        cap = capture(smol, tokens, hooks=("attn_scores",))
+        scores[name] = np.stack([cap.get("attn_scores", layer)[0, :, -1, -n:].double().numpy()
+                                 for layer in range(3)])[None]  # [1, layer, head, q]
+    zsl = scores["zsl"]
+    change = np.linalg.norm(scores["icl"] - zsl, axis=-1) / np.linalg.norm(zsl, axis=-1)
+    assert change[0, 0].max() < 1e-5 and change[0, 1:].min() > 1e-2
+    ft = zsl + np.random.default_rng(0).normal(size=zsl.shape)
+    got = M.simam_delta(scores["icl"], zsl, ft)
+    assert np.isnan(got[0, 0]).all() and np.isfinite(got[0, 1:]).all()
+
+
 def test_inversions_count_every_discordant_pair():
     """The flat Fenwick trees of ``_inversions`` against a brute-force count, for lengths around
     powers of two (the trees' edge) and rows with ties."""

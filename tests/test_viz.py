@@ -294,3 +294,19 @@ def test_pooling_handles_metrics_over_example_subsets_and_seeds_that_lack_one():
         assert len(bands) == N_LAYERS and all(b.low <= b.mean <= b.high for b in bands)
     assert task.intervals.per_layer[f2t(SIMAOU)][0].n == 9  # 7 + 2 examples, two seeds
     assert np.array(task.intervals.head_distinct[SIMAM_AFTER]).shape == (N_LAYERS, N_HEADS)
+
+
+def test_caption_names_the_layers_where_simam_delta_is_undefined():
+    """Layers whose SimAM_Δ is nan in every replicate are named in the tables' caption; a layer
+    defined in any replicate is not."""
+    from dualform.viz.tables import caption, undefined_layers
+
+    results = fake_results(("afinn-sentiment", "vader-valence"))
+    assert undefined_layers(results, SIMAM_DELTA) == [] and "SimAM_Δ leaves out" not in caption(results)
+    for task in results.tasks.values():
+        for seed in task.seeds:
+            seed.metrics[SIMAM_DELTA].per_layer[0] = None
+    assert undefined_layers(results, SIMAM_DELTA) == [0]
+    assert "SimAM_Δ leaves out layer 0:" in caption(results)
+    results.tasks["vader-valence"].seeds[1].metrics[SIMAM_DELTA].per_layer[0] = 0.5
+    assert undefined_layers(results, SIMAM_DELTA) == []

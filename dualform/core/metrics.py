@@ -25,6 +25,7 @@ Checked against ports of ``microsoft/LMOps`` ``understand_icl/icl_ft/compute_sim
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -193,41 +194,69 @@ def simam(scores_a: Any, scores_b: Any) -> Float[np.ndarray, "example layer head
     return cosine(a, b)
 
 
+#: A score change no larger than this fraction of ‖s_ZSL‖ is rounding, not a change (float32
+#: rounds at ~1e-7 relative; the smallest real ICL change measured on SmolLM2-135M was 0.09).
+UNCHANGED_RTOL = 1e-4
+
+
 def simam_delta(
-    scores_icl: Any, scores_zsl: Any, scores_ft: Any
+    scores_icl: Any, scores_zsl: Any, scores_ft: Any, *, rtol: float = UNCHANGED_RTOL
 ) -> Float[np.ndarray, "example layer head"]:
     """SimAM on score changes (Deutch et al. 2024, ``GiilDe/ft-vs-icl``), per example/layer/head:
 
-        SimAM_Δ = cos(s_ICL − s_ZSL, s_FT − s_ZSL)
+        SimAM_Δ = cos(s_ICL − s_ZSL, s_FT − s_ZSL),   nan where ‖s_X − s_ZSL‖ ≤ rtol·‖s_ZSL‖
 
-    Same inputs and padding as :func:`simam`.
+    Same inputs and padding as :func:`simam`. Where ICL or FT leaves the scores unchanged up to
+    rounding the cosine compares rounding errors — noise that moves with the order of a sum —
+    so it is ``nan`` (undefined), not a similarity. On a rotary model whose embeddings carry no
+    position (Llama, SmolLM2) layer 0 is such a layer for ICL: the last token's scores over the
+    query tokens depend only on those tokens and their relative positions, the same in both
+    prompts (SmolLM2-135M: ‖Δ‖/‖s‖ = 2e-7 – 3e-6 at layer 0, ≥ 0.09 from layer 1). The
+    official code, written for absolute positions, has no such layer and averages whatever it
+    gets; reduce these values with ``skip_undefined=True`` (:func:`layer_mean`, :func:`overall`).
     """
     icl, zsl, ft = _score_maps(scores_icl, scores_zsl, scores_ft)
-    return cosine(icl - zsl, ft - zsl)
+    d_icl, d_ft = icl - zsl, ft - zsl
+    floor = rtol * np.linalg.norm(zsl, axis=-1)
+    unchanged = (np.linalg.norm(d_icl, axis=-1) <= floor) | (np.linalg.norm(d_ft, axis=-1) <= floor)
+    return np.where(unchanged, np.nan, cosine(d_icl, d_ft))
 
 
 # --------------------------------------------------------------------------- reductions
 
 
-def layer_mean(values: Any) -> Float[np.ndarray, " layer"]:
+def layer_mean(values: Any, *, skip_undefined: bool = False) -> Float[np.ndarray, " layer"]:
     """``[example, layer]`` → mean over examples; ``[example, layer, head]`` → mean over heads,
-    then examples (the official order)."""
-    values = as_float64(values)
+    then examples (the official order). ``skip_undefined``: means over the defined (non-``nan``)
+    values, ``nan`` where there are none (e.g. :func:`simam_delta`); otherwise ``nan`` spreads."""
+    values, mean = as_float64(values), _mean(skip_undefined)
     if values.ndim == 3:
-        values = values.mean(axis=2)
+        values = mean(values, axis=2)
     if values.ndim != 2:
         raise ValueError(f"Expected [example, layer(, head)] values; got shape {values.shape}.")
-    return values.mean(axis=0)
+    return mean(values, axis=0)
 
 
-def head_mean(values: Any) -> Float[np.ndarray, "layer head"]:
+def head_mean(values: Any, *, skip_undefined: bool = False) -> Float[np.ndarray, "layer head"]:
     """``[example, layer, head]`` → mean over examples, per layer and head."""
     values = as_float64(values)
     if values.ndim != 3:
         raise ValueError(f"Expected [example, layer, head] values; got shape {values.shape}.")
-    return values.mean(axis=0)
+    return _mean(skip_undefined)(values, axis=0)
 
 
-def overall(values: Any) -> float:
+def overall(values: Any, *, skip_undefined: bool = False) -> float:
     """The headline number: :func:`layer_mean`, then the mean over layers."""
-    return float(layer_mean(values).mean())
+    return float(_mean(skip_undefined)(layer_mean(values, skip_undefined=skip_undefined)))
+
+
+def _mean(skip_undefined: bool):
+    """``np.mean``, or ``np.nanmean`` that gives ``nan`` for an all-``nan`` slice silently."""
+    if not skip_undefined:
+        return np.mean
+
+    def nanmean(values: np.ndarray, axis: int | None = None) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": nan is meant
+            return np.nanmean(values, axis=axis)
+    return nanmean

@@ -91,7 +91,9 @@ CAPTIONS = {
     "> before, i.e. finetuning moves attention towards ICL's. Dashed: the untrained model.",
     "simam_delta_layers": "SimAM_Δ per layer (Deutch et al.): cosine of the score changes "
     "ICL − ZSL and FT − ZSL, the fairer attention metric. Look for: values above the untrained "
-    "model's (dashed).",
+    "model's (dashed). A gap: no value where ICL or FT leaves the scores unchanged up to rounding "
+    "(layer 0 of a rotary model such as SmolLM2, where the query's scores depend only on "
+    "relative positions).",
     "kendall_layers": "Kendall τ per layer between how much ICL attends to each demonstration "
     "token and how much the finetuning-side attention weighs the same tokens as training tokens. "
     "Positive: both rank the demonstration tokens alike. Dashed: random.",

@@ -179,11 +179,29 @@ def caption(results: R.DaiResults) -> str:
     if dtype not in ("float32", "float64"):
         text += (f"; forward passes in {dtype}: its rounding of the hidden states biases SimAOU "
                  "and SimAM_Δ (differences of them) against float32")
+    skipped = undefined_layers(results, N.SIMAM_DELTA)
+    if skipped:
+        text += (f"; SimAM_Δ leaves out layer {', '.join(map(str, skipped))}: ICL or FT leaves "
+                 "the last token's scores over the query unchanged there up to rounding (e.g. "
+                 "layer 0 of a rotary model), and a cosine of rounding errors is noise")
     n_untrained = sorted({t.n_untrained for t in results.tasks.values() if t.untrained})
     if n_untrained:
         text += (f"; untrained model on the first {'/'.join(map(str, n_untrained))} test examples "
                  "(trained − untrained: paired on those)")
     return text
+
+
+def undefined_layers(results: R.DaiResults, name: str) -> list[int]:
+    """Layers where ``name`` is undefined (``nan``) in every replicate of every task."""
+    common: set[int] | None = None
+    for task in results.tasks.values():
+        for seed in task.seeds:
+            summary = seed.metrics.get(name)
+            if summary is None or summary.per_layer is None:
+                continue
+            empty = {i for i, v in enumerate(summary.per_layer) if v is None or not math.isfinite(v)}
+            common = empty if common is None else common & empty
+    return sorted(common or ())
 
 
 def print_dai_table(results: R.DaiResults, console: Console | None = None) -> None:

@@ -22,6 +22,7 @@ with dotted names, so a new metric needs no change here.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,19 @@ class Summary:
     values: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, values: Any) -> Summary:
+    def of(cls, values: Any, *, skip_undefined: bool = False) -> Summary:
         """From unreduced values ``[example, layer]`` or ``[example, layer, head]`` (official
-        reduction: mean over examples, then layers; per head: over heads first)."""
+        reduction: mean over examples, then layers; per head: over heads first).
+        ``skip_undefined``: the means leave out ``nan`` values (a metric's undefined entries,
+        :func:`dualform.core.metrics.simam_delta`); a layer or head with none reads ``nan``."""
         values = np.asarray(values, dtype=np.float64)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan example: nan
             per_example = np.nanmean(values.reshape(len(values), -1), axis=1)
+        skip = {"skip_undefined": skip_undefined}
         return cls(
-            mean=_float(M.overall(values)), per_layer=_floats(M.layer_mean(values)),
-            per_head=_floats(M.head_mean(values)) if values.ndim == 3 else None,
+            mean=_float(M.overall(values, **skip)), per_layer=_floats(M.layer_mean(values, **skip)),
+            per_head=_floats(M.head_mean(values, **skip)) if values.ndim == 3 else None,
             per_example=_floats(per_example), values=values,
         )
 

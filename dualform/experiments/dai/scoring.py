@@ -116,9 +116,9 @@ def _stack(recs: list[Record], attr: str) -> np.ndarray:
     return torch.stack([getattr(r, attr) for r in recs]).double().numpy()
 
 
-def _summary(values: np.ndarray) -> Summary:
+def _summary(values: np.ndarray, *, skip_undefined: bool = False) -> Summary:
     """Headline number, per layer, per example and (for per-head inputs) the layer×head map."""
-    return Summary.of(values)
+    return Summary.of(values, skip_undefined=skip_undefined)
 
 
 def _simaou(recs: dict[str, list[Record]], seed: int) -> dict:
@@ -144,7 +144,7 @@ def _simam(recs: dict[str, list[Record]], pairs: list[PromptPair]) -> dict:
     return {
         "before": _summary(M.simam(icl, zsl)),
         "after": _summary(M.simam(icl, ft)),
-        "delta": _summary(M.simam_delta(icl, zsl, ft)),
+        "delta": _summary(M.simam_delta(icl, zsl, ft), skip_undefined=True),  # nan: unchanged
     }
 
 
