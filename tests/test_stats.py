@@ -52,6 +52,10 @@ def test_paired_difference_and_interval_helpers():
     diff = paired_difference(a, b, seed=0)
     assert diff.mean == pytest.approx(0.5) and diff.low == pytest.approx(0.5)
     assert diff.excludes(0.0) and not diff.excludes(0.5)
+    nan = float("nan")
+    assert not Interval(nan, nan, nan, 0).excludes(0.0)  # no values: no head is marked
+    groups = [np.array([[1.0, nan], [2.0, nan]]), np.array([[1.5, nan]])]  # column 1: all nan
+    assert [i.excludes(0.0) for i in bootstrap_columns(groups)] == [True, False]
     assert Interval.from_json(diff.to_json()) == diff
     assert str(Interval(0.377, 0.331, 0.42, 10)) == "0.377 [0.331, 0.420]"
     with pytest.raises(ValueError, match="same groups"):

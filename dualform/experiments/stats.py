@@ -42,8 +42,9 @@ class Interval:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
     def excludes(self, value: float = 0.0) -> bool:
-        """True when ``value`` lies outside the interval (the effect is distinguishable from it)."""
-        return not (self.low <= value <= self.high)
+        """True when ``value`` lies outside the interval (the effect is distinguishable from it);
+        False for an interval with no values (``nan`` bounds: nothing is distinguishable)."""
+        return bool(self.low > value or self.high < value)
 
     def to_json(self) -> dict:
         return asdict(self)
