@@ -39,7 +39,7 @@ EPS = 1e-20
 
 __all__ = [
     "MetricNotApplicableError", "accuracy", "as_float64", "as_stream", "cosine", "f2t_mask",
-    "head_mean", "l2_normalize", "layer_mean", "official_stream", "overall", "pad_left", "rec2ftp",
+    "head_mean", "l2_normalize", "layer_mean", "mean_of_defined", "official_stream", "overall", "pad_left", "rec2ftp",
     "simam", "simam_delta", "simaou", "simaou_random_baseline",
 ]
 
@@ -251,12 +251,13 @@ def overall(values: Any, *, skip_undefined: bool = False) -> float:
 
 
 def _mean(skip_undefined: bool):
-    """``np.mean``, or ``np.nanmean`` that gives ``nan`` for an all-``nan`` slice silently."""
-    if not skip_undefined:
-        return np.mean
+    """``np.mean``, or :func:`mean_of_defined`."""
+    return mean_of_defined if skip_undefined else np.mean
 
-    def nanmean(values: np.ndarray, axis: int | None = None) -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": nan is meant
-            return np.nanmean(values, axis=axis)
-    return nanmean
+
+def mean_of_defined(values: Any, axis: int | None = None) -> Any:
+    """``np.nanmean``: the mean of the defined (non-``nan``) values; ``nan`` where there are
+    none, silently (an undefined layer or head is expected, not a warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice"
+        return np.nanmean(values, axis=axis)

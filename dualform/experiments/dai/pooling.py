@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dualform.core.attribution import compare_maps
+from dualform.core.metrics import mean_of_defined
 from dualform.experiments.dai.metric_names import RANDOM_BASELINES, over_every_example
 from dualform.experiments.dai.results import Attribution, Intervals, SeedResult, TaskResult
 from dualform.experiments.stats import Interval, bootstrap_ci, bootstrap_columns, paired_difference
@@ -50,8 +51,7 @@ def column_intervals(seeds: list[SeedResult]) -> tuple[dict, dict]:
         values = {i: s.metrics[name].values for i, s in enumerate(seeds) if name in s.metrics}
         if not values or any(v is None or v.ndim < 2 for v in values.values()):
             continue
-        with np.errstate(all="ignore"):
-            layers = {i: np.nanmean(v, axis=2) if v.ndim == 3 else v for i, v in values.items()}
+        layers = {i: mean_of_defined(v, axis=2) if v.ndim == 3 else v for i, v in values.items()}
         first = next(iter(values.values()))
         blocks[f"{name}|layer"] = (first.shape[1:2], layers)
         if first.ndim == 3:

@@ -22,7 +22,6 @@ with dotted names, so a new metric needs no change here.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +71,7 @@ class Summary:
         ``skip_undefined``: the means leave out ``nan`` values (a metric's undefined entries,
         :func:`dualform.core.metrics.simam_delta`); a layer or head with none reads ``nan``."""
         values = np.asarray(values, dtype=np.float64)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan example: nan
-            per_example = np.nanmean(values.reshape(len(values), -1), axis=1)
+        per_example = M.mean_of_defined(values.reshape(len(values), -1), axis=1)
         skip = {"skip_undefined": skip_undefined}
         return cls(
             mean=_float(M.overall(values, **skip)), per_layer=_floats(M.layer_mean(values, **skip)),
@@ -293,12 +290,12 @@ class TaskResult:
         seeds = self.untrained if untrained else self.seeds
         rows = [s.metrics[name].per_layer for s in seeds
                 if name in s.metrics and s.metrics[name].per_layer is not None]
-        return np.nanmean(np.array(rows, dtype=float), 0).tolist() if rows else None
+        return M.mean_of_defined(np.array(rows, dtype=float), 0).tolist() if rows else None
 
     def per_head_mean(self, name: str) -> list | None:
         rows = [s.metrics[name].per_head for s in self.seeds
                 if name in s.metrics and s.metrics[name].per_head is not None]
-        return np.nanmean(np.array(rows, dtype=float), 0).tolist() if rows else None
+        return M.mean_of_defined(np.array(rows, dtype=float), 0).tolist() if rows else None
 
     def mean_map(self, attr: str) -> list | None:
         """A per-seed ``[layer][head]`` map (e.g. ``norm_delta_w_icl``) averaged over seeds."""
