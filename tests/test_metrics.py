@@ -136,6 +136,19 @@ def test_simam_delta_is_undefined_where_a_change_is_rounding():
     np.testing.assert_array_equal(M.head_mean(got, skip_undefined=True), [[np.nan], [1.0]])
 
 
+def test_mean_of_defined_is_nanmean_without_a_warning():
+    import warnings
+
+    values = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = M.mean_of_defined(values, axis=1)
+        assert M.mean_of_defined(values) == pytest.approx(2.0)
+    np.testing.assert_array_equal(got, [2.0, np.nan])
+    rng = np.random.default_rng(0).normal(size=(5, 7))
+    np.testing.assert_array_equal(M.mean_of_defined(rng, axis=0), np.nanmean(rng, axis=0))
+
+
 def test_icl_leaves_layer_0_scores_of_the_query_unchanged_on_smollm2(smol):
     """The model's own activations: SmolLM2 (rotary, no position in its embeddings) scores the
     query tokens at layer 0 alike with and without demonstrations (relative positions only), to

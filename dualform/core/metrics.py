@@ -25,7 +25,6 @@ Checked against ports of ``microsoft/LMOps`` ``understand_icl/icl_ft/compute_sim
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -257,7 +256,9 @@ def _mean(skip_undefined: bool):
 
 def mean_of_defined(values: Any, axis: int | None = None) -> Any:
     """``np.nanmean``: the mean of the defined (non-``nan``) values; ``nan`` where there are
-    none, silently (an undefined layer or head is expected, not a warning)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice"
-        return np.nanmean(values, axis=axis)
+    none, silently (an undefined layer or head is expected, not a warning; computed without a
+    warnings filter, which is process-wide and races between the worker threads)."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(defined, values, 0.0).sum(axis) / defined.sum(axis)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -190,8 +189,9 @@ def bootstrap_columns(
     with np.errstate(invalid="ignore", divide="ignore"):
         point = sum(v.sum(0) for v in values) / sum(f.sum(0) for f in finite)
     n = sum(f.sum(0) for f in finite)
-    with warnings.catch_warnings():  # a column no draw has a value for: nan, not a warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lows, highs = np.nanquantile(means, [alpha, 1 - alpha], axis=0)
+    lows, highs = np.full((2, means.shape[1]), np.nan)  # a column no draw has a value for: nan
+    some = ~np.isnan(means).all(0)  # (not a warnings filter: those are process-wide, not per thread)
+    if some.any():
+        lows[some], highs[some] = np.nanquantile(means[:, some], [alpha, 1 - alpha], axis=0)
     return [Interval(float(p), float(lo), float(hi), int(k))
             for p, lo, hi, k in zip(point, lows, highs, n, strict=True)]
