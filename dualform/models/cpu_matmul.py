@@ -15,9 +15,10 @@ where PyTorch runs AVX-512 kernels and PyTorch's path elsewhere — a rule, not 
 timing probe, so two runs of one command on one machine take the same path and round alike
 (the FT side of ``reproduce dai`` is chaotic in those roundings). The rule rests on
 measurements (``dualform bench`` times both paths in every run, :func:`measured_speedup`):
-oneDNN was 2.89× and 1.21× MKL on two 2-core AVX-512 AMD EPYC machines, 0.97–1.16× on an
-AVX2-only one, where a probe of a few milliseconds flipped the choice from run to run, as it
-did at 1.21× (probes of 1.21–1.42× against a threshold of 1.15 chose MKL once in seven).
+oneDNN was 2.89× and 1.2–1.5× MKL on two 2-core AVX-512 AMD EPYC machines and 0.97–1.16× on
+an AVX2-only one; a probe of a few milliseconds flipped the choice from run to run on the
+latter two (on the second AVX-512 one, probes of 1.21–1.42× against a threshold of 1.15 chose
+MKL in one run of seven).
 ``DUALFORM_CPU_MATMUL=onednn`` or ``=default`` overrides the rule. :func:`fast_linears` is
 the context-manager form that leaves a user's model as it was.
 """
