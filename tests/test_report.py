@@ -196,3 +196,19 @@ def test_report_command_refuses_a_directory_a_run_is_writing(tmp_path):
         result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "in use by another dualform run" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "report.html").exists()
+
+
+def test_long_numeric_lists_summarise_their_defined_values_without_warnings():
+    """A long list in a JSON block is summarised; undefined (nan) entries — e.g. SimAM_Δ at an
+    unchanged layer — are counted, not averaged in, and an all-undefined list says so without
+    numpy's 'Mean of empty slice' warning."""
+    import warnings
+
+    from dualform.viz.html_tables import fmt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fmt([float("nan")] * 10) == "10 values, shape [10]: all undefined (nan)"
+        mixed = fmt([float("nan"), 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    assert mixed == "10 values, shape [10]: mean 5, min 1, max 9, 1 undefined"
+    assert fmt([float(i) for i in range(10)]) == "10 values, shape [10]: mean 4.5, min 0, max 9"

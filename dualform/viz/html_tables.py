@@ -42,15 +42,25 @@ def fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list) and _numeric(value) and len(value) > 8:
-        arr = np.array(value, dtype=float)
-        return (f"{arr.size} values, shape {list(arr.shape)}: mean {np.nanmean(arr):.4g}, "
-                f"min {np.nanmin(arr):.4g}, max {np.nanmax(arr):.4g}")
+        return _summary(np.array(value, dtype=float))
     if isinstance(value, list | tuple) and all(not isinstance(v, list | dict) for v in value):
         return ", ".join(fmt(v) for v in value)
     if isinstance(value, list | dict):
         text = json.dumps(value, default=str)
         return text if len(text) <= 160 else text[:157] + "…"
     return str(value)
+
+
+def _summary(arr: np.ndarray) -> str:
+    """A long numeric list as its size, shape and the mean / min / max of its defined values
+    (an undefined entry is ``nan``, e.g. SimAM_Δ at an unchanged layer); no warning when none is."""
+    head = f"{arr.size} values, shape {list(arr.shape)}"
+    defined = arr[~np.isnan(arr)]
+    if not defined.size:
+        return f"{head}: all undefined (nan)"
+    undefined = f", {arr.size - defined.size} undefined" if defined.size < arr.size else ""
+    return (f"{head}: mean {defined.mean():.4g}, min {defined.min():.4g}, "
+            f"max {defined.max():.4g}{undefined}")
 
 
 def _numeric(values: list) -> bool:
