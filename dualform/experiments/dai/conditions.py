@@ -67,7 +67,8 @@ def record(model, tokens: Tensor, label_ids: list[int], *, demo: PromptTokens | 
     extra = score_hooks(model) if demo is not None else ()
     cap = capture(model, tokens, hooks=(*RECORD_HOOKS, *extra))
     last = tokens.shape[-1] - 1
-    rec = _record_at(cap, _stacked(cap), label_ids, row=0, last=last, n_keys=last + 1)
+    rec = _record_at(cap, _last_positions(cap, [last]), label_ids, row=0, n_keys=last + 1,
+                     logit_pos=last)
     if demo is not None:
         _store_dual(rec, dual_form(model, tokens, demo.n_demo_tokens,
                                    demo_start=demo.demo_start, cap=cap))
@@ -200,35 +201,45 @@ def record_batch(
     model = run.model
     batch = pad_queries(queries, pad_id=0)  # right padding is never attended to
     cap = run.run(batch, (*RECORD_HOOKS, *(score_hooks(model) if demo else ())), last_logits=True)
-    stacked = _stacked(cap)
+    lasts = batch.last.tolist()
+    at_last = _last_positions(cap, lasts)
     if demo is not None and sums is None:
         sums = prefix_sums(run, demo)
     records = []
-    for row, last in enumerate(batch.last.tolist()):
-        rec = _record_at(cap, stacked, label_ids, row=row, last=last, n_keys=run.length + last + 1,
-                         logit_pos=0)
+    for row, last in enumerate(lasts):
+        rec = _record_at(cap, at_last, label_ids, row=row, n_keys=run.length + last + 1, logit_pos=0)
         if demo is not None:
             _attach_dual(rec, run, cap, demo, row, last, sums)
         records.append(rec)
     return records
 
 
-def _stacked(cap) -> dict[str, Tensor]:
-    return {name: cap.stack(name) for name in RECORD_HOOKS}
+def _last_positions(cap, lasts: list[int]) -> dict[str, Tensor]:
+    """Each of :data:`RECORD_HOOKS` at every row's last real position ``lasts[row]``, stacked
+    over layers: ``[layer, batch, ...]`` (the score rows ``[layer, batch, head, k_pos]``). Only
+    those positions are gathered, not every position of the batch's activations."""
+    out = {}
+    for name in RECORD_HOOKS:
+        per_layer = []
+        for layer in cap.layers:
+            t = cap[name, layer]  # [batch, pos, ...]; the scores [batch, head, q_pos, k_pos]
+            rows, at = torch.arange(len(lasts), device=t.device), torch.tensor(lasts, device=t.device)
+            per_layer.append(t[rows, :, at] if name == "attn_scores" else t[rows, at])
+        out[name] = torch.stack(per_layer)
+    return out
 
 
-def _record_at(cap, stacked: dict[str, Tensor], label_ids: list[int], *, row: int, last: int,
-               n_keys: int, logit_pos: int | None = None) -> Record:
-    """The :class:`Record` of batch row ``row`` read at its last real position ``last``; its
-    score row keeps the first ``n_keys`` keys (prefix + the query's real tokens). The logits
-    are read at ``logit_pos`` (``last`` by default; 0 for :meth:`PrefixRun.run`'s
-    ``last_logits``)."""
+def _record_at(cap, at_last: dict[str, Tensor], label_ids: list[int], *, row: int, n_keys: int,
+               logit_pos: int) -> Record:
+    """The :class:`Record` of batch row ``row`` from :func:`_last_positions`; its score row keeps
+    the first ``n_keys`` keys (prefix + the query's real tokens). The logits are read at
+    ``logit_pos`` (the row's last position, or 0 for :meth:`PrefixRun.run`'s ``last_logits``)."""
     return Record(
-        label_logits=_own(cap.logits[row, last if logit_pos is None else logit_pos, label_ids]),
-        attn_out=_own(stacked["attn_out"][:, row, last]),
-        z=_own(stacked["z"][:, row, last]),
-        scores=_own(stacked["attn_scores"][:, row, :, last, :n_keys]),
-        q=_own(stacked["q"][:, row, last]),
+        label_logits=_own(cap.logits[row, logit_pos, label_ids]),
+        attn_out=_own(at_last["attn_out"][:, row]),
+        z=_own(at_last["z"][:, row]),
+        scores=_own(at_last["attn_scores"][:, row, :, :n_keys]),
+        q=_own(at_last["q"][:, row]),
     )
 
 
