@@ -21,27 +21,11 @@ import argparse
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from dualform.experiments.dai.config import DaiConfig, load_run_model
 from dualform.experiments.dai.protocol import run_task
-from dualform.models.cpu_matmul import (
-    best_time,
-    cpu_matmul_setting,
-    onednn_available,
-    onednn_linear,
-)
-
-
-def best_matmul_rate(repeats: int = 30) -> float:
-    """FLOP/s of the best of ``repeats`` float32 ``[1200, 576] × [576, 1536]`` products, by
-    PyTorch's default path (MKL) or by oneDNN (:mod:`dualform.models.cpu_matmul`), whichever
-    is faster here."""
-    a, w = torch.randn(1200, 576), torch.randn(1536, 576)
-    paths = [F.linear, *([onednn_linear] if onednn_available() else [])]
-    best = min(best_time(product, a, w, repeats) for product in paths)
-    return 2 * a.shape[0] * a.shape[1] * w.shape[0] / best
+from dualform.models.cpu_matmul import best_product_rate, cpu_matmul_setting
 
 
 def count_task(model, untrained, name: str, config: DaiConfig) -> float:
@@ -60,7 +44,7 @@ def main() -> None:
     config = DaiConfig(seeds=args.seeds)
     if args.tasks:
         config = dataclasses.replace(config, tasks=tuple(args.tasks))
-    rate = best_matmul_rate()
+    rate = best_product_rate()
     print(f"best float32 matrix product on this machine: {rate / 1e9:.0f} GFLOP/s "
           f"({torch.get_num_threads()} threads)")
     model = load_run_model(config)

@@ -155,6 +155,16 @@ def measured_speedup(rows: int, d_in: int, d_out: int, repeats: int = 5) -> floa
     return best_time(F.linear, x, w, repeats) / best_time(onednn_linear, x, w, repeats)
 
 
+def best_product_rate(repeats: int = 30) -> float:
+    """FLOP/s of the best of ``repeats`` float32 ``[1200, 576] × [576, 1536]`` products (the
+    shape of SmolLM2-135M's MLP on a large batch), by PyTorch's default path (MKL) or by
+    oneDNN, whichever is faster here: the rate a run's matrix products could reach at best."""
+    a, w = torch.randn(1200, 576), torch.randn(1536, 576)
+    paths = [F.linear, *([onednn_linear] if onednn_available() else [])]
+    best = min(best_time(product, a, w, repeats) for product in paths)
+    return 2 * a.shape[0] * a.shape[1] * w.shape[0] / best
+
+
 def best_time(fn: Callable, x: Tensor, w: Tensor, repeats: int) -> float:
     """Seconds of the fastest of ``repeats`` calls ``fn(x, w)``, after one warm-up call."""
     fn(x, w)
