@@ -25,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
@@ -42,25 +41,14 @@ from dualform.experiments.dai.conditions import (
     record_batch,
 )
 from dualform.experiments.dai.config import DaiConfig, load_run_model, task_context
-from dualform.models.cpu_matmul import best_product_rate, cpu_matmul_setting
+from dualform.models.cpu_matmul import best_product_rate, best_time, cpu_matmul_setting
 from dualform.tasks.prompts import sample_demos
 
 #: The operators that multiply matrices (oneDNN's linear, PyTorch's default paths, attention).
 PRODUCT_OPS = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm",
                "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
-REPEATS = 3
+REPEATS = 3  # timed calls per unit (the fastest counts), after a warm-up call
 LONG, SHORT = 12, 4  # SGD steps of the two runs whose difference is timed
-
-
-def wall(fn: Callable[[], object]) -> float:
-    """Seconds of the fastest of :data:`REPEATS` calls, after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def flops(fn: Callable[[], object]) -> float:
@@ -87,11 +75,11 @@ def measure(fn: Callable[[], object], base: Callable[[], object] | None = None
     """``(wall s, FLOPs, product s, every operator's s)`` of ``fn``, less those of ``base``
     when given."""
     ops = profiled(fn)
-    own = (wall(fn), flops(fn), product_seconds(ops))
+    own = (best_time(fn, repeats=REPEATS), flops(fn), product_seconds(ops))
     if base is None:
         return (*own, ops)
     base_ops = profiled(base)
-    less = (wall(base), flops(base), product_seconds(base_ops))
+    less = (best_time(base, repeats=REPEATS), flops(base), product_seconds(base_ops))
     ops = {key: seconds - base_ops.get(key, 0.0) for key, seconds in ops.items()}
     return (*(a - b for a, b in zip(own, less, strict=True)), ops)
 

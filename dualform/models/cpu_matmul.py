@@ -152,7 +152,7 @@ def measured_speedup(rows: int, d_in: int, d_out: int, repeats: int = 5) -> floa
     product (best of ``repeats``, after a warm-up)."""
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(rows, d_in, generator=gen), torch.randn(d_out, d_in, generator=gen)
-    return best_time(F.linear, x, w, repeats) / best_time(onednn_linear, x, w, repeats)
+    return best_time(F.linear, x, w, repeats=repeats) / best_time(onednn_linear, x, w, repeats=repeats)
 
 
 def best_product_rate(repeats: int = 30) -> float:
@@ -161,17 +161,17 @@ def best_product_rate(repeats: int = 30) -> float:
     oneDNN, whichever is faster here: the rate a run's matrix products could reach at best."""
     a, w = torch.randn(1200, 576), torch.randn(1536, 576)
     paths = [F.linear, *([onednn_linear] if onednn_available() else [])]
-    best = min(best_time(product, a, w, repeats) for product in paths)
+    best = min(best_time(product, a, w, repeats=repeats) for product in paths)
     return 2 * a.shape[0] * a.shape[1] * w.shape[0] / best
 
 
-def best_time(fn: Callable, x: Tensor, w: Tensor, repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls ``fn(x, w)``, after one warm-up call."""
-    fn(x, w)
+def best_time(fn: Callable, *args: Tensor, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls ``fn(*args)``, after one warm-up call."""
+    fn(*args)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn(x, w)
+        fn(*args)
         best = min(best, time.perf_counter() - start)
     return max(best, 1e-9)
 

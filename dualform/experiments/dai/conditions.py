@@ -218,13 +218,14 @@ def _last_positions(cap, lasts: list[int]) -> dict[str, Tensor]:
     """Each of :data:`RECORD_HOOKS` at every row's last real position ``lasts[row]``, stacked
     over layers: ``[layer, batch, ...]`` (the score rows ``[layer, batch, head, k_pos]``). Only
     those positions are gathered, not every position of the batch's activations."""
+    rows, at = torch.arange(len(lasts)), torch.tensor(lasts)
     out = {}
     for name in RECORD_HOOKS:
         per_layer = []
         for layer in cap.layers:
             t = cap[name, layer]  # [batch, pos, ...]; the scores [batch, head, q_pos, k_pos]
-            rows, at = torch.arange(len(lasts), device=t.device), torch.tensor(lasts, device=t.device)
-            per_layer.append(t[rows, :, at] if name == "attn_scores" else t[rows, at])
+            r, a = rows.to(t.device), at.to(t.device)  # a dispatched model's layers may differ
+            per_layer.append(t[r, :, a] if name == "attn_scores" else t[r, a])
         out[name] = torch.stack(per_layer)
     return out
 
