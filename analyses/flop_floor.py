@@ -23,9 +23,11 @@ import dataclasses
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dualform.errors import DualformError
 from dualform.experiments.dai.config import DaiConfig, load_run_model
 from dualform.experiments.dai.protocol import run_task
 from dualform.models.cpu_matmul import best_product_rate, cpu_matmul_setting
+from dualform.tasks.prompts import check_task_name
 
 
 def count_task(model, untrained, name: str, config: DaiConfig) -> float:
@@ -44,6 +46,11 @@ def main() -> None:
     config = DaiConfig(seeds=args.seeds)
     if args.tasks:
         config = dataclasses.replace(config, tasks=tuple(args.tasks))
+    try:
+        for name in config.tasks:
+            check_task_name(name)
+    except DualformError as err:  # one message, no traceback
+        parser.error(str(err))
     rate = best_product_rate()
     print(f"best float32 matrix product on this machine: {rate / 1e9:.0f} GFLOP/s "
           f"({torch.get_num_threads()} threads)")

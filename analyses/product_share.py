@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dualform.core.attribution import icl_head_effects_batch
 from dualform.core.finetune_grid import finetune_kv_rows
+from dualform.errors import DualformError
 from dualform.experiments.dai.conditions import (
     demo_training_texts,
     prefix_run,
@@ -42,7 +43,7 @@ from dualform.experiments.dai.conditions import (
 )
 from dualform.experiments.dai.config import DaiConfig, load_run_model, task_context
 from dualform.models.cpu_matmul import best_product_rate, best_time, cpu_matmul_setting
-from dualform.tasks.prompts import sample_demos
+from dualform.tasks.prompts import check_task_name, sample_demos
 
 #: The operators that multiply matrices (oneDNN's linear, PyTorch's default paths, attention).
 PRODUCT_OPS = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm",
@@ -122,6 +123,10 @@ def main() -> None:
     parser.add_argument("--task", default="afinn-sentiment")
     parser.add_argument("--ops", type=int, default=6, help="other operators listed per unit")
     args = parser.parse_args()
+    try:
+        check_task_name(args.task)
+    except DualformError as err:  # one message, no traceback
+        parser.error(str(err))
     rate = best_product_rate()
     print(f"best float32 matrix product here: {rate / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
     print(f"{'unit':<30} {'wall':>8} {'GFLOP':>7} {'in products':>12} {'product rate':>13} {'efficiency':>10}")

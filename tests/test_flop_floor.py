@@ -36,3 +36,15 @@ def test_product_share_times_each_unit_and_finds_its_products(analysis):
         seconds, flops, in_products, ops = script.measure(fn, base)
         assert flops > 0 and seconds > 0 and in_products > 0
         assert in_products == pytest.approx(sum(ops[k] for k in script.PRODUCT_OPS if k in ops))
+
+
+@pytest.mark.parametrize(("name", "argv"), [("flop_floor", ["--tasks", "nope"]),
+                                            ("product_share", ["--task", "nope"])])
+def test_an_unknown_task_is_one_message_before_any_work(analysis, monkeypatch, capsys, name, argv):
+    script = analysis(name)
+    monkeypatch.setattr("sys.argv", [f"{name}.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Unknown task 'nope'" in err and "Traceback" not in err
